@@ -1,0 +1,458 @@
+//! Who is calling: Ed25519-signed JWTs issued by identity, verified by every service.
+//!
+//! identity holds the private key ([`TokenSigner`]); every other service holds only the public
+//! key ([`TokenVerifier`]). The [`ServerAuth`] interceptor guards every RPC of a service's own
+//! gRPC services (health and reflection are mounted without it): it rejects a missing, forged
+//! or expired token with `UNAUTHENTICATED` and puts the caller's [`Principal`] into the request's
+//! extensions, where handlers check roles and scopes with [`principal`] and
+//! [`Principal::require_any`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use ed25519_dalek::pkcs8::{EncodePrivateKey, EncodePublicKey, spki::der::pem::LineEnding};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use tonic::{Request, Status};
+
+use crate::error::Error;
+
+const ISSUER: &str = "omni-identity";
+const AUDIENCE: &str = "omni";
+/// Metadata carrying the end user's principal id when a service calls on their behalf.
+pub const ON_BEHALF_OF: &str = "x-omni-on-behalf-of";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Admin,
+    ChannelManager,
+    StoreAssociate,
+    Analyst,
+    ChannelApp,
+    Service,
+}
+
+impl Role {
+    pub const ALL: [Role; 6] = [
+        Role::Admin,
+        Role::ChannelManager,
+        Role::StoreAssociate,
+        Role::Analyst,
+        Role::ChannelApp,
+        Role::Service,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::ChannelManager => "channel_manager",
+            Role::StoreAssociate => "store_associate",
+            Role::Analyst => "analyst",
+            Role::ChannelApp => "channel_app",
+            Role::Service => "service",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PrincipalKind {
+    Staff,
+    ChannelApp,
+    Service,
+}
+
+impl PrincipalKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PrincipalKind::Staff => "staff",
+            PrincipalKind::ChannelApp => "channel_app",
+            PrincipalKind::Service => "service",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<PrincipalKind> {
+        [
+            PrincipalKind::Staff,
+            PrincipalKind::ChannelApp,
+            PrincipalKind::Service,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
+    }
+}
+
+/// The channels and stores a principal is limited to; an empty list means "all".
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Scope {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub channels: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stores: Vec<String>,
+}
+
+impl Scope {
+    pub fn allows_channel(&self, channel_id: &str) -> bool {
+        self.channels.is_empty() || self.channels.iter().any(|c| c == channel_id)
+    }
+
+    pub fn allows_store(&self, store_id: &str) -> bool {
+        self.stores.is_empty() || self.stores.iter().any(|s| s == store_id)
+    }
+
+    /// Whether everything `inner` allows, `self` allows too.
+    pub fn covers(&self, inner: &Scope) -> bool {
+        let covers = |outer: &[String], inner: &[String]| {
+            outer.is_empty() || (!inner.is_empty() && inner.iter().all(|i| outer.contains(i)))
+        };
+        covers(&self.channels, &inner.channels) && covers(&self.stores, &inner.stores)
+    }
+}
+
+/// The verified caller of an RPC.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub id: String,
+    pub kind: PrincipalKind,
+    pub name: String,
+    pub roles: Vec<Role>,
+    pub scope: Scope,
+    /// The end user a service acts for, from [`ON_BEHALF_OF`] metadata, for the audit trail.
+    pub on_behalf_of: Option<String>,
+}
+
+impl Principal {
+    pub fn has_any(&self, roles: &[Role]) -> bool {
+        self.roles.iter().any(|r| roles.contains(r))
+    }
+
+    /// `PERMISSION_DENIED` unless the principal holds one of `roles`.
+    pub fn require_any(&self, roles: &[Role]) -> Result<(), Error> {
+        if self.has_any(roles) {
+            Ok(())
+        } else {
+            let wanted: Vec<_> = roles.iter().map(|r| r.as_str()).collect();
+            Err(Error::permission_denied(format!(
+                "requires one of the roles: {}",
+                wanted.join(", ")
+            )))
+        }
+    }
+
+    /// `PERMISSION_DENIED` unless the principal's scope includes the store.
+    pub fn require_store(&self, store_id: &str) -> Result<(), Error> {
+        if self.scope.allows_store(store_id) {
+            Ok(())
+        } else {
+            Err(Error::permission_denied(format!(
+                "store {store_id} is outside the caller's scope"
+            )))
+        }
+    }
+
+    /// `PERMISSION_DENIED` unless the principal's scope includes the channel.
+    pub fn require_channel(&self, channel_id: &str) -> Result<(), Error> {
+        if self.scope.allows_channel(channel_id) {
+            Ok(())
+        } else {
+            Err(Error::permission_denied(format!(
+                "channel {channel_id} is outside the caller's scope"
+            )))
+        }
+    }
+}
+
+/// The verified principal of a request that went through [`ServerAuth`].
+pub fn principal<T>(request: &Request<T>) -> Result<&Principal, Status> {
+    request
+        .extensions()
+        .get::<Principal>()
+        .ok_or_else(|| Status::unauthenticated("no verified principal on this call"))
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Claims {
+    sub: String,
+    kind: PrincipalKind,
+    name: String,
+    roles: Vec<Role>,
+    #[serde(default)]
+    scope: Scope,
+    iss: String,
+    aud: String,
+    iat: i64,
+    exp: i64,
+    jti: String,
+}
+
+/// Verifies tokens with identity's public key.
+pub struct TokenVerifier {
+    key: DecodingKey,
+    validation: Validation,
+}
+
+impl std::fmt::Debug for TokenVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenVerifier")
+    }
+}
+
+impl TokenVerifier {
+    pub fn from_public_pem(pem: &str) -> anyhow::Result<Self> {
+        let key = DecodingKey::from_ed_pem(pem.as_bytes())
+            .map_err(|e| anyhow::anyhow!("not an Ed25519 public key in PEM: {e}"))?;
+        let mut validation = Validation::new(Algorithm::EdDSA);
+        validation.set_issuer(&[ISSUER]);
+        validation.set_audience(&[AUDIENCE]);
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        validation.leeway = 5;
+        Ok(Self { key, validation })
+    }
+
+    pub fn verify(&self, token: &str) -> Result<Principal, Error> {
+        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(
+            |e| match e.kind() {
+                jsonwebtoken::errors::ErrorKind::ExpiredSignature => {
+                    Error::unauthenticated("the token has expired")
+                }
+                _ => Error::unauthenticated("the token is not valid"),
+            },
+        )?;
+        let claims = data.claims;
+        Ok(Principal {
+            id: claims.sub,
+            kind: claims.kind,
+            name: claims.name,
+            roles: claims.roles,
+            scope: claims.scope,
+            on_behalf_of: None,
+        })
+    }
+}
+
+/// Signs tokens. Only identity (and the testkit) hold one.
+pub struct TokenSigner {
+    key: EncodingKey,
+    key_id: String,
+    public_pem: String,
+    ttl: Duration,
+}
+
+impl std::fmt::Debug for TokenSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenSigner")
+            .field("key_id", &self.key_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A freshly generated Ed25519 key pair, PEM encoded (PKCS#8 private, SPKI public).
+#[derive(Debug, Clone)]
+pub struct KeyPair {
+    pub private_pem: crate::config::Secret<String>,
+    pub public_pem: String,
+}
+
+impl KeyPair {
+    pub fn generate() -> anyhow::Result<Self> {
+        let signing = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
+        let private_pem = signing
+            .to_pkcs8_pem(LineEnding::LF)
+            .map_err(|e| anyhow::anyhow!("encoding the private key: {e}"))?
+            .to_string();
+        let public_pem = signing
+            .verifying_key()
+            .to_public_key_pem(LineEnding::LF)
+            .map_err(|e| anyhow::anyhow!("encoding the public key: {e}"))?;
+        Ok(Self {
+            private_pem: private_pem.into(),
+            public_pem,
+        })
+    }
+}
+
+impl TokenSigner {
+    /// A signer from a PKCS#8 PEM private key; tokens live `ttl`.
+    pub fn from_private_pem(pem: &str, ttl: Duration) -> anyhow::Result<Self> {
+        use ed25519_dalek::pkcs8::DecodePrivateKey;
+        let signing = ed25519_dalek::SigningKey::from_pkcs8_pem(pem)
+            .map_err(|e| anyhow::anyhow!("not an Ed25519 PKCS#8 private key in PEM: {e}"))?;
+        let public_pem = signing
+            .verifying_key()
+            .to_public_key_pem(LineEnding::LF)
+            .map_err(|e| anyhow::anyhow!("encoding the public key: {e}"))?;
+        let key = EncodingKey::from_ed_pem(pem.as_bytes())
+            .map_err(|e| anyhow::anyhow!("loading the private key: {e}"))?;
+        let key_id = signing
+            .verifying_key()
+            .as_bytes()
+            .iter()
+            .take(8)
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        Ok(Self {
+            key,
+            key_id,
+            public_pem,
+            ttl,
+        })
+    }
+
+    pub fn public_key_pem(&self) -> &str {
+        &self.public_pem
+    }
+
+    pub fn key_id(&self) -> &str {
+        &self.key_id
+    }
+
+    pub fn verifier(&self) -> anyhow::Result<TokenVerifier> {
+        TokenVerifier::from_public_pem(&self.public_pem)
+    }
+
+    /// A token for `principal`, valid for the signer's lifetime; returns it with its expiry.
+    pub fn sign(&self, principal: &Principal) -> anyhow::Result<(String, DateTime<Utc>)> {
+        self.sign_at(principal, Utc::now(), self.ttl)
+    }
+
+    /// A token issued at `issued_at`, valid for `ttl` (tests use it to mint expired tokens).
+    pub fn sign_at(
+        &self,
+        principal: &Principal,
+        issued_at: DateTime<Utc>,
+        ttl: Duration,
+    ) -> anyhow::Result<(String, DateTime<Utc>)> {
+        let expires_at = issued_at + chrono::Duration::from_std(ttl)?;
+        let claims = Claims {
+            sub: principal.id.clone(),
+            kind: principal.kind,
+            name: principal.name.clone(),
+            roles: principal.roles.clone(),
+            scope: principal.scope.clone(),
+            iss: ISSUER.to_owned(),
+            aud: AUDIENCE.to_owned(),
+            iat: issued_at.timestamp(),
+            exp: expires_at.timestamp(),
+            jti: uuid::Uuid::now_v7().to_string(),
+        };
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(self.key_id.clone());
+        let token = jsonwebtoken::encode(&header, &claims, &self.key)?;
+        Ok((token, expires_at))
+    }
+}
+
+/// The server-side interceptor: verifies the bearer token and attaches the [`Principal`].
+#[derive(Clone, Debug)]
+pub struct ServerAuth {
+    verifier: Arc<TokenVerifier>,
+}
+
+impl ServerAuth {
+    pub fn new(verifier: Arc<TokenVerifier>) -> Self {
+        Self { verifier }
+    }
+}
+
+impl tonic::service::Interceptor for ServerAuth {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        let header = request
+            .metadata()
+            .get("authorization")
+            .ok_or_else(|| Status::unauthenticated("missing authorization: Bearer <token>"))?;
+        let token = header
+            .to_str()
+            .ok()
+            .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
+            .ok_or_else(|| Status::unauthenticated("authorization must be: Bearer <token>"))?;
+        let mut principal = self.verifier.verify(token.trim())?;
+        principal.on_behalf_of = request
+            .metadata()
+            .get(ON_BEHALF_OF)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        tracing::Span::current().record("principal", principal.id.as_str());
+        request.extensions_mut().insert(principal);
+        Ok(request)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn staff(roles: Vec<Role>) -> Principal {
+        Principal {
+            id: "p1".into(),
+            kind: PrincipalKind::Staff,
+            name: "ana".into(),
+            roles,
+            scope: Scope::default(),
+            on_behalf_of: None,
+        }
+    }
+
+    #[test]
+    fn a_signed_token_verifies_and_a_foreign_one_does_not() {
+        let keys = KeyPair::generate().unwrap();
+        let signer =
+            TokenSigner::from_private_pem(keys.private_pem.expose(), Duration::from_secs(60))
+                .unwrap();
+        let (token, _) = signer.sign(&staff(vec![Role::Analyst])).unwrap();
+        let principal = signer.verifier().unwrap().verify(&token).unwrap();
+        assert_eq!(principal.roles, vec![Role::Analyst]);
+
+        let other = KeyPair::generate().unwrap();
+        let foreign = TokenVerifier::from_public_pem(&other.public_pem).unwrap();
+        assert!(matches!(
+            foreign.verify(&token),
+            Err(Error::Unauthenticated(_))
+        ));
+    }
+
+    #[test]
+    fn expired_tokens_are_refused() {
+        let keys = KeyPair::generate().unwrap();
+        let signer =
+            TokenSigner::from_private_pem(keys.private_pem.expose(), Duration::from_secs(60))
+                .unwrap();
+        let (token, _) = signer
+            .sign_at(
+                &staff(vec![Role::Admin]),
+                Utc::now() - chrono::Duration::hours(1),
+                Duration::from_secs(60),
+            )
+            .unwrap();
+        let err = signer.verifier().unwrap().verify(&token).unwrap_err();
+        assert_eq!(err.to_string(), "unauthenticated: the token has expired");
+    }
+
+    #[test]
+    fn scopes_cover_only_what_they_include() {
+        let all = Scope::default();
+        let paris = Scope {
+            channels: vec![],
+            stores: vec!["paris".into()],
+        };
+        assert!(all.covers(&paris));
+        assert!(!paris.covers(&all));
+        assert!(paris.covers(&paris));
+        assert!(paris.allows_store("paris") && !paris.allows_store("lyon"));
+    }
+
+    #[test]
+    fn roles_are_required() {
+        let p = staff(vec![Role::Analyst]);
+        assert!(p.require_any(&[Role::Analyst, Role::Admin]).is_ok());
+        assert!(matches!(
+            p.require_any(&[Role::Admin]),
+            Err(Error::PermissionDenied(_))
+        ));
+    }
+}

@@ -1,0 +1,190 @@
+//! Typed configuration read from the environment once, at start.
+//!
+//! Every service's config embeds [`CommonConfig`]; services add their own fields with the same
+//! helpers. A missing or malformed value is an error naming the variable, and `main` stops on it.
+//! Secrets live in [`Secret`], which never prints its value.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// A configuration value that is missing or malformed.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration error: {var}: {reason}")]
+pub struct ConfigError {
+    pub var: String,
+    pub reason: String,
+}
+
+impl ConfigError {
+    pub fn new(var: &str, reason: impl Into<String>) -> Self {
+        Self {
+            var: var.to_owned(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// A value that must not end up in logs: `Debug` and `Display` print `[redacted]`.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret<T>(T);
+
+impl<T> Secret<T> {
+    pub fn new(value: T) -> Self {
+        Self(value)
+    }
+
+    pub fn expose(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T> fmt::Debug for Secret<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl<T> From<T> for Secret<T> {
+    fn from(value: T) -> Self {
+        Self(value)
+    }
+}
+
+/// A variable's value, or `None` when unset or empty.
+pub fn var(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+/// A variable that must be set.
+pub fn required(name: &str) -> Result<String, ConfigError> {
+    var(name).ok_or_else(|| ConfigError::new(name, "is required but not set"))
+}
+
+/// A variable parsed into `T`, or `default` when unset.
+pub fn parse_or<T>(name: &str, default: T) -> Result<T, ConfigError>
+where
+    T: FromStr,
+    T::Err: fmt::Display,
+{
+    match var(name) {
+        None => Ok(default),
+        Some(raw) => raw
+            .trim()
+            .parse()
+            .map_err(|e| ConfigError::new(name, format!("cannot parse {raw:?}: {e}"))),
+    }
+}
+
+/// A duration given in milliseconds, or `default` when unset.
+pub fn millis_or(name: &str, default: Duration) -> Result<Duration, ConfigError> {
+    let default_ms = u64::try_from(default.as_millis()).unwrap_or(u64::MAX);
+    parse_or(name, default_ms).map(Duration::from_millis)
+}
+
+/// A PEM value given inline (`NAME`) or as a file path (`NAME_FILE`, as Kubernetes secrets mount).
+pub fn pem(name: &str) -> Result<Option<String>, ConfigError> {
+    if let Some(inline) = var(name) {
+        return Ok(Some(inline.replace("\\n", "\n")));
+    }
+    let file_var = format!("{name}_FILE");
+    match var(&file_var) {
+        None => Ok(None),
+        Some(path) => std::fs::read_to_string(&path)
+            .map(Some)
+            .map_err(|e| ConfigError::new(&file_var, format!("cannot read {path}: {e}"))),
+    }
+}
+
+/// Settings every service has.
+#[derive(Debug, Clone)]
+pub struct CommonConfig {
+    /// Where the gRPC server listens (`OMNI_LISTEN_ADDR`, default `0.0.0.0:<service port>`).
+    pub listen_addr: SocketAddr,
+    /// The service's own database (`DATABASE_URL`).
+    pub database_url: Secret<String>,
+    /// `OMNI_DATABASE_MAX_CONNECTIONS`, default 10.
+    pub database_max_connections: u32,
+    /// `REDIS_URL`.
+    pub redis_url: Secret<String>,
+    /// Prepended to every Redis key and stream (`OMNI_REDIS_PREFIX`, default empty); lets
+    /// several deployments or test runs share one Redis.
+    pub redis_prefix: String,
+    /// identity's Ed25519 public key, PEM (`OMNI_AUTH_PUBLIC_KEY` or `OMNI_AUTH_PUBLIC_KEY_FILE`).
+    pub auth_public_key_pem: String,
+    /// How long in-flight calls may take to drain after SIGTERM (`OMNI_SHUTDOWN_GRACE_MS`).
+    pub shutdown_grace: Duration,
+    /// How often health re-checks Postgres and Redis (`OMNI_HEALTH_INTERVAL_MS`).
+    pub health_interval: Duration,
+    /// The longest a call may run when the client sets no deadline (`OMNI_MAX_CALL_MS`).
+    pub max_call_duration: Duration,
+    /// How often the outbox relay polls when not woken (`OMNI_OUTBOX_POLL_MS`).
+    pub outbox_poll: Duration,
+}
+
+impl CommonConfig {
+    /// Reads the common settings; `default_port` is the service's port from the design.
+    pub fn from_env(default_port: u16) -> Result<Self, ConfigError> {
+        let listen_addr = parse_or(
+            "OMNI_LISTEN_ADDR",
+            SocketAddr::from(([0, 0, 0, 0], default_port)),
+        )?;
+        let database_url = required("DATABASE_URL")?;
+        if !database_url.starts_with("postgres://") && !database_url.starts_with("postgresql://")
+        {
+            return Err(ConfigError::new(
+                "DATABASE_URL",
+                "must be a postgres:// or postgresql:// URL",
+            ));
+        }
+        let redis_url = required("REDIS_URL")?;
+        if !redis_url.starts_with("redis://") && !redis_url.starts_with("rediss://") {
+            return Err(ConfigError::new(
+                "REDIS_URL",
+                "must be a redis:// or rediss:// URL",
+            ));
+        }
+        let auth_public_key_pem = pem("OMNI_AUTH_PUBLIC_KEY")?.ok_or_else(|| {
+            ConfigError::new(
+                "OMNI_AUTH_PUBLIC_KEY",
+                "is required (or OMNI_AUTH_PUBLIC_KEY_FILE): identity's token public key, PEM",
+            )
+        })?;
+        crate::auth::TokenVerifier::from_public_pem(&auth_public_key_pem)
+            .map_err(|e| ConfigError::new("OMNI_AUTH_PUBLIC_KEY", e.to_string()))?;
+        Ok(Self {
+            listen_addr,
+            database_url: Secret::new(database_url),
+            database_max_connections: parse_or("OMNI_DATABASE_MAX_CONNECTIONS", 10)?,
+            redis_url: Secret::new(redis_url),
+            redis_prefix: var("OMNI_REDIS_PREFIX").unwrap_or_default(),
+            auth_public_key_pem,
+            shutdown_grace: millis_or("OMNI_SHUTDOWN_GRACE_MS", Duration::from_secs(20))?,
+            health_interval: millis_or("OMNI_HEALTH_INTERVAL_MS", Duration::from_secs(2))?,
+            max_call_duration: millis_or("OMNI_MAX_CALL_MS", Duration::from_secs(30))?,
+            outbox_poll: millis_or("OMNI_OUTBOX_POLL_MS", Duration::from_millis(200))?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_never_print() {
+        let s = Secret::new("hunter2".to_owned());
+        assert_eq!(format!("{s:?}"), "[redacted]");
+        assert_eq!(s.expose(), "hunter2");
+    }
+
+    #[test]
+    fn errors_name_the_variable() {
+        let e = ConfigError::new("REDIS_URL", "is required but not set");
+        assert_eq!(
+            e.to_string(),
+            "configuration error: REDIS_URL: is required but not set"
+        );
+    }
+}

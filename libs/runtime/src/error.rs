@@ -1,0 +1,289 @@
+//! One error type for every service and its one mapping to `tonic::Status`.
+//!
+//! Handlers return [`Result`]; the `From<Error> for Status` below decides what the caller sees:
+//! bad input becomes `INVALID_ARGUMENT` with `google.rpc.BadRequest` field violations, broken
+//! business rules `FAILED_PRECONDITION` with `google.rpc.PreconditionFailure`, and anything
+//! unexpected `INTERNAL`, logged with the trace id and sent without internals. Database errors
+//! are classified here, once, by SQLSTATE and constraint name, never by matching messages in
+//! handlers.
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+pub use tonic_types::{FieldViolation, PreconditionViolation};
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Bad input; nothing was written.
+    #[error("invalid argument: {}", describe_fields(.0))]
+    InvalidArgument(Vec<FieldViolation>),
+    /// The named thing does not exist, e.g. `customer 0193…`.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// A unique thing already exists; the violation names the field.
+    #[error("already exists: {}", describe_fields(.0))]
+    AlreadyExists(Vec<FieldViolation>),
+    /// A business rule refuses the call in the current state.
+    #[error("{message}")]
+    FailedPrecondition {
+        message: String,
+        violations: Vec<PreconditionViolation>,
+    },
+    /// A concurrent change won (stale version, serialization failure); the caller may retry.
+    #[error("aborted: {0}")]
+    Aborted(String),
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(String),
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
+    /// A dependency (Postgres, Redis, another service) cannot be reached.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+fn describe_fields(violations: &[FieldViolation]) -> String {
+    violations
+        .iter()
+        .map(|v| format!("{}: {}", v.field, v.description))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl Error {
+    pub fn invalid(field: impl Into<String>, description: impl Into<String>) -> Self {
+        Self::InvalidArgument(vec![FieldViolation::new(field, description)])
+    }
+
+    pub fn not_found(what: impl Into<String>) -> Self {
+        Self::NotFound(what.into())
+    }
+
+    pub fn already_exists(field: impl Into<String>, description: impl Into<String>) -> Self {
+        Self::AlreadyExists(vec![FieldViolation::new(field, description)])
+    }
+
+    /// A broken business rule: `kind` is a SCREAMING_SNAKE_CASE type (e.g. `STOCK`), `subject`
+    /// what it is about (e.g. `sku/ABC-1`).
+    pub fn precondition(
+        kind: impl Into<String>,
+        subject: impl Into<String>,
+        description: impl Into<String>,
+    ) -> Self {
+        let description = description.into();
+        Self::FailedPrecondition {
+            message: description.clone(),
+            violations: vec![PreconditionViolation::new(kind, subject, description)],
+        }
+    }
+
+    pub fn unauthenticated(reason: impl Into<String>) -> Self {
+        Self::Unauthenticated(reason.into())
+    }
+
+    pub fn permission_denied(reason: impl Into<String>) -> Self {
+        Self::PermissionDenied(reason.into())
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::Internal(anyhow::anyhow!(message.into()))
+    }
+}
+
+/// Collects field violations while validating a request, so one call reports all of them.
+#[derive(Debug, Default)]
+pub struct Violations(Vec<FieldViolation>);
+
+impl Violations {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn add(&mut self, field: impl Into<String>, description: impl Into<String>) {
+        self.0.push(FieldViolation::new(field, description));
+    }
+
+    /// Records the violation of a field-level `Result`, returning its value when valid.
+    pub fn check<T>(&mut self, field: &str, result: Result<T, String>) -> Option<T> {
+        match result {
+            Ok(v) => Some(v),
+            Err(description) => {
+                self.add(field, description);
+                None
+            }
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// `Ok(())` when nothing was reported, else `INVALID_ARGUMENT` with every violation.
+    pub fn finish(self) -> Result<()> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::InvalidArgument(self.0))
+        }
+    }
+}
+
+/// Maps database errors: constraint violations become caller errors naming the field (taken
+/// from the constraint name, `<table>_<field>_key`/`_fkey`/`_check`), lost races become
+/// `ABORTED`, an unreachable database `UNAVAILABLE`, the rest `INTERNAL`.
+impl From<sqlx::Error> for Error {
+    fn from(err: sqlx::Error) -> Self {
+        match &err {
+            sqlx::Error::Database(db) => {
+                let field = constraint_field(
+                    db.table().unwrap_or_default(),
+                    db.constraint().unwrap_or_default(),
+                );
+                match db.code().as_deref() {
+                    // unique_violation
+                    Some("23505") => Error::already_exists(
+                        field.clone(),
+                        "a record with this value already exists",
+                    ),
+                    // foreign_key_violation
+                    Some("23503") => Error::precondition(
+                        "REFERENCE",
+                        field.clone(),
+                        "refers to a record that does not exist",
+                    ),
+                    // check_violation
+                    Some("23514") => Error::precondition(
+                        "CONSTRAINT",
+                        field.clone(),
+                        "the change would break a rule of the data",
+                    ),
+                    // serialization_failure, deadlock_detected, lock_not_available
+                    Some("40001" | "40P01" | "55P03") => {
+                        Error::Aborted("a concurrent change won; retry".into())
+                    }
+                    // admin_shutdown, crash_shutdown, cannot_connect_now, too_many_connections
+                    Some("57P01" | "57P02" | "57P03" | "53300") => {
+                        Error::Unavailable("the database is not available".into())
+                    }
+                    _ => Error::Internal(err.into()),
+                }
+            }
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_) => Error::Unavailable("the database is not reachable".into()),
+            _ => Error::Internal(err.into()),
+        }
+    }
+}
+
+impl From<redis::RedisError> for Error {
+    fn from(err: redis::RedisError) -> Self {
+        if err.is_io_error() || err.is_connection_dropped() || err.is_timeout() {
+            Error::Unavailable("the cache is not reachable".into())
+        } else {
+            Error::Internal(err.into())
+        }
+    }
+}
+
+/// The field a constraint guards, from Postgres's naming convention: on table `customers`,
+/// `customers_phone_key` → `phone`. Other names are returned whole.
+fn constraint_field(table: &str, constraint: &str) -> String {
+    let trimmed = ["_key", "_fkey", "_check", "_excl"]
+        .iter()
+        .find_map(|suffix| constraint.strip_suffix(suffix))
+        .unwrap_or(constraint);
+    trimmed
+        .strip_prefix(table)
+        .and_then(|rest| rest.strip_prefix('_'))
+        .filter(|field| !field.is_empty())
+        .unwrap_or(trimmed)
+        .to_owned()
+}
+
+impl From<Error> for Status {
+    fn from(err: Error) -> Self {
+        match err {
+            Error::InvalidArgument(violations) => {
+                let message = format!("invalid argument: {}", describe_fields(&violations));
+                Status::with_error_details(
+                    Code::InvalidArgument,
+                    message,
+                    ErrorDetails::with_bad_request(violations),
+                )
+            }
+            Error::NotFound(what) => Status::not_found(format!("{what} not found")),
+            Error::AlreadyExists(violations) => {
+                let message = format!("already exists: {}", describe_fields(&violations));
+                Status::with_error_details(
+                    Code::AlreadyExists,
+                    message,
+                    ErrorDetails::with_bad_request(violations),
+                )
+            }
+            Error::FailedPrecondition {
+                message,
+                violations,
+            } => Status::with_error_details(
+                Code::FailedPrecondition,
+                message,
+                ErrorDetails::with_precondition_failure(violations),
+            ),
+            Error::Aborted(m) => Status::aborted(m),
+            Error::Unauthenticated(m) => Status::unauthenticated(m),
+            Error::PermissionDenied(m) => Status::permission_denied(m),
+            Error::Unavailable(m) => {
+                tracing::warn!(reason = %m, "dependency unavailable");
+                Status::unavailable(m)
+            }
+            Error::Internal(e) => {
+                let trace_id = crate::telemetry::current_trace_id();
+                tracing::error!(error = ?e, %trace_id, "internal error");
+                Status::internal(format!("internal error (trace {trace_id})"))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn constraint_names_become_fields() {
+        assert_eq!(constraint_field("customers", "customers_phone_key"), "phone");
+        assert_eq!(
+            constraint_field("channel_accounts", "channel_accounts_customer_id_fkey"),
+            "customer_id"
+        );
+        assert_eq!(constraint_field("t", "stock_non_negative"), "stock_non_negative");
+    }
+
+    #[test]
+    fn invalid_argument_carries_every_field() {
+        let mut v = Violations::new();
+        v.add("phone", "not a phone number");
+        v.add("name", "must not be empty");
+        let status = Status::from(v.finish().unwrap_err());
+        assert_eq!(status.code(), Code::InvalidArgument);
+        let details = status.get_error_details();
+        let fields: Vec<_> = details
+            .bad_request()
+            .unwrap()
+            .field_violations
+            .iter()
+            .map(|f| f.field.as_str())
+            .collect();
+        assert_eq!(fields, ["phone", "name"]);
+    }
+
+    #[test]
+    fn internals_are_not_sent() {
+        let status = Status::from(Error::Internal(anyhow::anyhow!("relation \"x\" does not exist")));
+        assert_eq!(status.code(), Code::Internal);
+        assert!(!status.message().contains("relation"));
+    }
+}

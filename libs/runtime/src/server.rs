@@ -1,0 +1,255 @@
+//! The gRPC host every service runs in.
+//!
+//! [`Host::run`] serves on a listener the caller bound (tests bind `127.0.0.1:0`) until a
+//! shutdown token is cancelled. While the service starts (migrations, connections) it already
+//! answers grpc.health.v1 with NOT_SERVING, so probes see it; once started it serves the
+//! service's routes behind per-RPC spans (continuing the caller's W3C trace context), with
+//! reflection, and keeps health in step with Postgres and Redis. On shutdown health turns
+//! NOT_SERVING, new connections stop, and in-flight calls drain for up to the grace period.
+
+use std::future::Future;
+use std::time::Duration;
+
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::service::Routes;
+use tonic::transport::Server;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+use crate::config::CommonConfig;
+use crate::redis::Redis;
+
+/// What a service hands the host once it has started.
+pub struct Ready {
+    /// The service's own gRPC services, each already wrapped in the auth interceptor.
+    pub routes: Routes,
+    /// Health follows these two.
+    pub pool: PgPool,
+    pub redis: Redis,
+}
+
+pub struct Host {
+    /// The service's short name, e.g. `identity`.
+    pub name: &'static str,
+    /// Fully qualified gRPC service names reported by health, e.g.
+    /// `omni.identity.v1.IdentityService`.
+    pub services: Vec<&'static str>,
+    pub listener: TcpListener,
+    pub shutdown: CancellationToken,
+    pub grace: Duration,
+    pub health_interval: Duration,
+    pub max_call: Duration,
+}
+
+impl Host {
+    pub fn new(
+        name: &'static str,
+        services: Vec<&'static str>,
+        config: &CommonConfig,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self {
+            name,
+            services,
+            listener,
+            shutdown,
+            grace: config.shutdown_grace,
+            health_interval: config.health_interval,
+            max_call: config.max_call_duration,
+        }
+    }
+
+    /// Serves health while `startup` runs, then the service until shutdown.
+    pub async fn run<F>(self, startup: F) -> anyhow::Result<()>
+    where
+        F: Future<Output = anyhow::Result<Ready>>,
+    {
+        let (reporter, health) = tonic_health::server::health_reporter();
+        set_status(&reporter, &self.services, ServingStatus::NotServing).await;
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(omni_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(omni_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()?;
+        let mut incoming = TcpListenerStream::new(self.listener);
+
+        // Phase one: health only, NOT_SERVING, while the service starts.
+        let started = CancellationToken::new();
+        let ready = {
+            let starting = Server::builder()
+                .add_service(health.clone())
+                .serve_with_incoming_shutdown(&mut incoming, started.cancelled());
+            tokio::pin!(starting);
+            let startup = async {
+                let ready = startup.await;
+                started.cancel();
+                ready
+            };
+            let (ready, served) = tokio::join!(startup, &mut starting);
+            served?;
+            ready?
+        };
+        if self.shutdown.is_cancelled() {
+            return Ok(());
+        }
+
+        // Phase two: the service itself.
+        let watcher = tokio::spawn(watch_dependencies(
+            reporter.clone(),
+            self.services.clone(),
+            ready.pool.clone(),
+            ready.redis.clone(),
+            self.health_interval,
+            self.shutdown.clone(),
+        ));
+        let name = self.name;
+        let shutdown = self.shutdown.clone();
+        let server = Server::builder()
+            .timeout(self.max_call)
+            .tcp_nodelay(true)
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .trace_fn(move |request| rpc_span(name, request))
+            .add_routes(ready.routes)
+            .add_service(health)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .serve_with_incoming_shutdown(&mut incoming, async move {
+                shutdown.cancelled().await;
+                tracing::info!("shutting down: draining in-flight calls");
+                set_status(&reporter, &self.services, ServingStatus::NotServing).await;
+            });
+        let grace = self.grace;
+        let shutdown = self.shutdown.clone();
+        let deadline = async move {
+            shutdown.cancelled().await;
+            tokio::time::sleep(grace).await;
+        };
+        tokio::select! {
+            served = server => served?,
+            () = deadline => tracing::warn!(grace_ms = grace.as_millis() as u64, "drain took longer than the grace period; stopping"),
+        }
+        watcher.abort();
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// The span every RPC runs in: named after the method, child of the caller's trace.
+fn rpc_span(service: &'static str, request: &http::Request<()>) -> tracing::Span {
+    let path = request.uri().path();
+    if path.starts_with("/grpc.health.") || path.starts_with("/grpc.reflection.") {
+        return tracing::Span::none();
+    }
+    let method = path.trim_start_matches('/');
+    let span = tracing::info_span!(
+        "grpc.request",
+        otel.name = %method,
+        otel.kind = "server",
+        rpc.system = "grpc",
+        rpc.method = %method,
+        service,
+        principal = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+    );
+    crate::telemetry::adopt_parent(
+        &span,
+        crate::telemetry::extract_from_headers(request.headers()),
+    );
+    span
+}
+
+async fn set_status(reporter: &HealthReporter, services: &[&'static str], status: ServingStatus) {
+    reporter.set_service_status("", status).await;
+    for service in services {
+        reporter.set_service_status(*service, status).await;
+    }
+}
+
+/// Keeps health SERVING only while both Postgres and Redis answer.
+async fn watch_dependencies(
+    reporter: HealthReporter,
+    services: Vec<&'static str>,
+    pool: PgPool,
+    redis: Redis,
+    interval: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut last: Option<bool> = None;
+    let probe_timeout = interval.clamp(Duration::from_millis(500), Duration::from_secs(3));
+    loop {
+        let probe = async {
+            let postgres = crate::db::ping(&pool).await;
+            let cache = redis.ping().await;
+            (postgres, cache)
+        };
+        let healthy = match tokio::time::timeout(probe_timeout, probe).await {
+            Ok((Ok(()), Ok(()))) => true,
+            Ok((postgres, cache)) => {
+                if last != Some(false) {
+                    tracing::warn!(
+                        postgres = ?postgres.err().map(|e| e.to_string()),
+                        redis = ?cache.err().map(|e| e.to_string()),
+                        "dependency check failed: NOT_SERVING"
+                    );
+                }
+                false
+            }
+            Err(_) => {
+                if last != Some(false) {
+                    tracing::warn!("dependency check timed out: NOT_SERVING");
+                }
+                false
+            }
+        };
+        if last != Some(healthy) && !shutdown.is_cancelled() {
+            let status = if healthy {
+                tracing::info!("dependencies reachable: SERVING");
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
+            set_status(&reporter, &services, status).await;
+            last = Some(healthy);
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(interval) => {}
+        }
+    }
+}
+
+/// Resolves when the process receives SIGTERM or ctrl-c, then cancels `token`.
+pub async fn cancel_on_signal(token: CancellationToken) {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for ctrl-c");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut sigterm) => {
+                sigterm.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!("ctrl-c received"),
+        () = terminate => tracing::info!("SIGTERM received"),
+    }
+    token.cancel();
+}
