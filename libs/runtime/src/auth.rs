@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use tonic::{Request, Status};
 
 use crate::error::Error;
+use crate::server::Readiness;
 
 const ISSUER: &str = "omni-identity";
 const AUDIENCE: &str = "omni";
@@ -348,20 +349,40 @@ impl TokenSigner {
     }
 }
 
-/// The server-side interceptor: verifies the bearer token and attaches the [`Principal`].
+/// The server-side interceptor: refuses calls until the service is ready, verifies the bearer
+/// token and attaches the [`Principal`].
 #[derive(Clone, Debug)]
 pub struct ServerAuth {
-    verifier: Arc<TokenVerifier>,
+    /// `None` for the few public RPCs (identity's token issuance).
+    verifier: Option<Arc<TokenVerifier>>,
+    readiness: Readiness,
 }
 
 impl ServerAuth {
-    pub fn new(verifier: Arc<TokenVerifier>) -> Self {
-        Self { verifier }
+    pub fn new(verifier: Arc<TokenVerifier>, readiness: Readiness) -> Self {
+        Self {
+            verifier: Some(verifier),
+            readiness,
+        }
+    }
+
+    /// Readiness only, no token: for the RPCs a caller uses to obtain a token.
+    pub fn public(readiness: Readiness) -> Self {
+        Self {
+            verifier: None,
+            readiness,
+        }
     }
 }
 
 impl tonic::service::Interceptor for ServerAuth {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        if !self.readiness.is_ready() {
+            return Err(Status::unavailable("the service is starting"));
+        }
+        let Some(verifier) = &self.verifier else {
+            return Ok(request);
+        };
         let header = request
             .metadata()
             .get("authorization")
@@ -371,7 +392,7 @@ impl tonic::service::Interceptor for ServerAuth {
             .ok()
             .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
             .ok_or_else(|| Status::unauthenticated("authorization must be: Bearer <token>"))?;
-        let mut principal = self.verifier.verify(token.trim())?;
+        let mut principal = verifier.verify(token.trim())?;
         principal.on_behalf_of = request
             .metadata()
             .get(ON_BEHALF_OF)

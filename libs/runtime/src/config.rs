@@ -126,6 +126,15 @@ pub struct CommonConfig {
 impl CommonConfig {
     /// Reads the common settings; `default_port` is the service's port from the design.
     pub fn from_env(default_port: u16) -> Result<Self, ConfigError> {
+        Self::from_env_with_key(default_port, None)
+    }
+
+    /// As [`CommonConfig::from_env`], with a public key to use when `OMNI_AUTH_PUBLIC_KEY` is
+    /// unset (identity derives it from its signing key).
+    pub fn from_env_with_key(
+        default_port: u16,
+        own_public_key: Option<&str>,
+    ) -> Result<Self, ConfigError> {
         let listen_addr = parse_or(
             "OMNI_LISTEN_ADDR",
             SocketAddr::from(([0, 0, 0, 0], default_port)),
@@ -145,7 +154,9 @@ impl CommonConfig {
                 "must be a redis:// or rediss:// URL",
             ));
         }
-        let auth_public_key_pem = pem("OMNI_AUTH_PUBLIC_KEY")?.ok_or_else(|| {
+        let auth_public_key_pem = pem("OMNI_AUTH_PUBLIC_KEY")?
+            .or_else(|| own_public_key.map(str::to_owned))
+            .ok_or_else(|| {
             ConfigError::new(
                 "OMNI_AUTH_PUBLIC_KEY",
                 "is required (or OMNI_AUTH_PUBLIC_KEY_FILE): identity's token public key, PEM",

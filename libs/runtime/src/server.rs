@@ -1,13 +1,15 @@
 //! The gRPC host every service runs in.
 //!
 //! [`Host::run`] serves on a listener the caller bound (tests bind `127.0.0.1:0`) until a
-//! shutdown token is cancelled. While the service starts (migrations, connections) it already
-//! answers grpc.health.v1 with NOT_SERVING, so probes see it; once started it serves the
-//! service's routes behind per-RPC spans (continuing the caller's W3C trace context), with
-//! reflection, and keeps health in step with Postgres and Redis. On shutdown health turns
+//! shutdown token is cancelled: the service's routes behind per-RPC spans (continuing the
+//! caller's W3C trace context), grpc.health.v1 and reflection. While the service starts
+//! (migrations wait for Postgres) health says NOT_SERVING and the service's own RPCs answer
+//! UNAVAILABLE; once started, health follows Postgres and Redis. On shutdown health turns
 //! NOT_SERVING, new connections stop, and in-flight calls drain for up to the grace period.
 
 use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use sqlx::PgPool;
@@ -22,13 +24,19 @@ use tonic_health::server::HealthReporter;
 use crate::config::CommonConfig;
 use crate::redis::Redis;
 
-/// What a service hands the host once it has started.
-pub struct Ready {
-    /// The service's own gRPC services, each already wrapped in the auth interceptor.
-    pub routes: Routes,
-    /// Health follows these two.
-    pub pool: PgPool,
-    pub redis: Redis,
+/// Whether the service has finished starting (migrations applied); until then its own RPCs
+/// answer UNAVAILABLE and health NOT_SERVING. Shared with the service's interceptors.
+#[derive(Clone, Debug, Default)]
+pub struct Readiness(Arc<AtomicBool>);
+
+impl Readiness {
+    pub fn is_ready(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+
+    fn set(&self) {
+        self.0.store(true, Ordering::Release);
+    }
 }
 
 pub struct Host {
@@ -42,6 +50,7 @@ pub struct Host {
     pub grace: Duration,
     pub health_interval: Duration,
     pub max_call: Duration,
+    readiness: Readiness,
 }
 
 impl Host {
@@ -60,13 +69,28 @@ impl Host {
             grace: config.shutdown_grace,
             health_interval: config.health_interval,
             max_call: config.max_call_duration,
+            readiness: Readiness::default(),
         }
     }
 
-    /// Serves health while `startup` runs, then the service until shutdown.
-    pub async fn run<F>(self, startup: F) -> anyhow::Result<()>
+    /// The flag the service's interceptors check (see [`crate::auth::ServerAuth`]).
+    pub fn readiness(&self) -> Readiness {
+        self.readiness.clone()
+    }
+
+    /// Serves `routes` (each wrapped in an interceptor holding [`Host::readiness`]) with
+    /// health and reflection until shutdown. `startup` (migrations, background workers) runs
+    /// meanwhile; when it succeeds the service becomes ready, and health follows `pool` and
+    /// `redis` from then on. If it fails, the host stops with its error.
+    pub async fn run<F>(
+        self,
+        routes: Routes,
+        pool: PgPool,
+        redis: Redis,
+        startup: F,
+    ) -> anyhow::Result<()>
     where
-        F: Future<Output = anyhow::Result<Ready>>,
+        F: Future<Output = anyhow::Result<()>> + Send + 'static,
     {
         let (reporter, health) = tonic_health::server::health_reporter();
         set_status(&reporter, &self.services, ServingStatus::NotServing).await;
@@ -78,71 +102,81 @@ impl Host {
             .register_encoded_file_descriptor_set(omni_proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1alpha()?;
-        let mut incoming = TcpListenerStream::new(self.listener);
 
-        // Phase one: health only, NOT_SERVING, while the service starts.
-        let started = CancellationToken::new();
-        let ready = {
-            let starting = Server::builder()
-                .add_service(health.clone())
-                .serve_with_incoming_shutdown(&mut incoming, started.cancelled());
-            tokio::pin!(starting);
-            let startup = async {
-                let ready = startup.await;
-                started.cancel();
-                ready
-            };
-            let (ready, served) = tokio::join!(startup, &mut starting);
-            served?;
-            ready?
+        let failed = CancellationToken::new();
+        let starting = {
+            let readiness = self.readiness.clone();
+            let failed = failed.clone();
+            let watcher = watch_dependencies(
+                reporter.clone(),
+                self.services.clone(),
+                pool,
+                redis,
+                self.health_interval,
+                self.shutdown.clone(),
+            );
+            tokio::spawn(async move {
+                match startup.await {
+                    Ok(()) => {
+                        readiness.set();
+                        tracing::info!("started");
+                        watcher.await;
+                        Ok(())
+                    }
+                    Err(e) => {
+                        failed.cancel();
+                        Err(e)
+                    }
+                }
+            })
         };
-        if self.shutdown.is_cancelled() {
-            return Ok(());
-        }
 
-        // Phase two: the service itself.
-        let watcher = tokio::spawn(watch_dependencies(
-            reporter.clone(),
-            self.services.clone(),
-            ready.pool.clone(),
-            ready.redis.clone(),
-            self.health_interval,
-            self.shutdown.clone(),
-        ));
         let name = self.name;
         let shutdown = self.shutdown.clone();
+        let stop = failed.clone();
+        let services = self.services.clone();
         let server = Server::builder()
             .timeout(self.max_call)
             .tcp_nodelay(true)
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .trace_fn(move |request| rpc_span(name, request))
-            .add_routes(ready.routes)
+            .add_routes(routes)
             .add_service(health)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .serve_with_incoming_shutdown(&mut incoming, async move {
-                shutdown.cancelled().await;
+            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), async move {
+                tokio::select! {
+                    () = shutdown.cancelled() => {}
+                    () = stop.cancelled() => {}
+                }
                 tracing::info!("shutting down: draining in-flight calls");
-                set_status(&reporter, &self.services, ServingStatus::NotServing).await;
+                set_status(&reporter, &services, ServingStatus::NotServing).await;
             });
         let grace = self.grace;
         let shutdown = self.shutdown.clone();
         let deadline = async move {
-            shutdown.cancelled().await;
+            tokio::select! {
+                () = shutdown.cancelled() => {}
+                () = failed.cancelled() => {}
+            }
             tokio::time::sleep(grace).await;
         };
         tokio::select! {
             served = server => served?,
             () = deadline => tracing::warn!(grace_ms = grace.as_millis() as u64, "drain took longer than the grace period; stopping"),
         }
-        watcher.abort();
+        if starting.is_finished() {
+            starting.await??;
+        } else {
+            starting.abort();
+        }
         tracing::info!("stopped");
         Ok(())
     }
 }
 
 /// The span every RPC runs in: named after the method, child of the caller's trace.
-fn rpc_span(service: &'static str, request: &http::Request<()>) -> tracing::Span {
+pub fn rpc_span(service: &'static str, request: &http::Request<()>) -> tracing::Span {
     let path = request.uri().path();
     if path.starts_with("/grpc.health.") || path.starts_with("/grpc.reflection.") {
         return tracing::Span::none();

@@ -1,1 +1,285 @@
-//! placeholder
+//! Starts real Omni services in-process for tests.
+//!
+//! Each service gets a listener on `127.0.0.1:0`, a database of its own created fresh on the
+//! Postgres at `OMNI_TEST_DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`),
+//! and a Redis namespace of its own on `OMNI_TEST_REDIS_URL` (default `redis://127.0.0.1:6379`).
+//! Readiness is awaited on the service's grpc.health.v1 `Watch` stream, never with sleeps.
+//! Tokens are minted with the key pair the services under test trust, for any role and scope.
+//!
+//! All spans finish in an in-memory exporter ([`finished_spans`]) so tests can assert on traces.
+
+mod proxy;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use omni_runtime::auth::{KeyPair, Principal, PrincipalKind, Role, Scope, TokenSigner};
+use omni_runtime::client::{self, AuthChannel, TokenSource};
+use omni_runtime::config::{CommonConfig, Secret};
+use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
+use sqlx::{Connection, PgConnection, PgPool};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_stream::StreamExt as _;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+use uuid::Uuid;
+
+pub use proxy::TcpProxy;
+
+struct Global {
+    keys: KeyPair,
+    signer: TokenSigner,
+    spans: InMemorySpanExporter,
+}
+
+fn global() -> &'static Global {
+    static GLOBAL: OnceLock<Global> = OnceLock::new();
+    GLOBAL.get_or_init(|| {
+        let keys = KeyPair::generate().expect("generating the test key pair");
+        let signer = TokenSigner::from_private_pem(keys.private_pem.expose(), Duration::from_secs(900))
+            .expect("loading the test key pair");
+        let spans = InMemorySpanExporter::default();
+        let provider = SdkTracerProvider::builder()
+            .with_simple_exporter(spans.clone())
+            .build();
+        // Only the first test binary's call can install; later calls are no-ops.
+        let _ = omni_runtime::telemetry::install(&provider, "omni-testkit", false);
+        Global {
+            keys,
+            signer,
+            spans,
+        }
+    })
+}
+
+/// Every span finished so far in this test process.
+pub fn finished_spans() -> Vec<SpanData> {
+    global().spans.get_finished_spans().unwrap_or_default()
+}
+
+pub fn admin_database_url() -> String {
+    std::env::var("OMNI_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+pub fn redis_url() -> String {
+    std::env::var("OMNI_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+/// A fresh, empty database; returns its URL. Databases are named `omni_test_*` so
+/// `scripts/test` can drop those of earlier runs.
+pub async fn fresh_database(label: &str) -> anyhow::Result<String> {
+    let admin = admin_database_url();
+    let name = format!("omni_test_{label}_{}", Uuid::now_v7().simple());
+    let mut conn = PgConnection::connect(&admin).await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+        .execute(&mut conn)
+        .await?;
+    conn.close().await?;
+    let (base, _) = admin
+        .rsplit_once('/')
+        .ok_or_else(|| anyhow::anyhow!("OMNI_TEST_DATABASE_URL has no database part"))?;
+    Ok(format!("{base}/{name}"))
+}
+
+/// A unique Redis key prefix, so tests never see each other's keys or streams.
+pub fn fresh_redis_prefix() -> String {
+    format!("test:{}:", Uuid::now_v7().simple())
+}
+
+/// The common configuration of a service under test, on a fresh database and namespace.
+pub async fn common_config(label: &str) -> anyhow::Result<CommonConfig> {
+    let database_url = fresh_database(label).await?;
+    Ok(CommonConfig {
+        listen_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        database_url: Secret::new(database_url),
+        database_max_connections: 10,
+        redis_url: Secret::new(redis_url()),
+        redis_prefix: fresh_redis_prefix(),
+        auth_public_key_pem: global().keys.public_pem.clone(),
+        shutdown_grace: Duration::from_secs(5),
+        health_interval: Duration::from_millis(100),
+        max_call_duration: Duration::from_secs(30),
+        outbox_poll: Duration::from_millis(50),
+    })
+}
+
+/// A token for a principal with `roles` and `scope`, signed with the key services trust.
+pub fn token(roles: &[Role], scope: Scope) -> String {
+    let principal = Principal {
+        id: Uuid::now_v7().to_string(),
+        kind: PrincipalKind::Staff,
+        name: "test".to_owned(),
+        roles: roles.to_vec(),
+        scope,
+        on_behalf_of: None,
+    };
+    global()
+        .signer
+        .sign(&principal)
+        .expect("signing a test token")
+        .0
+}
+
+/// A token that expired an hour ago.
+pub fn expired_token(roles: &[Role]) -> String {
+    let principal = Principal {
+        id: Uuid::now_v7().to_string(),
+        kind: PrincipalKind::Staff,
+        name: "test".to_owned(),
+        roles: roles.to_vec(),
+        scope: Scope::default(),
+        on_behalf_of: None,
+    };
+    global()
+        .signer
+        .sign_at(
+            &principal,
+            chrono::Utc::now() - chrono::Duration::hours(2),
+            Duration::from_secs(3600),
+        )
+        .expect("signing a test token")
+        .0
+}
+
+/// The PEM private key services under test sign with (identity's `OMNI_SIGNING_KEY`).
+pub fn signing_key_pem() -> Secret<String> {
+    global().keys.private_pem.clone()
+}
+
+/// A service running in this process.
+pub struct Service {
+    pub name: &'static str,
+    pub addr: SocketAddr,
+    pub config: CommonConfig,
+    shutdown: CancellationToken,
+    handle: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Service {
+    /// Starts a service: `run` is the service's own `run(config, listener, shutdown)`.
+    pub async fn start<F, Fut>(name: &'static str, config: CommonConfig, run: F) -> anyhow::Result<Self>
+    where
+        F: FnOnce(TcpListener, CancellationToken) -> Fut,
+        Fut: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        let listener = TcpListener::bind(config.listen_addr).await?;
+        let addr = listener.local_addr()?;
+        let shutdown = CancellationToken::new();
+        let handle = tokio::spawn(run(listener, shutdown.clone()));
+        let service = Self {
+            name,
+            addr,
+            config,
+            shutdown,
+            handle,
+        };
+        service.wait_for(ServingStatus::Serving).await?;
+        Ok(service)
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// A plain channel, without a token.
+    pub fn channel(&self) -> Channel {
+        client::channel(&self.url(), Duration::from_secs(5), Duration::from_secs(30))
+            .expect("a valid loopback URL")
+    }
+
+    /// A channel whose calls carry `token` and the current trace context.
+    pub fn with_token(&self, token: &str) -> AuthChannel {
+        client::authenticated(
+            self.channel(),
+            TokenSource::Static(Arc::from(token)),
+            Duration::from_secs(30),
+        )
+    }
+
+    /// A channel acting as a principal with `roles` and no scope limits.
+    pub fn as_roles(&self, roles: &[Role]) -> AuthChannel {
+        self.with_token(&token(roles, Scope::default()))
+    }
+
+    /// A channel acting as an admin.
+    pub fn admin(&self) -> AuthChannel {
+        self.as_roles(&[Role::Admin])
+    }
+
+    /// A pool on the service's own database, for assertions on what was written.
+    pub async fn db(&self) -> anyhow::Result<PgPool> {
+        Ok(PgPool::connect(self.config.database_url.expose()).await?)
+    }
+
+    /// The service's Redis namespace prefix.
+    pub fn redis_prefix(&self) -> &str {
+        &self.config.redis_prefix
+    }
+
+    /// Waits (on the health Watch stream) until the overall status is `wanted`.
+    pub async fn wait_for(&self, wanted: ServingStatus) -> anyhow::Result<()> {
+        let watch = async {
+            loop {
+                let mut client = HealthClient::new(self.channel());
+                let stream = client
+                    .watch(HealthCheckRequest {
+                        service: String::new(),
+                    })
+                    .await;
+                if let Ok(stream) = stream {
+                    let mut stream = stream.into_inner();
+                    while let Some(Ok(update)) = stream.next().await {
+                        if update.status == wanted as i32 {
+                            return;
+                        }
+                    }
+                }
+                if self.handle.is_finished() {
+                    return;
+                }
+                // The server switched phase or is not accepting yet: watch again.
+                tokio::task::yield_now().await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(30), watch)
+            .await
+            .map_err(|_| anyhow::anyhow!("{} did not become {wanted:?} within 30 s", self.name))?;
+        if self.handle.is_finished() {
+            anyhow::bail!("{} stopped while starting", self.name);
+        }
+        Ok(())
+    }
+
+    /// Stops the service gracefully and returns what its `run` returned.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        self.handle.await?
+    }
+}
+
+/// Starts identity on a fresh database and namespace.
+pub async fn identity() -> anyhow::Result<Service> {
+    let common = common_config("identity").await?;
+    identity_with(common).await
+}
+
+/// Starts identity with the given common configuration.
+pub async fn identity_with(common: CommonConfig) -> anyhow::Result<Service> {
+    let config = identity::Config {
+        common: common.clone(),
+        signing_key_pem: signing_key_pem(),
+        token_ttl: Duration::from_secs(900),
+        default_calling_code: "44".to_owned(),
+        bootstrap_admin: None,
+    };
+    Service::start("identity", common, move |listener, shutdown| {
+        identity::run(config, listener, shutdown)
+    })
+    .await
+}

@@ -1,1 +1,91 @@
-//! placeholder
+//! The identity service: one customer id across every channel (member number, E.164 phone,
+//! channel accounts, merges with aliases, consents, erasure) and the principals that may call
+//! Omni, with the Ed25519 tokens they call it with.
+//!
+//! Layers: [`grpc`] validates and maps the contract, [`app`] runs each use case in one
+//! transaction, [`domain`] decides without I/O, [`store`] talks to Postgres.
+
+pub mod app;
+pub mod config;
+pub mod credentials;
+pub mod domain;
+pub mod grpc;
+pub mod store;
+
+use std::sync::Arc;
+
+use omni_proto::identity::auth_service_server::AuthServiceServer;
+use omni_proto::identity::identity_service_server::IdentityServiceServer;
+use omni_proto::identity::principal_service_server::PrincipalServiceServer;
+use omni_runtime::auth::{ServerAuth, TokenSigner, TokenVerifier};
+use omni_runtime::outbox::Outbox;
+use omni_runtime::redis::Redis;
+use omni_runtime::server::Host;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::service::Routes;
+
+pub use crate::config::Config;
+
+pub const SERVICE_NAME: &str = "identity";
+pub const MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Serves identity on `listener` until `shutdown` is cancelled; background work (the outbox
+/// relay) stops with it.
+pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let host = Host::new(
+        SERVICE_NAME,
+        vec![
+            "omni.identity.v1.IdentityService",
+            "omni.identity.v1.PrincipalService",
+            "omni.identity.v1.AuthService",
+        ],
+        &config.common,
+        listener,
+        shutdown.clone(),
+    );
+    let pool = omni_runtime::db::pool(&config.common)?;
+    let redis = Redis::new(config.common.redis_url.expose(), &config.common.redis_prefix)?;
+    let signer = Arc::new(TokenSigner::from_private_pem(
+        config.signing_key_pem.expose(),
+        config.token_ttl,
+    )?);
+    let verifier = Arc::new(TokenVerifier::from_public_pem(&config.common.auth_public_key_pem)?);
+    let outbox = Outbox::new(SERVICE_NAME);
+    let app = app::App {
+        pool: pool.clone(),
+        outbox: outbox.clone(),
+        signer,
+    };
+    let grpc = grpc::Grpc::new(app, config.default_calling_code.clone());
+    let auth = ServerAuth::new(verifier, host.readiness());
+    // AuthService needs no token: it is how callers get one.
+    let routes = Routes::new(IdentityServiceServer::with_interceptor(grpc.clone(), auth.clone()))
+        .add_service(PrincipalServiceServer::with_interceptor(grpc.clone(), auth))
+        .add_service(AuthServiceServer::with_interceptor(
+            grpc,
+            ServerAuth::public(host.readiness()),
+        ));
+
+    let startup = {
+        let (pool, redis) = (pool.clone(), redis.clone());
+        async move {
+            omni_runtime::db::migrate(&pool, MIGRATOR, &shutdown).await?;
+            if let Some((login, password)) = &config.bootstrap_admin {
+                let password = password.expose().clone();
+                let hash =
+                    tokio::task::spawn_blocking(move || credentials::hash_password(&password)).await??;
+                let mut conn = pool.acquire().await?;
+                store::upsert_bootstrap_admin(&mut conn, login, &hash).await?;
+                tracing::info!(login = %login, "bootstrap admin ready");
+            }
+            tokio::spawn(
+                outbox
+                    .relay(pool, redis, config.common.outbox_poll)
+                    .run(shutdown),
+            );
+            Ok(())
+        }
+    };
+    host.run(routes, pool, redis, startup).await
+}

@@ -1,0 +1,78 @@
+//! identity's process: telemetry, config, serve until SIGTERM or ctrl-c.
+//!
+//! `identity keygen <dir>` writes a new Ed25519 key pair (`signing.pem`, `public.pem`) for
+//! `OMNI_SIGNING_KEY_FILE` and every service's `OMNI_AUTH_PUBLIC_KEY_FILE`.
+
+use std::process::ExitCode;
+
+use omni_runtime::auth::KeyPair;
+use tokio_util::sync::CancellationToken;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("keygen") {
+        return keygen(args.get(1).map(String::as_str));
+    }
+    let telemetry = match omni_runtime::telemetry::init(identity::SERVICE_NAME) {
+        Ok(t) => t,
+        Err(e) => {
+            #[allow(clippy::print_stderr)]
+            {
+                eprintln!("identity: cannot start telemetry: {e:#}");
+            }
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = match serve().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "identity stopped");
+            #[allow(clippy::print_stderr)]
+            {
+                eprintln!("identity: {e:#}");
+            }
+            ExitCode::FAILURE
+        }
+    };
+    telemetry.shutdown();
+    code
+}
+
+async fn serve() -> anyhow::Result<()> {
+    let config = identity::Config::from_env()?;
+    let listener = tokio::net::TcpListener::bind(config.common.listen_addr).await?;
+    tracing::info!(addr = %listener.local_addr()?, "identity listening");
+    let shutdown = CancellationToken::new();
+    tokio::spawn(omni_runtime::server::cancel_on_signal(shutdown.clone()));
+    identity::run(config, listener, shutdown).await
+}
+
+#[allow(clippy::print_stdout, clippy::print_stderr)]
+fn keygen(dir: Option<&str>) -> ExitCode {
+    let Some(dir) = dir else {
+        eprintln!("usage: identity keygen <dir>");
+        return ExitCode::from(2);
+    };
+    let write = || -> anyhow::Result<()> {
+        let keys = KeyPair::generate()?;
+        std::fs::create_dir_all(dir)?;
+        let signing = std::path::Path::new(dir).join("signing.pem");
+        std::fs::write(&signing, keys.private_pem.expose())?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&signing, std::fs::Permissions::from_mode(0o600))?;
+        }
+        std::fs::write(std::path::Path::new(dir).join("public.pem"), &keys.public_pem)?;
+        println!("wrote {dir}/signing.pem and {dir}/public.pem");
+        Ok(())
+    };
+    match write() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("identity keygen: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
