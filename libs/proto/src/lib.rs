@@ -7,7 +7,8 @@
 include!(concat!(env!("OUT_DIR"), "/omni_modules.rs"));
 
 /// The encoded `FileDescriptorSet` of every Omni contract (with its imports), for reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/omni_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/omni_descriptor.bin"));
 
 pub use omni::common::v1 as common;
 pub use omni::events::v1 as events;

@@ -390,7 +390,10 @@ impl tonic::service::Interceptor for ServerAuth {
         let token = header
             .to_str()
             .ok()
-            .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
+            .and_then(|h| {
+                h.strip_prefix("Bearer ")
+                    .or_else(|| h.strip_prefix("bearer "))
+            })
             .ok_or_else(|| Status::unauthenticated("authorization must be: Bearer <token>"))?;
         let mut principal = verifier.verify(token.trim())?;
         principal.on_behalf_of = request

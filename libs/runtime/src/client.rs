@@ -19,7 +19,11 @@ use tonic::{Request, Status};
 use crate::config::Secret;
 
 /// A channel to `url` that connects on first use, with connect and per-call timeouts.
-pub fn channel(url: &str, connect_timeout: Duration, call_timeout: Duration) -> anyhow::Result<Channel> {
+pub fn channel(
+    url: &str,
+    connect_timeout: Duration,
+    call_timeout: Duration,
+) -> anyhow::Result<Channel> {
     Ok(Endpoint::from_shared(url.to_owned())?
         .connect_timeout(connect_timeout)
         .timeout(call_timeout)

@@ -140,8 +140,7 @@ impl CommonConfig {
             SocketAddr::from(([0, 0, 0, 0], default_port)),
         )?;
         let database_url = required("DATABASE_URL")?;
-        if !database_url.starts_with("postgres://") && !database_url.starts_with("postgresql://")
-        {
+        if !database_url.starts_with("postgres://") && !database_url.starts_with("postgresql://") {
             return Err(ConfigError::new(
                 "DATABASE_URL",
                 "must be a postgres:// or postgresql:// URL",
@@ -157,11 +156,11 @@ impl CommonConfig {
         let auth_public_key_pem = pem("OMNI_AUTH_PUBLIC_KEY")?
             .or_else(|| own_public_key.map(str::to_owned))
             .ok_or_else(|| {
-            ConfigError::new(
-                "OMNI_AUTH_PUBLIC_KEY",
-                "is required (or OMNI_AUTH_PUBLIC_KEY_FILE): identity's token public key, PEM",
-            )
-        })?;
+                ConfigError::new(
+                    "OMNI_AUTH_PUBLIC_KEY",
+                    "is required (or OMNI_AUTH_PUBLIC_KEY_FILE): identity's token public key, PEM",
+                )
+            })?;
         crate::auth::TokenVerifier::from_public_pem(&auth_public_key_pem)
             .map_err(|e| ConfigError::new("OMNI_AUTH_PUBLIC_KEY", e.to_string()))?;
         Ok(Self {

@@ -90,7 +90,11 @@ impl<H: Handler> Consumer<H> {
         handler: Arc<H>,
     ) -> anyhow::Result<Self> {
         let conn = redis.dedicated(config.block)?;
-        let streams = config.sources.iter().map(|s| redis.event_stream(s)).collect();
+        let streams = config
+            .sources
+            .iter()
+            .map(|s| redis.event_stream(s))
+            .collect();
         Ok(Self {
             config,
             pool,
@@ -187,7 +191,13 @@ impl<H: Handler> Consumer<H> {
             let ids: Vec<&str> = stale.iter().map(|p| p.id.as_str()).collect();
             let claimed: redis::streams::StreamClaimReply = self
                 .conn
-                .xclaim(&stream, &self.config.group, &self.config.name, idle_ms, &ids)
+                .xclaim(
+                    &stream,
+                    &self.config.group,
+                    &self.config.name,
+                    idle_ms,
+                    &ids,
+                )
                 .await?;
             for entry in claimed.ids {
                 let deliveries = stale
@@ -195,7 +205,8 @@ impl<H: Handler> Consumer<H> {
                     .find(|p| p.id == entry.id)
                     .map_or(0, |p| p.times_delivered);
                 if deliveries >= self.config.max_deliveries {
-                    self.dead_letter(&stream, &entry, "delivered too many times").await?;
+                    self.dead_letter(&stream, &entry, "delivered too many times")
+                        .await?;
                 } else {
                     self.apply(&stream, &entry).await?;
                 }
@@ -214,7 +225,9 @@ impl<H: Handler> Consumer<H> {
             Err(_) => return self.dead_letter(stream, entry, "undecodable event").await,
         };
         let Ok(event_id) = Uuid::parse_str(&event.id) else {
-            return self.dead_letter(stream, entry, "event id is not a uuid").await;
+            return self
+                .dead_letter(stream, entry, "event id is not a uuid")
+                .await;
         };
         let span = tracing::info_span!(
             "event.consume",

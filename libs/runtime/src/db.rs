@@ -67,7 +67,9 @@ fn is_unreachable(e: &anyhow::Error) -> bool {
             Some(sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut)
         ) || matches!(
             cause.downcast_ref::<sqlx::migrate::MigrateError>(),
-            Some(sqlx::migrate::MigrateError::Execute(sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut))
+            Some(sqlx::migrate::MigrateError::Execute(
+                sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut
+            ))
         )
     })
 }

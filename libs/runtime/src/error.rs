@@ -254,12 +254,18 @@ mod tests {
 
     #[test]
     fn constraint_names_become_fields() {
-        assert_eq!(constraint_field("customers", "customers_phone_key"), "phone");
+        assert_eq!(
+            constraint_field("customers", "customers_phone_key"),
+            "phone"
+        );
         assert_eq!(
             constraint_field("channel_accounts", "channel_accounts_customer_id_fkey"),
             "customer_id"
         );
-        assert_eq!(constraint_field("t", "stock_non_negative"), "stock_non_negative");
+        assert_eq!(
+            constraint_field("t", "stock_non_negative"),
+            "stock_non_negative"
+        );
     }
 
     #[test]
@@ -282,7 +288,9 @@ mod tests {
 
     #[test]
     fn internals_are_not_sent() {
-        let status = Status::from(Error::Internal(anyhow::anyhow!("relation \"x\" does not exist")));
+        let status = Status::from(Error::Internal(anyhow::anyhow!(
+            "relation \"x\" does not exist"
+        )));
         assert_eq!(status.code(), Code::Internal);
         assert!(!status.message().contains("relation"));
     }

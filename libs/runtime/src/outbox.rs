@@ -195,7 +195,8 @@ impl Relay {
     }
 
     async fn delete_published(&self) -> Result<(), sqlx::Error> {
-        let cutoff = chrono::Utc::now() - chrono::Duration::from_std(self.retention).unwrap_or_default();
+        let cutoff =
+            chrono::Utc::now() - chrono::Duration::from_std(self.retention).unwrap_or_default();
         sqlx::query("DELETE FROM outbox WHERE published_at < $1")
             .bind(cutoff)
             .execute(&self.pool)

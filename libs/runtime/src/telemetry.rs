@@ -61,12 +61,13 @@ pub fn install(
 ) -> anyhow::Result<()> {
     global::set_text_map_propagator(TraceContextPropagator::new());
     global::set_tracer_provider(provider.clone());
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
     let otel = tracing_opentelemetry::layer().with_tracer(provider.tracer(scope));
     let logs = if json {
         tracing_subscriber::fmt::layer()
             .json()
-            .with_current_span(true)
+            .with_current_span(false)
             .with_span_list(true)
             .boxed()
     } else {

@@ -24,9 +24,9 @@ use tokio::task::JoinHandle;
 use tokio_stream::StreamExt as _;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
+use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
-use tonic_health::pb::HealthCheckRequest;
 use uuid::Uuid;
 
 pub use proxy::TcpProxy;
@@ -41,8 +41,9 @@ fn global() -> &'static Global {
     static GLOBAL: OnceLock<Global> = OnceLock::new();
     GLOBAL.get_or_init(|| {
         let keys = KeyPair::generate().expect("generating the test key pair");
-        let signer = TokenSigner::from_private_pem(keys.private_pem.expose(), Duration::from_secs(900))
-            .expect("loading the test key pair");
+        let signer =
+            TokenSigner::from_private_pem(keys.private_pem.expose(), Duration::from_secs(900))
+                .expect("loading the test key pair");
         let spans = InMemorySpanExporter::default();
         let provider = SdkTracerProvider::builder()
             .with_simple_exporter(spans.clone())
@@ -163,7 +164,11 @@ pub struct Service {
 
 impl Service {
     /// Starts a service: `run` is the service's own `run(config, listener, shutdown)`.
-    pub async fn start<F, Fut>(name: &'static str, config: CommonConfig, run: F) -> anyhow::Result<Self>
+    pub async fn start<F, Fut>(
+        name: &'static str,
+        config: CommonConfig,
+        run: F,
+    ) -> anyhow::Result<Self>
     where
         F: FnOnce(TcpListener, CancellationToken) -> Fut,
         Fut: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,

@@ -4,7 +4,9 @@
 use std::sync::Arc;
 
 use omni_proto::events::event::Payload;
-use omni_proto::events::{CustomerConsentChanged, CustomerErased, CustomerMerged, CustomerRegistered};
+use omni_proto::events::{
+    CustomerConsentChanged, CustomerErased, CustomerMerged, CustomerRegistered,
+};
 use omni_runtime::auth::{Principal, PrincipalKind, Role, Scope, TokenSigner};
 use omni_runtime::outbox::Outbox;
 use omni_runtime::{Error, Result};
@@ -75,7 +77,9 @@ impl App {
                 Err(e) => return Err(e),
             }
         }
-        Err(Error::Aborted("too much contention on this customer; retry".into()))
+        Err(Error::Aborted(
+            "too much contention on this customer; retry".into(),
+        ))
     }
 
     async fn try_resolve(
@@ -119,7 +123,7 @@ impl App {
                 .map(|(key, id)| {
                     omni_runtime::error::PreconditionViolation::new(
                         "CUSTOMER_CONFLICT",
-                        format!("{key}"),
+                        key.to_string(),
                         format!("names customer {id}"),
                     )
                 })
@@ -142,10 +146,11 @@ impl App {
                         "the customer's personal data was erased",
                     ));
                 }
-                if let Some(phone) = &input.phone {
-                    if row.phone.is_none() && !store::set_phone(&mut tx, id, phone.as_str()).await? {
-                        return Ok(Err(Retry));
-                    }
+                if let Some(phone) = &input.phone
+                    && row.phone.is_none()
+                    && !store::set_phone(&mut tx, id, phone.as_str()).await?
+                {
+                    return Ok(Err(Retry));
                 }
                 (id, false)
             }
@@ -157,7 +162,8 @@ impl App {
                     ));
                 }
                 let id = Uuid::now_v7();
-                let member = MemberNumber::from_sequence(store::next_member_sequence(&mut tx).await?);
+                let member =
+                    MemberNumber::from_sequence(store::next_member_sequence(&mut tx).await?);
                 let inserted = store::insert_customer(
                     &mut tx,
                     id,
@@ -175,13 +181,14 @@ impl App {
         };
 
         let mut linked = false;
-        if let Some(account) = &input.account {
-            if by_account.is_none() {
-                if !store::link_account(&mut tx, account.channel_kind, &account.external_id, id).await? {
-                    return Ok(Err(Retry));
-                }
-                linked = true;
+        if let Some(account) = &input.account
+            && by_account.is_none()
+        {
+            if !store::link_account(&mut tx, account.channel_kind, &account.external_id, id).await?
+            {
+                return Ok(Err(Retry));
             }
+            linked = true;
         }
         let customer = store::load_customer(&mut tx, id)
             .await?
@@ -200,7 +207,10 @@ impl App {
                         phone: row.phone.clone().unwrap_or_default(),
                         email: row.email.clone().unwrap_or_default(),
                         name: row.name.clone(),
-                        channel_kind: input.account.as_ref().map_or(0, |a| i32::from(a.channel_kind)),
+                        channel_kind: input
+                            .account
+                            .as_ref()
+                            .map_or(0, |a| i32::from(a.channel_kind)),
                     }),
                 )
                 .await?;
@@ -258,7 +268,10 @@ impl App {
         actor: &Principal,
     ) -> Result<Customer> {
         if survivor_id == duplicate_id {
-            return Err(Error::invalid("duplicate_id", "must differ from survivor_id"));
+            return Err(Error::invalid(
+                "duplicate_id",
+                "must differ from survivor_id",
+            ));
         }
         let mut tx = self.pool.begin().await?;
         // Lock both in id order, so two opposite merges cannot deadlock.
@@ -270,7 +283,8 @@ impl App {
         let a = store::customer_row(&mut tx, first, true).await?;
         let b = store::customer_row(&mut tx, second, true).await?;
         let (survivor, duplicate) = if first == survivor_id { (a, b) } else { (b, a) };
-        let survivor = survivor.ok_or_else(|| Error::not_found(format!("customer {survivor_id}")))?;
+        let survivor =
+            survivor.ok_or_else(|| Error::not_found(format!("customer {survivor_id}")))?;
         let duplicate =
             duplicate.ok_or_else(|| Error::not_found(format!("customer {duplicate_id}")))?;
         for (field, row) in [("survivor_id", &survivor), ("duplicate_id", &duplicate)] {
@@ -489,9 +503,11 @@ impl App {
         drop(conn);
         let hash = row.as_ref().and_then(|r| r.password_hash.clone());
         let password = password.to_owned();
-        let ok = tokio::task::spawn_blocking(move || credentials::verify_password(&password, hash.as_deref()))
-            .await
-            .map_err(|e| Error::Internal(e.into()))?;
+        let ok = tokio::task::spawn_blocking(move || {
+            credentials::verify_password(&password, hash.as_deref())
+        })
+        .await
+        .map_err(|e| Error::Internal(e.into()))?;
         match row {
             Some(row) if ok && !row.disabled => Ok(row),
             _ => Err(Error::unauthenticated("invalid login or password")),
@@ -516,7 +532,10 @@ impl App {
     }
 
     /// A signed token for a principal row.
-    pub fn issue_token(&self, row: &PrincipalRow) -> Result<(String, chrono::DateTime<chrono::Utc>)> {
+    pub fn issue_token(
+        &self,
+        row: &PrincipalRow,
+    ) -> Result<(String, chrono::DateTime<chrono::Utc>)> {
         let principal = principal_of(row)?;
         Ok(self.signer.sign(&principal)?)
     }

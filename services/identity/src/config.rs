@@ -42,7 +42,8 @@ impl Config {
                 "must be between 30 and 86400 seconds",
             ));
         }
-        let default_calling_code = config::var("OMNI_DEFAULT_CALLING_CODE").unwrap_or_else(|| "1".into());
+        let default_calling_code =
+            config::var("OMNI_DEFAULT_CALLING_CODE").unwrap_or_else(|| "1".into());
         if default_calling_code.is_empty()
             || default_calling_code.len() > 3
             || !default_calling_code.chars().all(|c| c.is_ascii_digit())

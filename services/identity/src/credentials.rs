@@ -22,7 +22,8 @@ pub fn hash_password(password: &str) -> anyhow::Result<String> {
 /// that an unknown login takes as long as a wrong password.
 pub fn verify_password(password: &str, hash: Option<&str>) -> bool {
     static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    let dummy = DUMMY.get_or_init(|| hash_password("dummy password for timing").unwrap_or_default());
+    let dummy =
+        DUMMY.get_or_init(|| hash_password("dummy password for timing").unwrap_or_default());
     let (stored, real) = match hash {
         Some(h) => (h, true),
         None => (dummy.as_str(), false),

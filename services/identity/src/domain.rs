@@ -232,17 +232,43 @@ mod tests {
 
     #[test]
     fn phones_normalise_to_e164() {
-        assert_eq!(Phone::parse("+44 7700 900123", "1").unwrap().as_str(), "+447700900123");
-        assert_eq!(Phone::parse("0044 7700-900123", "1").unwrap().as_str(), "+447700900123");
-        assert_eq!(Phone::parse("07700 900123", "44").unwrap().as_str(), "+447700900123");
-        assert_eq!(Phone::parse("(415) 555-2671", "1").unwrap().as_str(), "+14155552671");
-        assert_eq!(Phone::parse("138 0013 8000", "86").unwrap().as_str(), "+8613800138000");
+        assert_eq!(
+            Phone::parse("+44 7700 900123", "1").unwrap().as_str(),
+            "+447700900123"
+        );
+        assert_eq!(
+            Phone::parse("0044 7700-900123", "1").unwrap().as_str(),
+            "+447700900123"
+        );
+        assert_eq!(
+            Phone::parse("07700 900123", "44").unwrap().as_str(),
+            "+447700900123"
+        );
+        assert_eq!(
+            Phone::parse("(415) 555-2671", "1").unwrap().as_str(),
+            "+14155552671"
+        );
+        assert_eq!(
+            Phone::parse("138 0013 8000", "86").unwrap().as_str(),
+            "+8613800138000"
+        );
     }
 
     #[test]
     fn malformed_phones_are_refused() {
-        for bad in ["", "   ", "+44 abc", "12", "+0123456789", "+1234567890123456", "44+1"] {
-            assert!(Phone::parse(bad, "44").is_err(), "{bad:?} should be refused");
+        for bad in [
+            "",
+            "   ",
+            "+44 abc",
+            "12",
+            "+0123456789",
+            "+1234567890123456",
+            "44+1",
+        ] {
+            assert!(
+                Phone::parse(bad, "44").is_err(),
+                "{bad:?} should be refused"
+            );
         }
     }
 

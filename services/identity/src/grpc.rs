@@ -6,9 +6,9 @@ use omni_proto::identity as pb;
 use omni_proto::identity::auth_service_server::AuthService;
 use omni_proto::identity::identity_service_server::IdentityService;
 use omni_proto::identity::principal_service_server::PrincipalService;
+use omni_runtime::Error;
 use omni_runtime::auth::{self, PrincipalKind, Role, Scope};
 use omni_runtime::error::Violations;
-use omni_runtime::Error;
 use prost_types::Timestamp;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
@@ -63,12 +63,11 @@ fn channel_kind(raw: i32) -> std::result::Result<i16, String> {
     }
 }
 
-fn account(
-    v: &mut Violations,
-    field: &str,
-    r: &pb::ChannelAccountRef,
-) -> Option<AccountKey> {
-    let kind = v.check(&format!("{field}.channel_kind"), channel_kind(r.channel_kind));
+fn account(v: &mut Violations, field: &str, r: &pb::ChannelAccountRef) -> Option<AccountKey> {
+    let kind = v.check(
+        &format!("{field}.channel_kind"),
+        channel_kind(r.channel_kind),
+    );
     let external_id = v.check(
         &format!("{field}.external_id"),
         domain::parse_external_id(&r.external_id),
@@ -148,10 +147,10 @@ fn roles(v: &mut Violations, raw: &[i32]) -> Vec<Role> {
     }
     let mut roles = Vec::new();
     for (i, r) in raw.iter().enumerate() {
-        if let Some(role) = v.check(&format!("roles[{i}]"), role_from_pb(*r)) {
-            if !roles.contains(&role) {
-                roles.push(role);
-            }
+        if let Some(role) = v.check(&format!("roles[{i}]"), role_from_pb(*r))
+            && !roles.contains(&role)
+        {
+            roles.push(role);
         }
     }
     roles
@@ -159,7 +158,10 @@ fn roles(v: &mut Violations, raw: &[i32]) -> Vec<Role> {
 
 fn scope(v: &mut Violations, raw: Option<pb::Scope>) -> Scope {
     let raw = raw.unwrap_or_default();
-    for (field, ids) in [("scope.channel_ids", &raw.channel_ids), ("scope.store_ids", &raw.store_ids)] {
+    for (field, ids) in [
+        ("scope.channel_ids", &raw.channel_ids),
+        ("scope.store_ids", &raw.store_ids),
+    ] {
         for (i, id) in ids.iter().enumerate() {
             if let Err(e) = uuid(id) {
                 v.add(format!("{field}[{i}]"), e);
@@ -255,7 +257,9 @@ impl IdentityService for Grpc {
                 v.add("key", "give an id, member_number, phone or channel_account");
                 None
             }
-            Some(pb::customer_key::Key::Id(id)) => v.check("key.id", uuid(&id)).map(CustomerKey::Id),
+            Some(pb::customer_key::Key::Id(id)) => {
+                v.check("key.id", uuid(&id)).map(CustomerKey::Id)
+            }
             Some(pb::customer_key::Key::MemberNumber(m)) => v
                 .check("key.member_number", MemberNumber::parse(&m))
                 .map(CustomerKey::MemberNumber),
@@ -382,7 +386,10 @@ impl PrincipalService for Grpc {
             Ok(pb::PrincipalKind::ChannelApp) => Some(PrincipalKind::ChannelApp),
             Ok(pb::PrincipalKind::Service) => Some(PrincipalKind::Service),
             _ => {
-                v.add("kind", "must be PRINCIPAL_KIND_CHANNEL_APP or PRINCIPAL_KIND_SERVICE");
+                v.add(
+                    "kind",
+                    "must be PRINCIPAL_KIND_CHANNEL_APP or PRINCIPAL_KIND_SERVICE",
+                );
                 None
             }
         };

@@ -32,7 +32,11 @@ pub const MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// Serves identity on `listener` until `shutdown` is cancelled; background work (the outbox
 /// relay) stops with it.
-pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let host = Host::new(
         SERVICE_NAME,
         vec![
@@ -45,12 +49,17 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
         shutdown.clone(),
     );
     let pool = omni_runtime::db::pool(&config.common)?;
-    let redis = Redis::new(config.common.redis_url.expose(), &config.common.redis_prefix)?;
+    let redis = Redis::new(
+        config.common.redis_url.expose(),
+        &config.common.redis_prefix,
+    )?;
     let signer = Arc::new(TokenSigner::from_private_pem(
         config.signing_key_pem.expose(),
         config.token_ttl,
     )?);
-    let verifier = Arc::new(TokenVerifier::from_public_pem(&config.common.auth_public_key_pem)?);
+    let verifier = Arc::new(TokenVerifier::from_public_pem(
+        &config.common.auth_public_key_pem,
+    )?);
     let outbox = Outbox::new(SERVICE_NAME);
     let app = app::App {
         pool: pool.clone(),
@@ -60,12 +69,15 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
     let grpc = grpc::Grpc::new(app, config.default_calling_code.clone());
     let auth = ServerAuth::new(verifier, host.readiness());
     // AuthService needs no token: it is how callers get one.
-    let routes = Routes::new(IdentityServiceServer::with_interceptor(grpc.clone(), auth.clone()))
-        .add_service(PrincipalServiceServer::with_interceptor(grpc.clone(), auth))
-        .add_service(AuthServiceServer::with_interceptor(
-            grpc,
-            ServerAuth::public(host.readiness()),
-        ));
+    let routes = Routes::new(IdentityServiceServer::with_interceptor(
+        grpc.clone(),
+        auth.clone(),
+    ))
+    .add_service(PrincipalServiceServer::with_interceptor(grpc.clone(), auth))
+    .add_service(AuthServiceServer::with_interceptor(
+        grpc,
+        ServerAuth::public(host.readiness()),
+    ));
 
     let startup = {
         let (pool, redis) = (pool.clone(), redis.clone());
@@ -74,7 +86,8 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
             if let Some((login, password)) = &config.bootstrap_admin {
                 let password = password.expose().clone();
                 let hash =
-                    tokio::task::spawn_blocking(move || credentials::hash_password(&password)).await??;
+                    tokio::task::spawn_blocking(move || credentials::hash_password(&password))
+                        .await??;
                 let mut conn = pool.acquire().await?;
                 store::upsert_bootstrap_admin(&mut conn, login, &hash).await?;
                 tracing::info!(login = %login, "bootstrap admin ready");

@@ -64,7 +64,10 @@ fn keygen(dir: Option<&str>) -> ExitCode {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(&signing, std::fs::Permissions::from_mode(0o600))?;
         }
-        std::fs::write(std::path::Path::new(dir).join("public.pem"), &keys.public_pem)?;
+        std::fs::write(
+            std::path::Path::new(dir).join("public.pem"),
+            &keys.public_pem,
+        )?;
         println!("wrote {dir}/signing.pem and {dir}/public.pem");
         Ok(())
     };

@@ -102,7 +102,10 @@ pub async fn id_by_member_number(
         .await
 }
 
-pub async fn id_by_phone(conn: &mut PgConnection, phone: &str) -> Result<Option<Uuid>, sqlx::Error> {
+pub async fn id_by_phone(
+    conn: &mut PgConnection,
+    phone: &str,
+) -> Result<Option<Uuid>, sqlx::Error> {
     sqlx::query_scalar("SELECT id FROM customers WHERE phone = $1")
         .bind(phone)
         .fetch_optional(conn)
@@ -153,7 +156,11 @@ pub async fn insert_customer(
 }
 
 /// Gives a customer a phone number unless another customer took it meanwhile (`false`).
-pub async fn set_phone(conn: &mut PgConnection, id: Uuid, phone: &str) -> Result<bool, sqlx::Error> {
+pub async fn set_phone(
+    conn: &mut PgConnection,
+    id: Uuid,
+    phone: &str,
+) -> Result<bool, sqlx::Error> {
     let updated = sqlx::query(
         "UPDATE customers SET phone = $2, updated_at = now() WHERE id = $1 \
          AND NOT EXISTS (SELECT 1 FROM customers WHERE phone = $2)",
@@ -255,12 +262,10 @@ pub async fn merge(
 
 /// Removes a customer's personal data (and that of the records merged into it); keeps ids.
 pub async fn erase(conn: &mut PgConnection, id: Uuid) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "DELETE FROM channel_accounts WHERE customer_id = $1",
-    )
-    .bind(id)
-    .execute(&mut *conn)
-    .await?;
+    sqlx::query("DELETE FROM channel_accounts WHERE customer_id = $1")
+        .bind(id)
+        .execute(&mut *conn)
+        .await?;
     sqlx::query("DELETE FROM consents WHERE customer_id = $1")
         .bind(id)
         .execute(&mut *conn)

@@ -30,11 +30,21 @@ fn by_phone(phone: &str) -> pb::ResolveCustomerRequest {
     }
 }
 
-async fn resolve(client: &mut Identity, req: pb::ResolveCustomerRequest) -> pb::ResolveCustomerResponse {
-    client.resolve_customer(req).await.expect("resolve").into_inner()
+async fn resolve(
+    client: &mut Identity,
+    req: pb::ResolveCustomerRequest,
+) -> pb::ResolveCustomerResponse {
+    client
+        .resolve_customer(req)
+        .await
+        .expect("resolve")
+        .into_inner()
 }
 
-async fn get(client: &mut Identity, key: pb::customer_key::Key) -> Result<pb::GetCustomerResponse, tonic::Status> {
+async fn get(
+    client: &mut Identity,
+    key: pb::customer_key::Key,
+) -> Result<pb::GetCustomerResponse, tonic::Status> {
     client
         .get_customer(pb::GetCustomerRequest {
             key: Some(pb::CustomerKey { key: Some(key) }),
@@ -150,7 +160,10 @@ async fn fifty_concurrent_resolves_of_one_phone_make_one_customer() {
     assert_eq!(ids.len(), 1, "all resolves name the same customer");
     assert_eq!(created, 1);
     assert_eq!(count(&db, "SELECT count(*) FROM customers").await, 1);
-    assert_eq!(count(&db, "SELECT count(*) FROM channel_accounts").await, 25);
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM channel_accounts").await,
+        25
+    );
     assert_eq!(events_of_type(&db, "identity.customer_registered").await, 1);
 }
 
@@ -240,9 +253,15 @@ async fn bad_input_gets_field_details_and_writes_nothing() {
         ),
     ];
     for (req, code, field) in cases {
-        let err = client.resolve_customer(req.clone()).await.expect_err("refused");
+        let err = client
+            .resolve_customer(req.clone())
+            .await
+            .expect_err("refused");
         assert_eq!(err.code(), code, "{req:?}: {err:?}");
-        assert!(fields(&err).iter().any(|f| f == field), "{req:?} should name {field}: {err:?}");
+        assert!(
+            fields(&err).iter().any(|f| f == field),
+            "{req:?} should name {field}: {err:?}"
+        );
     }
 
     // A member number with a valid check digit that nobody has.
@@ -258,13 +277,17 @@ async fn bad_input_gets_field_details_and_writes_nothing() {
     assert_eq!(err.code(), Code::NotFound);
 
     use pb::customer_key::Key;
-    let err = get(&mut client, Key::Id("not-a-uuid".into())).await.expect_err("bad id");
+    let err = get(&mut client, Key::Id("not-a-uuid".into()))
+        .await
+        .expect_err("bad id");
     assert_eq!(fields(&err), ["key.id"]);
     let err = get(&mut client, Key::Id(uuid::Uuid::now_v7().to_string()))
         .await
         .expect_err("unknown id");
     assert_eq!(err.code(), Code::NotFound);
-    let err = get(&mut client, Key::MemberNumber(unknown)).await.expect_err("unknown");
+    let err = get(&mut client, Key::MemberNumber(unknown))
+        .await
+        .expect_err("unknown");
     assert_eq!(err.code(), Code::NotFound);
     let err = client
         .get_customer(pb::GetCustomerRequest { key: None })
@@ -278,7 +301,9 @@ async fn bad_input_gets_field_details_and_writes_nothing() {
 }
 
 fn omni_testkit_member_number(n: i64) -> String {
-    identity::domain::MemberNumber::from_sequence(n).as_str().to_owned()
+    identity::domain::MemberNumber::from_sequence(n)
+        .as_str()
+        .to_owned()
 }
 
 #[tokio::test]
@@ -322,10 +347,15 @@ async fn a_merge_moves_accounts_and_the_old_id_answers_as_an_alias() {
         .expect("survivor");
     assert_eq!(merged.id, survivor.id);
     assert_eq!(merged.channel_accounts.len(), 2);
-    assert_eq!(merged.email, "mei@example.com", "the survivor takes over what it lacked");
+    assert_eq!(
+        merged.email, "mei@example.com",
+        "the survivor takes over what it lacked"
+    );
 
     use pb::customer_key::Key;
-    let via_alias = get(&mut client, Key::Id(duplicate.id.clone())).await.expect("alias");
+    let via_alias = get(&mut client, Key::Id(duplicate.id.clone()))
+        .await
+        .expect("alias");
     assert_eq!(via_alias.customer.expect("c").id, survivor.id);
     assert_eq!(via_alias.alias_of, duplicate.id);
     for key in [
@@ -429,9 +459,13 @@ async fn erasing_removes_personal_data_but_keeps_the_id() {
     assert!(erased.channel_accounts.is_empty());
 
     use pb::customer_key::Key;
-    let still = get(&mut client, Key::Id(customer.id.clone())).await.expect("id answers");
+    let still = get(&mut client, Key::Id(customer.id.clone()))
+        .await
+        .expect("id answers");
     assert!(still.customer.expect("c").erased);
-    let err = get(&mut client, Key::Phone("+447700900303".into())).await.expect_err("gone");
+    let err = get(&mut client, Key::Phone("+447700900303".into()))
+        .await
+        .expect_err("gone");
     assert_eq!(err.code(), Code::NotFound);
     let stored: (Option<String>, Option<String>, String) =
         sqlx::query_as("SELECT phone, email, name FROM customers WHERE id = $1::uuid")
@@ -460,7 +494,10 @@ async fn erasing_removes_personal_data_but_keeps_the_id() {
 #[tokio::test]
 async fn consent_is_recorded_per_channel_kind() {
     let (_svc, mut client, db) = start().await;
-    let customer = resolve(&mut client, by_phone("+447700900404")).await.customer.expect("c");
+    let customer = resolve(&mut client, by_phone("+447700900404"))
+        .await
+        .customer
+        .expect("c");
     let updated = client
         .set_consent(pb::SetConsentRequest {
             customer_id: customer.id.clone(),
@@ -486,7 +523,10 @@ async fn consent_is_recorded_per_channel_kind() {
         .customer
         .expect("c");
     assert!(!updated.consents[0].marketing_opt_in);
-    assert_eq!(events_of_type(&db, "identity.customer_consent_changed").await, 2);
+    assert_eq!(
+        events_of_type(&db, "identity.customer_consent_changed").await,
+        2
+    );
 
     let err = client
         .set_consent(pb::SetConsentRequest {
@@ -506,7 +546,10 @@ async fn consent_is_recorded_per_channel_kind() {
         .await
         .expect_err("unknown customer");
     assert_eq!(err.code(), Code::NotFound);
-    assert_eq!(events_of_type(&db, "identity.customer_consent_changed").await, 2);
+    assert_eq!(
+        events_of_type(&db, "identity.customer_consent_changed").await,
+        2
+    );
 }
 
 #[tokio::test]
@@ -519,12 +562,14 @@ async fn calls_without_a_valid_token_are_unauthenticated() {
     };
 
     let mut anonymous = IdentityServiceClient::new(svc.channel());
-    let err = anonymous.get_customer(request()).await.expect_err("no token");
+    let err = anonymous
+        .get_customer(request())
+        .await
+        .expect_err("no token");
     assert_eq!(err.code(), Code::Unauthenticated);
 
-    let mut expired = IdentityServiceClient::new(
-        svc.with_token(&omni_testkit::expired_token(&[Role::Admin])),
-    );
+    let mut expired =
+        IdentityServiceClient::new(svc.with_token(&omni_testkit::expired_token(&[Role::Admin])));
     let err = expired.get_customer(request()).await.expect_err("expired");
     assert_eq!(err.code(), Code::Unauthenticated);
     assert!(err.message().contains("expired"));
@@ -683,13 +728,18 @@ async fn staff_and_services_authenticate_for_tokens_that_work() {
         })
         .await
         .expect_err("bad staff");
-    assert_eq!(fields(&err), ["login", "password", "roles", "scope.channel_ids[0]"]);
+    assert_eq!(
+        fields(&err),
+        ["login", "password", "roles", "scope.channel_ids[0]"]
+    );
 
     let password = |login: &str, password: &str| pb::AuthenticateRequest {
-        credential: Some(pb::authenticate_request::Credential::Password(pb::PasswordCredential {
-            login: login.into(),
-            password: password.into(),
-        })),
+        credential: Some(pb::authenticate_request::Credential::Password(
+            pb::PasswordCredential {
+                login: login.into(),
+                password: password.into(),
+            },
+        )),
     };
     let session = auth
         .authenticate(password("ana.store", "correct horse battery"))
@@ -703,8 +753,14 @@ async fn staff_and_services_authenticate_for_tokens_that_work() {
         .await
         .expect("her token works");
 
-    for (login, pw) in [("ana.store", "wrong password!!"), ("nobody", "correct horse battery")] {
-        let err = auth.authenticate(password(login, pw)).await.expect_err("refused");
+    for (login, pw) in [
+        ("ana.store", "wrong password!!"),
+        ("nobody", "correct horse battery"),
+    ] {
+        let err = auth
+            .authenticate(password(login, pw))
+            .await
+            .expect_err("refused");
         assert_eq!(err.code(), Code::Unauthenticated);
         assert_eq!(err.message(), "invalid login or password");
     }
@@ -721,7 +777,9 @@ async fn staff_and_services_authenticate_for_tokens_that_work() {
         .into_inner();
     let service_session = auth
         .authenticate(pb::AuthenticateRequest {
-            credential: Some(pb::authenticate_request::Credential::ApiKey(key.api_key.clone())),
+            credential: Some(pb::authenticate_request::Credential::ApiKey(
+                key.api_key.clone(),
+            )),
         })
         .await
         .expect("api key login")
@@ -760,7 +818,8 @@ async fn staff_and_services_authenticate_for_tokens_that_work() {
         .expect("public key")
         .into_inner();
     assert_eq!(public.algorithm, "EdDSA");
-    let verifier = omni_runtime::auth::TokenVerifier::from_public_pem(&public.public_key_pem).expect("pem");
+    let verifier =
+        omni_runtime::auth::TokenVerifier::from_public_pem(&public.public_key_pem).expect("pem");
     let verified = verifier.verify(&session.access_token).expect("verifies");
     assert_eq!(verified.roles, vec![Role::StoreAssociate]);
 }

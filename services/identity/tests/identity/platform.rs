@@ -22,9 +22,16 @@ use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 #[tokio::test]
 async fn health_follows_postgres_and_calls_fail_unavailable_while_it_is_gone() {
-    let mut common = omni_testkit::common_config("identity").await.expect("config");
-    let proxy = TcpProxy::start("127.0.0.1:5432".parse().expect("addr")).await.expect("proxy");
-    let url = common.database_url.expose().replace("127.0.0.1:5432", &proxy.addr().to_string());
+    let mut common = omni_testkit::common_config("identity")
+        .await
+        .expect("config");
+    let proxy = TcpProxy::start("127.0.0.1:5432".parse().expect("addr"))
+        .await
+        .expect("proxy");
+    let url = common
+        .database_url
+        .expose()
+        .replace("127.0.0.1:5432", &proxy.addr().to_string());
     common.database_url = url.into();
     let svc = omni_testkit::identity_with(common).await.expect("identity");
     let mut client = IdentityServiceClient::new(svc.admin());
@@ -32,24 +39,37 @@ async fn health_follows_postgres_and_calls_fail_unavailable_while_it_is_gone() {
         phone: "+447700900808".into(),
         ..Default::default()
     };
-    client.resolve_customer(resolve()).await.expect("works while up");
+    client
+        .resolve_customer(resolve())
+        .await
+        .expect("works while up");
 
     proxy.cut();
-    svc.wait_for(ServingStatus::NotServing).await.expect("turns NOT_SERVING");
-    let err = client.resolve_customer(resolve()).await.expect_err("postgres is gone");
+    svc.wait_for(ServingStatus::NotServing)
+        .await
+        .expect("turns NOT_SERVING");
+    let err = client
+        .resolve_customer(resolve())
+        .await
+        .expect_err("postgres is gone");
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
 
     proxy.restore();
-    svc.wait_for(ServingStatus::Serving).await.expect("recovers by itself");
-    client.resolve_customer(resolve()).await.expect("works again");
+    svc.wait_for(ServingStatus::Serving)
+        .await
+        .expect("recovers by itself");
+    client
+        .resolve_customer(resolve())
+        .await
+        .expect("works again");
 }
 
 #[tokio::test]
 async fn reflection_lists_every_service() {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
     use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
     use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
     use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-    use tonic_reflection::pb::v1::ServerReflectionRequest;
 
     let svc = omni_testkit::identity().await.expect("identity");
     let mut client = ServerReflectionClient::new(svc.channel());
@@ -73,7 +93,10 @@ async fn reflection_lists_every_service() {
         "omni.identity.v1.AuthService",
         "grpc.health.v1.Health",
     ] {
-        assert!(names.iter().any(|n| n == wanted), "{wanted} missing from {names:?}");
+        assert!(
+            names.iter().any(|n| n == wanted),
+            "{wanted} missing from {names:?}"
+        );
     }
 }
 
@@ -116,7 +139,9 @@ async fn one_trace_id_covers_a_client_server_client_server_chain() {
     let relay = Relay {
         identity: IdentityServiceClient::new(svc.admin()),
     };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let relay_addr = listener.local_addr().expect("addr");
     tokio::spawn(
         tonic::transport::Server::builder()
@@ -155,7 +180,10 @@ async fn one_trace_id_covers_a_client_server_client_server_chain() {
         "omni.identity.v1.AuthService/GetPublicKey",
         "omni.identity.v1.IdentityService/GetCustomer",
     ] {
-        assert!(spans.iter().any(|s| s == hop), "{hop} not in the trace: {spans:?}");
+        assert!(
+            spans.iter().any(|s| s == hop),
+            "{hop} not in the trace: {spans:?}"
+        );
     }
 }
 
@@ -163,7 +191,11 @@ async fn one_trace_id_covers_a_client_server_client_server_chain() {
 struct Registrations;
 
 impl Handler for Registrations {
-    async fn handle(&self, conn: &mut PgConnection, event: &omni_proto::events::Event) -> omni_runtime::Result<()> {
+    async fn handle(
+        &self,
+        conn: &mut PgConnection,
+        event: &omni_proto::events::Event,
+    ) -> omni_runtime::Result<()> {
         if let Some(omni_proto::events::event::Payload::CustomerRegistered(r)) = &event.payload {
             sqlx::query("INSERT INTO seen (customer_id, traceparent) VALUES ($1, $2)")
                 .bind(&r.customer_id)
@@ -203,7 +235,8 @@ async fn a_registration_reaches_a_consumer_once_with_its_trace() {
     let redis = Redis::new(&omni_testkit::redis_url(), svc.redis_prefix()).expect("redis");
     let mut config = ConsumerConfig::new("crm", &["identity"]);
     config.block = Duration::from_millis(100);
-    let mut consumer = Consumer::new(config, pool.clone(), redis, Arc::new(Registrations)).expect("consumer");
+    let mut consumer =
+        Consumer::new(config, pool.clone(), redis, Arc::new(Registrations)).expect("consumer");
 
     let mut seen = 0;
     for _ in 0..100 {
@@ -218,9 +251,15 @@ async fn a_registration_reaches_a_consumer_once_with_its_trace() {
     }
     assert_eq!(seen, 1);
     let (customer_id, traceparent): (String, String) =
-        sqlx::query_as("SELECT customer_id, traceparent FROM seen").fetch_one(&pool).await.expect("row");
+        sqlx::query_as("SELECT customer_id, traceparent FROM seen")
+            .fetch_one(&pool)
+            .await
+            .expect("row");
     assert_eq!(customer_id, created.id);
-    assert!(traceparent.starts_with("00-"), "the event carries the caller's trace: {traceparent:?}");
+    assert!(
+        traceparent.starts_with("00-"),
+        "the event carries the caller's trace: {traceparent:?}"
+    );
 }
 
 #[test]

@@ -1,0 +1,251 @@
+//! The outbox and the event consumer on real Postgres and Redis: every event reaches the
+//! consumer and is applied exactly once, when the relay publishes twice and when a consumer
+//! dies mid-batch and another takes over.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use omni_proto::events::event::Payload;
+use omni_proto::events::{CustomerErased, Event};
+use omni_runtime::consumer::{Consumer, ConsumerConfig, Handler};
+use omni_runtime::outbox::Outbox;
+use omni_runtime::redis::Redis;
+use redis::AsyncCommands as _;
+use sqlx::{PgConnection, PgPool};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+/// Counts applications per event; the `stall_at`-th application never finishes (the consumer
+/// "dies" there when its task is aborted).
+struct Counting {
+    calls: AtomicUsize,
+    stall_at: Option<usize>,
+    stalled: Arc<Notify>,
+}
+
+impl Handler for Counting {
+    async fn handle(&self, conn: &mut PgConnection, event: &Event) -> omni_runtime::Result<()> {
+        let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+        let id: uuid::Uuid = event.id.parse().map_err(anyhow::Error::from)?;
+        sqlx::query(
+            "INSERT INTO applied (event_id, times) VALUES ($1, 1) \
+             ON CONFLICT (event_id) DO UPDATE SET times = applied.times + 1",
+        )
+        .bind(id)
+        .execute(conn)
+        .await?;
+        if self.stall_at == Some(n) {
+            self.stalled.notify_one();
+            std::future::pending::<()>().await;
+        }
+        Ok(())
+    }
+}
+
+async fn setup() -> (PgPool, Redis) {
+    let url = omni_testkit::fresh_database("events").await.expect("db");
+    let pool = PgPool::connect(&url).await.expect("pool");
+    omni_runtime::db::migrate(
+        &pool,
+        sqlx::migrate!("./tests/events/migrations"),
+        &CancellationToken::new(),
+    )
+    .await
+    .expect("migrate");
+    let redis = Redis::new(
+        &omni_testkit::redis_url(),
+        &omni_testkit::fresh_redis_prefix(),
+    )
+    .expect("redis");
+    (pool, redis)
+}
+
+async fn emit(pool: &PgPool, outbox: &Outbox, n: usize) -> Vec<String> {
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let mut tx = pool.begin().await.expect("tx");
+        let event = outbox
+            .add(
+                &mut tx,
+                "test.customer_erased",
+                &format!("customer-{i}"),
+                "tester",
+                Payload::CustomerErased(CustomerErased {
+                    customer_id: format!("customer-{i}"),
+                }),
+            )
+            .await
+            .expect("add");
+        tx.commit().await.expect("commit");
+        ids.push(event.id);
+    }
+    ids
+}
+
+fn config(name: &str) -> ConsumerConfig {
+    let mut config = ConsumerConfig::new("listener", &["source"]);
+    config.name = name.to_owned();
+    config.block = Duration::from_millis(50);
+    config.batch = 8;
+    config.reclaim_idle = Duration::ZERO;
+    config
+}
+
+async fn applied(pool: &PgPool) -> Vec<(uuid::Uuid, i32)> {
+    sqlx::query_as("SELECT event_id, times FROM applied ORDER BY event_id")
+        .fetch_all(pool)
+        .await
+        .expect("applied")
+}
+
+#[tokio::test]
+async fn every_event_is_applied_exactly_once_across_relay_and_consumer_restarts() {
+    let (pool, redis) = setup().await;
+    let outbox = Outbox::new("source");
+    let ids = emit(&pool, &outbox, 20).await;
+
+    // The relay publishes everything, then "crashes" before marking half of it published:
+    // the next run publishes those ten again.
+    let relay = outbox.relay(pool.clone(), redis.clone(), Duration::from_millis(20));
+    assert_eq!(relay.publish_pending().await.expect("publish"), 20);
+    sqlx::query("UPDATE outbox SET published_at = NULL WHERE seq IN (SELECT seq FROM outbox ORDER BY seq LIMIT 10)")
+        .execute(&pool)
+        .await
+        .expect("forget");
+    assert_eq!(relay.publish_pending().await.expect("republish"), 10);
+    assert_eq!(relay.publish_pending().await.expect("nothing left"), 0);
+    let mut conn = redis.conn();
+    let stream_len: usize = conn.xlen(relay.stream()).await.expect("xlen");
+    assert_eq!(stream_len, 30, "ten events are in the stream twice");
+
+    // Consumer A dies inside its fifth application (its transaction never commits).
+    let stalled = Arc::new(Notify::new());
+    let handler_a = Arc::new(Counting {
+        calls: AtomicUsize::new(0),
+        stall_at: Some(5),
+        stalled: stalled.clone(),
+    });
+    let mut a = Consumer::new(config("a"), pool.clone(), redis.clone(), handler_a).expect("a");
+    let dying = tokio::spawn(async move {
+        loop {
+            a.poll_once().await.expect("poll");
+        }
+    });
+    stalled.notified().await;
+    dying.abort();
+    let _ = dying.await;
+    let half_done = applied(&pool).await;
+    assert_eq!(
+        half_done.len(),
+        4,
+        "four committed before the crash; the fifth rolled back"
+    );
+
+    // Consumer B takes over A's pending entries and reads the rest.
+    let handler_b = Arc::new(Counting {
+        calls: AtomicUsize::new(0),
+        stall_at: None,
+        stalled: Arc::new(Notify::new()),
+    });
+    let mut b = Consumer::new(config("b"), pool.clone(), redis.clone(), handler_b).expect("b");
+    for _ in 0..50 {
+        b.poll_once().await.expect("poll");
+        let pending: redis::streams::StreamPendingReply = conn
+            .xpending(relay.stream(), "listener")
+            .await
+            .expect("xpending");
+        if applied(&pool).await.len() == 20 && pending.count() == 0 {
+            break;
+        }
+    }
+    let done = applied(&pool).await;
+    assert_eq!(done.len(), 20, "every event applied");
+    assert!(
+        done.iter().all(|(_, times)| *times == 1),
+        "none applied twice: {done:?}"
+    );
+    let mut expected: Vec<uuid::Uuid> = ids.iter().map(|id| id.parse().expect("uuid")).collect();
+    expected.sort();
+    assert_eq!(done.iter().map(|(id, _)| *id).collect::<Vec<_>>(), expected);
+    let processed: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM processed_events WHERE consumer = 'listener'")
+            .fetch_one(&pool)
+            .await
+            .expect("count");
+    assert_eq!(processed, 20);
+}
+
+#[tokio::test]
+async fn the_relay_wakes_on_commit_and_stops_on_shutdown() {
+    let (pool, redis) = setup().await;
+    let outbox = Outbox::new("source");
+    let shutdown = CancellationToken::new();
+    let relay = outbox.relay(pool.clone(), redis.clone(), Duration::from_secs(3600));
+    let stream = relay.stream().to_owned();
+    let running = tokio::spawn(relay.run(shutdown.clone()));
+
+    emit(&pool, &outbox, 3).await;
+    outbox.wake();
+    // The poll interval is an hour: only the wake-up can publish within the wait below.
+    let mut conn = redis.conn();
+    let mut len = 0usize;
+    for _ in 0..200 {
+        len = conn.xlen(&stream).await.expect("xlen");
+        if len == 3 {
+            break;
+        }
+        tokio::task::yield_now().await;
+        let _: () = redis::cmd("PING")
+            .query_async(&mut conn)
+            .await
+            .expect("ping");
+    }
+    assert_eq!(len, 3);
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(5), running)
+        .await
+        .expect("the relay stops")
+        .expect("join");
+}
+
+#[tokio::test]
+async fn undecodable_entries_go_to_dead_letters_without_blocking_the_rest() {
+    let (pool, redis) = setup().await;
+    let outbox = Outbox::new("source");
+    let mut conn = redis.conn();
+    let stream = redis.event_stream("source");
+    let _: String = conn
+        .xadd(
+            &stream,
+            "*",
+            &[("event", b"\xff\xfe not protobuf".as_slice())],
+        )
+        .await
+        .expect("xadd");
+    emit(&pool, &outbox, 2).await;
+    outbox
+        .relay(pool.clone(), redis.clone(), Duration::from_millis(20))
+        .publish_pending()
+        .await
+        .expect("publish");
+
+    let handler = Arc::new(Counting {
+        calls: AtomicUsize::new(0),
+        stall_at: None,
+        stalled: Arc::new(Notify::new()),
+    });
+    let mut consumer = Consumer::new(config("c"), pool.clone(), redis.clone(), handler).expect("c");
+    for _ in 0..20 {
+        consumer.poll_once().await.expect("poll");
+        if applied(&pool).await.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(applied(&pool).await.len(), 2);
+    let dead: usize = conn
+        .xlen(redis.key("omni:dead-letters:listener"))
+        .await
+        .expect("xlen");
+    assert_eq!(dead, 1);
+}
