@@ -30,7 +30,8 @@ postgres_answers() { # url
 redis_answers() { # url
   local host port reply
   host="$(url_host "$1")"; port="$(url_port "$1" 6379)"
-  exec 3<>"/dev/tcp/$host/$port" 2>/dev/null || return 1
+  # (A bare `exec ... 2>/dev/null` would silence the rest of the script.)
+  { exec 3<>"/dev/tcp/$host/$port"; } 2>/dev/null || return 1
   printf 'PING\r\n' >&3
   read -r -t 2 reply <&3 || reply=""
   exec 3<&- 3>&-

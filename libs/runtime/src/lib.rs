@@ -9,7 +9,8 @@
 //! - [`error`]: one error type and its mapping to `tonic::Status` with `google.rpc` details;
 //! - [`db`], [`redis`]: Postgres with embedded migrations, Redis with a key namespace;
 //! - [`outbox`], [`consumer`]: events written in the caller's transaction, relayed to Redis
-//!   Streams, and applied once by consumers.
+//!   Streams, and applied once by consumers;
+//! - [`idempotency`], [`paging`]: retried mutations answered once, keyset page tokens.
 
 pub mod auth;
 pub mod client;
@@ -17,7 +18,9 @@ pub mod config;
 pub mod consumer;
 pub mod db;
 pub mod error;
+pub mod idempotency;
 pub mod outbox;
+pub mod paging;
 pub mod redis;
 pub mod server;
 pub mod telemetry;

@@ -45,6 +45,11 @@ impl Redis {
         })
     }
 
+    /// The client, for connections of other kinds (pub/sub).
+    pub fn client(&self) -> &redis::Client {
+        &self.client
+    }
+
     /// The shared connection (cheap to clone).
     pub fn conn(&self) -> ConnectionManager {
         self.conn.clone()

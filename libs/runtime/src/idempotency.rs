@@ -1,0 +1,88 @@
+//! Idempotent mutations: a retry with the same key gets the first call's reply, the same key
+//! with a different request is refused, and concurrent calls with one key run once.
+//!
+//! [`claim`] runs first inside the mutation's transaction and inserts the key. If another call
+//! holds the key, the insert waits for that call's transaction: when it committed, the stored
+//! reply is returned ([`Claim::Replay`]); when it rolled back (a failed call is not remembered),
+//! this call takes the key over. [`complete`] stores the reply in the same transaction, so the
+//! key and the effect commit together or not at all.
+
+use prost::Message;
+use sqlx::PgConnection;
+
+use crate::error::{Error, Result};
+
+/// What [`claim`] found.
+#[derive(Debug)]
+pub enum Claim<R> {
+    /// The key is new: do the work, then [`complete`].
+    Fresh,
+    /// The key was used before with the same request: return this reply.
+    Replay(R),
+}
+
+/// Claims `key` for `request` in `scope`. A key reused with a different request is
+/// `INVALID_ARGUMENT` on `field`.
+pub async fn claim<Q: Message, R: Message + Default>(
+    conn: &mut PgConnection,
+    scope: &str,
+    field: &str,
+    key: &str,
+    request: &Q,
+) -> Result<Claim<R>> {
+    if key.trim().is_empty() {
+        return Err(Error::invalid(
+            field,
+            "is required: a retry with the same key returns the first result",
+        ));
+    }
+    if key.len() > 200 {
+        return Err(Error::invalid(field, "must be at most 200 characters"));
+    }
+    let encoded = request.encode_to_vec();
+    let inserted = sqlx::query(
+        "INSERT INTO idempotency_keys (scope, key, request) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+    )
+    .bind(scope)
+    .bind(key)
+    .bind(&encoded)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected()
+        == 1;
+    if inserted {
+        return Ok(Claim::Fresh);
+    }
+    let (stored_request, response): (Vec<u8>, Vec<u8>) = sqlx::query_as(
+        "SELECT request, response FROM idempotency_keys WHERE scope = $1 AND key = $2",
+    )
+    .bind(scope)
+    .bind(key)
+    .fetch_one(&mut *conn)
+    .await?;
+    if stored_request != encoded {
+        return Err(Error::invalid(
+            field,
+            "was already used with a different request",
+        ));
+    }
+    let reply = R::decode(response.as_slice())
+        .map_err(|e| Error::Internal(anyhow::anyhow!("stored reply does not decode: {e}")))?;
+    Ok(Claim::Replay(reply))
+}
+
+/// Stores the reply for a key claimed [`Claim::Fresh`] in this transaction.
+pub async fn complete<R: Message>(
+    conn: &mut PgConnection,
+    scope: &str,
+    key: &str,
+    response: &R,
+) -> Result<()> {
+    sqlx::query("UPDATE idempotency_keys SET response = $3 WHERE scope = $1 AND key = $2")
+        .bind(scope)
+        .bind(key)
+        .bind(response.encode_to_vec())
+        .execute(conn)
+        .await?;
+    Ok(())
+}
