@@ -12,6 +12,10 @@
 //! - `inv:{<sku>}:gate`, an integer: how many units the hot-SKU admission gate may still let
 //!   through to Postgres. Reset to the network availability whenever a snapshot is stored,
 //!   decremented atomically by admissions, refunded when Postgres refuses an admitted request.
+//! - `inv:{<sku>}:idem:<key>`: marks an idempotency key the gate let through, so a retry of an
+//!   admitted request goes on to Postgres (which replays the first reply) even once the gate is
+//!   empty. After Redis loses its data, a retry arriving when the gate says sold out is refused;
+//!   the reservation it retried stands (and expires if nobody pays).
 //!
 //! And `inv:changes`, a pub/sub channel carrying the id of every SKU whose snapshot changed,
 //! which feeds `WatchAvailability` on every replica.
@@ -42,6 +46,10 @@ pub fn snapshot_key(redis: &Redis, sku: &str) -> String {
 
 pub fn gate_key(redis: &Redis, sku: &str) -> String {
     redis.key(&format!("inv:{{{sku}}}:gate"))
+}
+
+pub fn idempotency_marker(redis: &Redis, sku: &str, key: &str) -> String {
+    redis.key(&format!("inv:{{{sku}}}:idem:{key}"))
 }
 
 pub fn changes_channel(redis: &Redis) -> String {
@@ -159,17 +167,28 @@ pub enum Gate {
     Refused(i64),
     /// No gate (Redis lost it): let Postgres decide.
     Unknown,
+    /// A retry of a request the gate admitted before: Postgres replays it.
+    Retry,
 }
 
-pub async fn admit(redis: &Redis, sku: &str, quantity: i64) -> redis::RedisResult<Gate> {
+/// Asks the gate for `quantity` units of `sku` for the request with `idempotency_key`.
+pub async fn admit(
+    redis: &Redis,
+    sku: &str,
+    quantity: i64,
+    idempotency_key: &str,
+) -> redis::RedisResult<Gate> {
     let (verdict, left): (i64, i64) = GATE_ADMIT
         .key(gate_key(redis, sku))
+        .key(idempotency_marker(redis, sku, idempotency_key))
         .arg(quantity)
+        .arg(TTL_SECONDS)
         .invoke_async(&mut redis.conn())
         .await?;
     Ok(match verdict {
         1 => Gate::Admitted,
         0 => Gate::Refused(left),
+        2 => Gate::Retry,
         _ => Gate::Unknown,
     })
 }

@@ -3,6 +3,7 @@
 //! snapshots through to Redis.
 
 mod availability;
+mod hot;
 mod locations;
 mod reservations;
 mod stock;
@@ -61,6 +62,8 @@ pub struct App {
     inflight: Mutex<HashMap<String, usize>>,
     /// SKU ids whose availability changed (from Redis pub/sub), for watchers.
     pub changes: broadcast::Sender<String>,
+    /// Per hot SKU, the queue of admitted reservations decided together.
+    batchers: hot::Batchers,
 }
 
 impl std::fmt::Debug for App {
@@ -89,6 +92,7 @@ impl App {
             dirty: Mutex::new(BTreeSet::new()),
             inflight: Mutex::new(HashMap::new()),
             changes,
+            batchers: hot::Batchers::default(),
         })
     }
 

@@ -48,7 +48,7 @@ fn shortage(i: usize, detail: String) -> PreconditionViolation {
     PreconditionViolation::new("STOCK_SHORTAGE", format!("lines[{i}]"), detail)
 }
 
-fn shortage_error(violations: Vec<PreconditionViolation>) -> Error {
+pub(super) fn shortage_error(violations: Vec<PreconditionViolation>) -> Error {
     Error::FailedPrecondition {
         message: "not enough stock for every line; nothing was reserved".into(),
         violations,
@@ -57,7 +57,7 @@ fn shortage_error(violations: Vec<PreconditionViolation>) -> Error {
 
 impl App {
     pub async fn reserve(
-        &self,
+        self: &std::sync::Arc<Self>,
         request: &pb::ReserveRequest,
         lines: Vec<ReserveLineInput>,
         ttl: Duration,
@@ -95,7 +95,14 @@ impl App {
             if !view.snapshot.hot {
                 continue;
             }
-            match cache::admit(&self.redis, &line.sku, line.quantity).await {
+            match cache::admit(
+                &self.redis,
+                &line.sku,
+                line.quantity,
+                &request.idempotency_key,
+            )
+            .await
+            {
                 Ok(Gate::Admitted) => admitted.push((line.sku.clone(), line.quantity)),
                 Ok(Gate::Refused(left)) => {
                     self.refund(&admitted).await;
@@ -104,19 +111,31 @@ impl App {
                         format!("requested {}, available {}", line.quantity, left.max(0)),
                     )]));
                 }
-                Ok(Gate::Unknown) => {}
+                Ok(Gate::Unknown | Gate::Retry) => {}
                 Err(e) => {
                     tracing::warn!(error = %e, "hot gate unreachable; postgres decides alone")
                 }
             }
         }
 
-        let decided = self.reserve_in_postgres(request, &lines, ttl, actor).await;
+        // One line of a hot SKU: decided with the other requests waiting for it, in one
+        // transaction (its batcher writes the snapshot through).
+        let batched = if lines.len() == 1 && views[0].snapshot.hot {
+            self.reserve_batched(request, &lines[0], ttl, &actor.id)
+                .await
+        } else {
+            None
+        };
+        let was_batched = batched.is_some();
+        let decided = match batched {
+            Some(decision) => decision,
+            None => self.reserve_in_postgres(request, &lines, ttl, actor).await,
+        };
         if decided.is_err() {
             self.refund(&admitted).await;
         }
         let (reply, fresh) = decided?;
-        if fresh {
+        if fresh && !was_batched {
             self.outbox.wake();
             self.refresh(skus.iter()).await;
         }

@@ -1,9 +1,16 @@
--- The hot-SKU admission gate: takes ARGV[1] units from the gate if it has them.
--- KEYS[1]: gate counter
--- Returns 1 (admitted), 0 (refused: sold out as far as Redis knows, with the units left as the
--- second value), or -1 (no gate: Redis lost it; Postgres decides and the gate is rebuilt).
+-- The hot-SKU admission gate: takes ARGV[1] units from the gate if it has them, and remembers
+-- the request's idempotency key so a retry of an admitted request is never refused here.
+-- KEYS[1]: gate counter, KEYS[2]: marker of the idempotency key (same SKU hash tag)
+-- ARGV[1]: units, ARGV[2]: marker lifetime in seconds
+-- Returns {verdict, units left}: 1 admitted; 0 refused (sold out as far as Redis knows);
+-- -1 no gate (Redis lost it: Postgres decides, the gate is rebuilt); 2 a retry of an admitted
+-- request (Postgres replays it).
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  return {2, 0}
+end
 local left = redis.call('GET', KEYS[1])
 if not left then
+  redis.call('SET', KEYS[2], '1', 'EX', ARGV[2])
   return {-1, 0}
 end
 left = tonumber(left)
@@ -12,4 +19,5 @@ if left < wanted then
   return {0, left}
 end
 redis.call('DECRBY', KEYS[1], wanted)
+redis.call('SET', KEYS[2], '1', 'EX', ARGV[2])
 return {1, left - wanted}

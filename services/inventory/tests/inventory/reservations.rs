@@ -262,10 +262,30 @@ async fn lines_are_reserved_all_or_nothing() {
 
 #[tokio::test]
 async fn a_retry_returns_the_first_reservation_and_a_reused_key_is_refused() {
+    retries_return_the_first_reservation(false).await;
+}
+
+#[tokio::test]
+async fn a_retry_of_a_hot_sku_returns_the_first_reservation_too() {
+    retries_return_the_first_reservation(true).await;
+}
+
+async fn retries_return_the_first_reservation(hot: bool) {
     let mut inv = support::start().await;
     let wh = inv.warehouse("WH-1").await;
     let sku = sku();
     inv.receive(&wh, &sku, 10).await;
+    if hot {
+        inv.stock
+            .set_hot_sku(pb::SetHotSkuRequest {
+                sku_id: sku.clone(),
+                hot: true,
+                reason: String::new(),
+                until: None,
+            })
+            .await
+            .expect("hot");
+    }
     let request = reserve_request(&sku, 2, &[], "");
     let mut tasks = Vec::new();
     for _ in 0..20 {
