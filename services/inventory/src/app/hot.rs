@@ -422,24 +422,24 @@ impl App {
             // Signals, per location and network-wide, from the figures in memory.
             let actor = batch[0].actor.as_str();
             for (location, before) in &levels {
-                if let Some(after) = current.get(location) {
-                    if let Some(s) = domain::signal(
+                if let Some(after) = current.get(location)
+                    && let Some(s) = domain::signal(
                         before.available(),
                         after.available(),
                         after.low_stock_threshold,
-                    ) {
-                        self.stock_event(
-                            &mut tx,
-                            actor,
-                            sku,
-                            Some(*location),
-                            s,
-                            before.available(),
-                            after.available(),
-                            after.low_stock_threshold,
-                        )
-                        .await?;
-                    }
+                    )
+                {
+                    self.stock_event(
+                        &mut tx,
+                        actor,
+                        sku,
+                        Some(*location),
+                        s,
+                        before.available(),
+                        after.available(),
+                        after.low_stock_threshold,
+                    )
+                    .await?;
                 }
             }
             let network_after = network(&current);
