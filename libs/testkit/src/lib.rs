@@ -37,6 +37,14 @@ struct Global {
     spans: InMemorySpanExporter,
 }
 
+static CAPTURE_SPANS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Leaves telemetry to the caller: no in-memory span capture and no test log writer (for
+/// benchmarks, which install the production telemetry instead). Call before anything else.
+pub fn disable_span_capture() {
+    CAPTURE_SPANS.store(false, std::sync::atomic::Ordering::SeqCst);
+}
+
 fn global() -> &'static Global {
     static GLOBAL: OnceLock<Global> = OnceLock::new();
     GLOBAL.get_or_init(|| {
@@ -48,8 +56,10 @@ fn global() -> &'static Global {
         let provider = SdkTracerProvider::builder()
             .with_simple_exporter(spans.clone())
             .build();
-        // Only the first test binary's call can install; later calls are no-ops.
-        let _ = omni_runtime::telemetry::install(&provider, "omni-testkit", false);
+        if CAPTURE_SPANS.load(std::sync::atomic::Ordering::SeqCst) {
+            // Only the first call in a process can install; later calls are no-ops.
+            let _ = omni_runtime::telemetry::install(&provider, "omni-testkit", false);
+        }
         Global {
             keys,
             signer,

@@ -9,9 +9,11 @@
 //!   The version is the sum of the row versions behind it (rows are never deleted and every
 //!   change bumps one), so a snapshot read later never loses to one read earlier: the store
 //!   script keeps the higher version.
-//! - `inv:{<sku>}:gate`, an integer: how many units the hot-SKU admission gate may still let
-//!   through to Postgres. Reset to the network availability whenever a snapshot is stored,
-//!   decremented atomically by admissions, refunded when Postgres refuses an admitted request.
+//! - `inv:{<sku>}:gate`, an integer, for hot SKUs only: how many units the admission gate may
+//!   still let through to Postgres. Reset to the network availability whenever a snapshot is
+//!   stored, decremented atomically by admissions, refunded when Postgres refuses an admitted
+//!   request. Its presence is what makes a reservation take the hot path, so a reservation
+//!   costs one script call whether the SKU is hot or not.
 //! - `inv:{<sku>}:idem:<key>`: marks an idempotency key the gate let through, so a retry of an
 //!   admitted request goes on to Postgres (which replays the first reply) even once the gate is
 //!   empty. After Redis loses its data, a retry arriving when the gate says sold out is refused;
@@ -149,6 +151,7 @@ pub async fn store(
         .arg(payload)
         .arg(TTL_SECONDS)
         .arg(network_available)
+        .arg(if snapshot.hot { "1" } else { "0" })
         .invoke_async(&mut conn)
         .await?;
     let _: i64 = redis::cmd("PUBLISH")
@@ -165,7 +168,7 @@ pub enum Gate {
     Admitted,
     /// Refused; the units the gate had left.
     Refused(i64),
-    /// No gate (Redis lost it): let Postgres decide.
+    /// No gate (not hot, or Redis lost it): Postgres decides alone.
     Unknown,
     /// A retry of a request the gate admitted before: Postgres replays it.
     Retry,

@@ -88,13 +88,9 @@ impl App {
         self.mark_detected(&_inflight.detected).await;
 
         // The gate, for hot SKUs: refuse a sold-out flood in Redis.
-        let sku_list: Vec<String> = lines.iter().map(|l| l.sku.clone()).collect();
-        let views = self.views(&sku_list, &request.channel_id).await?;
         let mut admitted: Vec<(String, i64)> = Vec::new();
-        for (i, (line, view)) in lines.iter().zip(&views).enumerate() {
-            if !view.snapshot.hot {
-                continue;
-            }
+        let mut hot = vec![false; lines.len()];
+        for (i, line) in lines.iter().enumerate() {
             match cache::admit(
                 &self.redis,
                 &line.sku,
@@ -103,7 +99,10 @@ impl App {
             )
             .await
             {
-                Ok(Gate::Admitted) => admitted.push((line.sku.clone(), line.quantity)),
+                Ok(Gate::Admitted) => {
+                    hot[i] = true;
+                    admitted.push((line.sku.clone(), line.quantity));
+                }
                 Ok(Gate::Refused(left)) => {
                     self.refund(&admitted).await;
                     return Err(shortage_error(vec![shortage(
@@ -111,7 +110,8 @@ impl App {
                         format!("requested {}, available {}", line.quantity, left.max(0)),
                     )]));
                 }
-                Ok(Gate::Unknown | Gate::Retry) => {}
+                Ok(Gate::Retry) => hot[i] = true,
+                Ok(Gate::Unknown) => {}
                 Err(e) => {
                     tracing::warn!(error = %e, "hot gate unreachable; postgres decides alone")
                 }
@@ -120,7 +120,7 @@ impl App {
 
         // One line of a hot SKU: decided with the other requests waiting for it, in one
         // transaction (its batcher writes the snapshot through).
-        let batched = if lines.len() == 1 && views[0].snapshot.hot {
+        let batched = if lines.len() == 1 && hot[0] {
             self.reserve_batched(request, &lines[0], ttl, &actor.id)
                 .await
         } else {
@@ -315,7 +315,7 @@ impl App {
         };
         idempotency::complete(&mut tx, scope, &request.idempotency_key, &reply).await?;
         tx.commit().await?;
-        tracing::info!(reservation_id = %row.id, lines = held.len(), "reserved");
+        tracing::debug!(reservation_id = %row.id, lines = held.len(), "reserved");
         Ok((reply, true))
     }
 
