@@ -193,10 +193,18 @@ struct Claims {
 }
 
 /// Verifies tokens with identity's public key.
+///
+/// A client sends the same token on every call until it expires, so verified tokens are
+/// remembered until their expiry: the signature check (the costly part) runs once per token,
+/// not once per call.
 pub struct TokenVerifier {
     key: DecodingKey,
     validation: Validation,
+    verified: std::sync::Mutex<std::collections::HashMap<String, (Principal, i64)>>,
 }
+
+/// Verified tokens kept at most; the memory is forgotten wholesale beyond it.
+const VERIFIED_CAPACITY: usize = 10_000;
 
 impl std::fmt::Debug for TokenVerifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -213,10 +221,33 @@ impl TokenVerifier {
         validation.set_audience(&[AUDIENCE]);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         validation.leeway = 5;
-        Ok(Self { key, validation })
+        Ok(Self {
+            key,
+            validation,
+            verified: std::sync::Mutex::new(std::collections::HashMap::new()),
+        })
     }
 
     pub fn verify(&self, token: &str) -> Result<Principal, Error> {
+        let now = Utc::now().timestamp();
+        if let Ok(verified) = self.verified.lock() {
+            if let Some((principal, exp)) = verified.get(token) {
+                if *exp > now {
+                    return Ok(principal.clone());
+                }
+            }
+        }
+        let (principal, exp) = self.verify_signature(token)?;
+        if let Ok(mut verified) = self.verified.lock() {
+            if verified.len() >= VERIFIED_CAPACITY {
+                verified.clear();
+            }
+            verified.insert(token.to_owned(), (principal.clone(), exp));
+        }
+        Ok(principal)
+    }
+
+    fn verify_signature(&self, token: &str) -> Result<(Principal, i64), Error> {
         let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(
             |e| match e.kind() {
                 jsonwebtoken::errors::ErrorKind::ExpiredSignature => {
@@ -226,14 +257,18 @@ impl TokenVerifier {
             },
         )?;
         let claims = data.claims;
-        Ok(Principal {
-            id: claims.sub,
-            kind: claims.kind,
-            name: claims.name,
-            roles: claims.roles,
-            scope: claims.scope,
-            on_behalf_of: None,
-        })
+        let exp = claims.exp;
+        Ok((
+            Principal {
+                id: claims.sub,
+                kind: claims.kind,
+                name: claims.name,
+                roles: claims.roles,
+                scope: claims.scope,
+                on_behalf_of: None,
+            },
+            exp,
+        ))
     }
 }
 

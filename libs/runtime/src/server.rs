@@ -287,3 +287,49 @@ pub async fn cancel_on_signal(token: CancellationToken) {
     }
     token.cancel();
 }
+
+/// A service process from start to exit: telemetry, configuration (a bad value stops the
+/// process with a message naming the variable), bind, serve until SIGTERM or ctrl-c, flush
+/// spans. Each service's `main` is this one call.
+pub async fn run_process<C, F, Fut>(
+    name: &'static str,
+    config: impl FnOnce() -> Result<C, crate::config::ConfigError>,
+    listen_addr: impl Fn(&C) -> std::net::SocketAddr,
+    run: F,
+) -> std::process::ExitCode
+where
+    F: FnOnce(C, TcpListener, CancellationToken) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    let telemetry = match crate::telemetry::init(name) {
+        Ok(t) => t,
+        Err(e) => {
+            #[allow(clippy::print_stderr)]
+            {
+                eprintln!("{name}: cannot start telemetry: {e:#}");
+            }
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let served = async {
+        let config = config()?;
+        let listener = TcpListener::bind(listen_addr(&config)).await?;
+        tracing::info!(addr = %listener.local_addr()?, "{name} listening");
+        let shutdown = CancellationToken::new();
+        tokio::spawn(cancel_on_signal(shutdown.clone()));
+        run(config, listener, shutdown).await
+    };
+    let code = match served.await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "{name} stopped");
+            #[allow(clippy::print_stderr)]
+            {
+                eprintln!("{name}: {e:#}");
+            }
+            std::process::ExitCode::FAILURE
+        }
+    };
+    telemetry.shutdown();
+    code
+}

@@ -6,7 +6,6 @@
 use std::process::ExitCode;
 
 use omni_runtime::auth::KeyPair;
-use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -14,38 +13,13 @@ async fn main() -> ExitCode {
     if args.first().map(String::as_str) == Some("keygen") {
         return keygen(args.get(1).map(String::as_str));
     }
-    let telemetry = match omni_runtime::telemetry::init(identity::SERVICE_NAME) {
-        Ok(t) => t,
-        Err(e) => {
-            #[allow(clippy::print_stderr)]
-            {
-                eprintln!("identity: cannot start telemetry: {e:#}");
-            }
-            return ExitCode::FAILURE;
-        }
-    };
-    let code = match serve().await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = %format!("{e:#}"), "identity stopped");
-            #[allow(clippy::print_stderr)]
-            {
-                eprintln!("identity: {e:#}");
-            }
-            ExitCode::FAILURE
-        }
-    };
-    telemetry.shutdown();
-    code
-}
-
-async fn serve() -> anyhow::Result<()> {
-    let config = identity::Config::from_env()?;
-    let listener = tokio::net::TcpListener::bind(config.common.listen_addr).await?;
-    tracing::info!(addr = %listener.local_addr()?, "identity listening");
-    let shutdown = CancellationToken::new();
-    tokio::spawn(omni_runtime::server::cancel_on_signal(shutdown.clone()));
-    identity::run(config, listener, shutdown).await
+    omni_runtime::server::run_process(
+        identity::SERVICE_NAME,
+        identity::Config::from_env,
+        |c| c.common.listen_addr,
+        identity::run,
+    )
+    .await
 }
 
 #[allow(clippy::print_stdout, clippy::print_stderr)]

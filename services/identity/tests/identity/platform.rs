@@ -285,3 +285,40 @@ fn a_missing_variable_stops_the_process_naming_it() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("OMNI_TOKEN_TTL_SECS"), "{stderr}");
 }
+
+#[tokio::test]
+async fn a_service_calls_with_its_own_token_from_its_api_key() {
+    let svc = omni_testkit::identity().await.expect("identity");
+    let mut principals =
+        omni_proto::identity::principal_service_client::PrincipalServiceClient::new(svc.admin());
+    let key = principals
+        .create_api_key(pb::CreateApiKeyRequest {
+            kind: pb::PrincipalKind::Service as i32,
+            name: "order-management".into(),
+            roles: vec![pb::Role::Service as i32],
+            scope: None,
+        })
+        .await
+        .expect("api key")
+        .into_inner()
+        .api_key;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let token =
+        omni_runtime::client::ServiceToken::start(svc.channel(), key.into(), shutdown.clone());
+    assert!(token.wait(Duration::from_secs(10)).await, "a token arrives");
+    let channel = omni_runtime::client::authenticated(
+        svc.channel(),
+        omni_runtime::client::TokenSource::Service(token.clone()),
+        Duration::from_secs(5),
+    );
+    let mut client = IdentityServiceClient::new(channel);
+    let resolved = client
+        .resolve_customer(pb::ResolveCustomerRequest {
+            phone: "+447700900111".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("the service's own token is accepted");
+    assert!(resolved.into_inner().created);
+    shutdown.cancel();
+}

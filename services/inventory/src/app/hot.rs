@@ -111,7 +111,7 @@ impl App {
         }
     }
 
-    async fn decide(&self, sku: &str, batch: Vec<Pending>) {
+    async fn decide(self: &Arc<Self>, sku: &str, batch: Vec<Pending>) {
         let size = batch.len();
         let span = tracing::info_span!("inventory.reserve_batch", sku = %sku, size);
         match self.decide_in_postgres(sku, &batch).instrument(span).await {
@@ -122,7 +122,8 @@ impl App {
                 }
                 if any_fresh {
                     self.outbox.wake();
-                    self.refresh([&sku.to_owned()]).await;
+                    // In the background: the next batch need not wait for the write-through.
+                    self.refresh_soon(sku);
                 }
             }
             Err(e) => {
@@ -136,6 +137,9 @@ impl App {
 
     /// One decision per pending request, in order.
     async fn decide_in_postgres(&self, sku: &str, batch: &[Pending]) -> Result<Vec<Decision>> {
+        // Read before the transaction: never wait for a second connection while holding one.
+        let locations = self.locations().await?;
+        let default_locations = self.shipping_locations().await?;
         let mut tx = self.pool.begin().await?;
         let mut decisions: Vec<Option<Decision>> = (0..batch.len()).map(|_| None).collect();
 
@@ -228,16 +232,6 @@ impl App {
         .into_iter()
         .filter_map(|(c, q, u)| q.map(|q| (c, (q, u))))
         .collect();
-
-        let locations = self.locations().await?;
-        let mut shipping: Vec<_> = locations
-            .values()
-            .filter(|l| l.active && l.ships_orders && l.kind != "in_transit")
-            .collect();
-        shipping.sort_by(|a, b| {
-            (a.kind != "warehouse", &a.code).cmp(&(b.kind != "warehouse", &b.code))
-        });
-        let default_locations: Vec<Uuid> = shipping.into_iter().map(|l| l.id).collect();
 
         let mut current: HashMap<Uuid, LevelRow> = levels.iter().copied().collect();
         let network = |levels: &HashMap<Uuid, LevelRow>| -> i64 {

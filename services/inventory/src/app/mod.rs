@@ -64,6 +64,8 @@ pub struct App {
     pub changes: broadcast::Sender<String>,
     /// Per hot SKU, the queue of admitted reservations decided together.
     batchers: hot::Batchers,
+    /// SKUs with a background write-through scheduled (at most one each at a time).
+    refreshing: Mutex<HashSet<String>>,
 }
 
 impl std::fmt::Debug for App {
@@ -93,6 +95,7 @@ impl App {
             inflight: Mutex::new(HashMap::new()),
             changes,
             batchers: hot::Batchers::default(),
+            refreshing: Mutex::new(HashSet::new()),
         })
     }
 
@@ -105,6 +108,20 @@ impl App {
         let mut conn = self.pool.acquire().await?;
         let rows = store::all_locations(&mut conn).await?;
         Ok(self.locations.replace(rows))
+    }
+
+    /// Where an order may ship from when the caller names no location: active warehouses
+    /// first, then stores, each by code.
+    async fn shipping_locations(&self) -> Result<Vec<Uuid>> {
+        let locations = self.locations().await?;
+        let mut shipping: Vec<_> = locations
+            .values()
+            .filter(|l| l.active && l.ships_orders && l.kind != "in_transit")
+            .collect();
+        shipping.sort_by(|a, b| {
+            (a.kind != "warehouse", &a.code).cmp(&(b.kind != "warehouse", &b.code))
+        });
+        Ok(shipping.into_iter().map(|l| l.id).collect())
     }
 
     async fn location(&self, id: Uuid, field: &str) -> Result<LocationRow> {
@@ -132,6 +149,25 @@ impl App {
                 }
             }
         }
+    }
+
+    /// Schedules a write-through of `sku` unless one is already waiting to start; changes
+    /// committed before it starts are included.
+    pub fn refresh_soon(self: &Arc<Self>, sku: &str) {
+        let scheduled = match self.refreshing.lock() {
+            Ok(mut refreshing) => refreshing.insert(sku.to_owned()),
+            Err(_) => false,
+        };
+        if !scheduled {
+            return;
+        }
+        let (app, sku) = (self.clone(), sku.to_owned());
+        tokio::spawn(async move {
+            if let Ok(mut refreshing) = app.refreshing.lock() {
+                refreshing.remove(&sku);
+            }
+            app.refresh([&sku]).await;
+        });
     }
 
     async fn refresh_one(&self, sku: &str) -> anyhow::Result<cache::Snapshot> {

@@ -187,6 +187,8 @@ impl App {
         actor: &Principal,
     ) -> Result<(pb::ReserveResponse, bool)> {
         let scope = "inventory.reserve";
+        // Read before the transaction: never wait for a second connection while holding one.
+        let default_locations = self.shipping_locations().await?;
         let mut tx = self.pool.begin().await?;
         if let Claim::Replay(reply) = idempotency::claim(
             &mut tx,
@@ -209,18 +211,6 @@ impl App {
             }
         }
         let network_before = Self::network_before(&mut tx, &skus).await?;
-        let default_locations: Vec<Uuid> = {
-            let locations = self.locations().await?;
-            let mut shipping: Vec<_> = locations
-                .values()
-                .filter(|l| l.active && l.ships_orders && l.kind != "in_transit")
-                .collect();
-            // Warehouses first, then stores, each by code: the network's order.
-            shipping.sort_by(|a, b| {
-                (a.kind != "warehouse", &a.code).cmp(&(b.kind != "warehouse", &b.code))
-            });
-            shipping.into_iter().map(|l| l.id).collect()
-        };
 
         let mut order: Vec<usize> = (0..lines.len()).collect();
         order.sort_by(|a, b| lines[*a].sku.cmp(&lines[*b].sku));

@@ -459,3 +459,32 @@ async fn bad_reservations_are_refused_and_write_nothing() {
         .expect_err("another store");
     assert_eq!(err.code(), Code::PermissionDenied);
 }
+
+#[tokio::test]
+async fn contention_marks_a_sku_hot_by_itself() {
+    let mut inv = support::start_with(4).await;
+    let wh = inv.warehouse("WH-1").await;
+    let sku = sku();
+    inv.receive(&wh, &sku, 30).await;
+    let (accepted, refused) = flood(&inv, &sku, 60).await;
+    assert_eq!(
+        (accepted, refused),
+        (30, 30),
+        "detection changes the path, never the outcome"
+    );
+    let hot = inv
+        .stock
+        .list_hot_skus(pb::ListHotSkusRequest {
+            page_size: 0,
+            page_token: String::new(),
+        })
+        .await
+        .expect("list")
+        .into_inner()
+        .hot_skus;
+    assert_eq!(hot.len(), 1);
+    assert_eq!(hot[0].sku_id, sku);
+    assert_eq!(hot[0].source, pb::HotSource::Detected as i32);
+    assert!(hot[0].until.is_some(), "a detected mark ends by itself");
+    assert_ledger_consistent(&inv.db).await;
+}

@@ -26,6 +26,11 @@ pub struct Inventory {
 }
 
 pub async fn start() -> Inventory {
+    start_with(10_000).await
+}
+
+/// Inventory marking a SKU hot once `hot_detect_concurrency` reservations of it are in flight.
+pub async fn start_with(hot_detect_concurrency: usize) -> Inventory {
     let common = omni_testkit::common_config("inventory")
         .await
         .expect("config");
@@ -33,7 +38,7 @@ pub async fn start() -> Inventory {
         common: common.clone(),
         default_ttl: Duration::from_secs(900),
         expiry_interval: Duration::from_millis(50),
-        hot_detect_concurrency: 10_000,
+        hot_detect_concurrency,
     };
     let svc = Service::start("inventory", common, move |listener, shutdown| {
         inventory::run(config, listener, shutdown)
