@@ -230,12 +230,11 @@ impl TokenVerifier {
 
     pub fn verify(&self, token: &str) -> Result<Principal, Error> {
         let now = Utc::now().timestamp();
-        if let Ok(verified) = self.verified.lock() {
-            if let Some((principal, exp)) = verified.get(token) {
-                if *exp > now {
-                    return Ok(principal.clone());
-                }
-            }
+        if let Ok(verified) = self.verified.lock()
+            && let Some((principal, exp)) = verified.get(token)
+            && *exp > now
+        {
+            return Ok(principal.clone());
         }
         let (principal, exp) = self.verify_signature(token)?;
         if let Ok(mut verified) = self.verified.lock() {
