@@ -35,8 +35,14 @@ fn manager_config(response_timeout: Duration) -> ConnectionManagerConfig {
 impl Redis {
     /// A connection that is established lazily and re-established after failures.
     pub fn new(url: &str, prefix: &str) -> anyhow::Result<Self> {
-        let client = redis::Client::open(url)
-            .map_err(|e| anyhow::anyhow!("REDIS_URL is not a valid Redis URL: {e}"))?;
+        use redis::IntoConnectionInfo as _;
+        let info = url
+            .into_connection_info()
+            .map_err(|e| anyhow::anyhow!("REDIS_URL is not a valid Redis URL: {e}"))?
+            // Many callers share one connection: with Nagle's algorithm a small write waits
+            // for the ACK of the previous one (40 ms with delayed ACKs).
+            .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
+        let client = redis::Client::open(info)?;
         let conn = client.get_connection_manager_lazy(manager_config(Duration::from_secs(2)))?;
         Ok(Self {
             client,

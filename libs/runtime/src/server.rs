@@ -144,7 +144,7 @@ impl Host {
             .add_service(health)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), async move {
+            .serve_with_incoming_shutdown(incoming(self.listener), async move {
                 tokio::select! {
                     () = shutdown.cancelled() => {}
                     () = stop.cancelled() => {}
@@ -173,6 +173,23 @@ impl Host {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// Accepted connections, with Nagle's algorithm off: the builder's `tcp_nodelay` applies only
+/// to listeners the server binds itself, and without it small responses wait for the
+/// client's delayed ACK (40 ms).
+fn incoming(
+    listener: TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use tokio_stream::StreamExt as _;
+    TcpListenerStream::new(listener).map(|accepted| {
+        if let Ok(stream) = &accepted
+            && let Err(e) = stream.set_nodelay(true)
+        {
+            tracing::debug!(error = %e, "cannot disable Nagle's algorithm");
+        }
+        accepted
+    })
 }
 
 /// The span every RPC runs in: named after the method, child of the caller's trace.

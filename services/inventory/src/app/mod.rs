@@ -102,12 +102,24 @@ impl App {
     /// Every location, from a cache refreshed at most every two seconds (and at once after a
     /// change made here).
     pub async fn locations(&self) -> Result<Arc<HashMap<Uuid, LocationRow>>> {
-        if let Some(fresh) = self.locations.fresh() {
-            return Ok(fresh);
+        let (current, stale) = self.locations.current();
+        if let Some(map) = &current {
+            // One caller reloads a stale map; the others keep reading it meanwhile.
+            if !stale || !self.locations.start_reload() {
+                return Ok(map.clone());
+            }
         }
-        let mut conn = self.pool.acquire().await?;
-        let rows = store::all_locations(&mut conn).await?;
-        Ok(self.locations.replace(rows))
+        let loaded = async {
+            let mut conn = self.pool.acquire().await?;
+            Ok::<_, Error>(store::all_locations(&mut conn).await?)
+        }
+        .await;
+        self.locations.end_reload();
+        match loaded {
+            Ok(rows) => Ok(self.locations.replace(rows)),
+            // A stale map beats no answer while Postgres is away.
+            Err(e) => current.ok_or(e),
+        }
     }
 
     /// Where an order may ship from when the caller names no location: active warehouses
@@ -330,20 +342,34 @@ type Locations = Arc<HashMap<Uuid, LocationRow>>;
 struct LocationCache {
     /// When the map was read, and the map.
     inner: RwLock<Option<(Instant, Locations)>>,
+    reloading: std::sync::atomic::AtomicBool,
 }
 
 impl LocationCache {
     const FRESH_FOR: Duration = Duration::from_secs(2);
 
-    fn fresh(&self) -> Option<Arc<HashMap<Uuid, LocationRow>>> {
-        let guard = self.inner.read().ok()?;
-        let (at, map) = guard.as_ref()?;
-        (at.elapsed() < Self::FRESH_FOR).then(|| map.clone())
+    /// The map, if any, and whether it is due for a reload.
+    fn current(&self) -> (Option<Locations>, bool) {
+        match self.inner.read().ok().as_deref() {
+            Some(Some((at, map))) => (Some(map.clone()), at.elapsed() >= Self::FRESH_FOR),
+            _ => (None, true),
+        }
     }
 
-    fn replace(&self, rows: Vec<LocationRow>) -> Arc<HashMap<Uuid, LocationRow>> {
-        let map: Arc<HashMap<Uuid, LocationRow>> =
-            Arc::new(rows.into_iter().map(|l| (l.id, l)).collect());
+    /// Whether this caller won the right to reload.
+    fn start_reload(&self) -> bool {
+        !self
+            .reloading
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
+    }
+
+    fn end_reload(&self) {
+        self.reloading
+            .store(false, std::sync::atomic::Ordering::Release);
+    }
+
+    fn replace(&self, rows: Vec<LocationRow>) -> Locations {
+        let map: Locations = Arc::new(rows.into_iter().map(|l| (l.id, l)).collect());
         if let Ok(mut guard) = self.inner.write() {
             *guard = Some((Instant::now(), map.clone()));
         }
