@@ -1,0 +1,18 @@
+//! catalog's configuration: the common settings; the catalog needs nothing of its own.
+
+use omni_runtime::config::{CommonConfig, ConfigError};
+
+pub const DEFAULT_PORT: u16 = 50052;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub common: CommonConfig,
+}
+
+impl Config {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Ok(Self {
+            common: CommonConfig::from_env(DEFAULT_PORT)?,
+        })
+    }
+}
