@@ -139,6 +139,30 @@ pub fn distance_meters(lat1: f64, lon1: f64, lat2: f64, lon2: f64) -> f64 {
     2.0 * EARTH_RADIUS_M * a.sqrt().asin()
 }
 
+/// When an order placed at `now` can be ready for pickup at a store: half an hour later, if
+/// that is still the same local day and before the store's cut-off (minutes after local
+/// midnight; 0: none). `None`: not today.
+pub fn pickup_ready_by(
+    now: chrono::DateTime<chrono::Utc>,
+    time_zone: chrono_tz::Tz,
+    cutoff_minute: i32,
+) -> Option<chrono::DateTime<chrono::Utc>> {
+    use chrono::Timelike as _;
+    let ready = now + chrono::Duration::minutes(30);
+    let (local_now, local_ready) = (
+        now.with_timezone(&time_zone),
+        ready.with_timezone(&time_zone),
+    );
+    if local_ready.date_naive() != local_now.date_naive() {
+        return None;
+    }
+    let minute = i32::try_from(local_ready.hour() * 60 + local_ready.minute()).unwrap_or(i32::MAX);
+    if cutoff_minute > 0 && minute > cutoff_minute {
+        return None;
+    }
+    Some(ready)
+}
+
 /// Valid WGS 84 coordinates.
 pub fn check_point(lat: f64, lon: f64) -> Result<(), String> {
     if !lat.is_finite() || !(-90.0..=90.0).contains(&lat) {
@@ -329,6 +353,31 @@ mod tests {
             "{moves:?}"
         );
         assert!(moves[0].to_cover_days > moves[0].from_cover_days * 0.5);
+    }
+
+    #[test]
+    fn pickups_are_ready_today_only_before_the_cutoff() {
+        use chrono::TimeZone as _;
+        let paris: chrono_tz::Tz = "Europe/Paris".parse().unwrap();
+        // 15:00 UTC is 16:00 in Paris in November: ready at 16:30, before an 18:00 cut-off.
+        let afternoon = chrono::Utc
+            .with_ymd_and_hms(2026, 11, 23, 15, 0, 0)
+            .unwrap();
+        assert_eq!(
+            pickup_ready_by(afternoon, paris, 18 * 60),
+            Some(afternoon + chrono::Duration::minutes(30))
+        );
+        // 17:00 UTC is 18:00 in Paris: 18:30 is past the cut-off.
+        let evening = chrono::Utc
+            .with_ymd_and_hms(2026, 11, 23, 17, 0, 0)
+            .unwrap();
+        assert_eq!(pickup_ready_by(evening, paris, 18 * 60), None);
+        // No cut-off, but 23:45 local + 30 minutes is tomorrow.
+        let late = chrono::Utc
+            .with_ymd_and_hms(2026, 11, 23, 22, 45, 0)
+            .unwrap();
+        assert_eq!(pickup_ready_by(late, paris, 0), None);
+        assert!(pickup_ready_by(late, chrono_tz::UTC, 0).is_some());
     }
 
     #[test]

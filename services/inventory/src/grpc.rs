@@ -171,6 +171,12 @@ fn location_row(v: &mut Violations, l: &pb::Location, creating: bool) -> Locatio
     } else {
         l.time_zone.trim().to_owned()
     };
+    if time_zone.parse::<chrono_tz::Tz>().is_err() {
+        v.add(
+            "location.time_zone",
+            "must be an IANA time zone, e.g. Europe/Paris",
+        );
+    }
     LocationRow {
         id: if creating {
             Uuid::nil()

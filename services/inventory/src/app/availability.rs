@@ -184,7 +184,7 @@ impl App {
             return Ok(Vec::new());
         }
         let locations = self.locations().await?;
-        let ready_by = convert::timestamp(chrono::Utc::now() + chrono::Duration::minutes(30));
+        let now = chrono::Utc::now();
         let mut stores: Vec<(f64, pb::NearbyStore)> = locations
             .values()
             .filter(|l| l.kind == "store" && l.active && l.pickup_enabled)
@@ -194,6 +194,13 @@ impl App {
                 if distance > radius {
                     return None;
                 }
+                // A store whose day is over (or past its cut-off) cannot hand over today.
+                let time_zone = l.time_zone.parse().unwrap_or(chrono_tz::UTC);
+                let ready_by = convert::timestamp(domain::pickup_ready_by(
+                    now,
+                    time_zone,
+                    l.pickup_cutoff_minute,
+                )?);
                 let mut available = Vec::with_capacity(items.len());
                 for (view, (sku, quantity)) in views.iter().zip(items) {
                     let here = view

@@ -67,8 +67,28 @@ async fn nearby_stores_come_nearest_first_and_only_when_they_can_hand_over() {
     let far = inv.store("ST-FAR", 45.9000, 5.0000, true).await; // ~20 km
     let empty = inv.store("ST-EMPTY", 45.7580, 4.8325, true).await; // ~50 m, no stock
     let no_pickup = inv.store("ST-NOPICK", 45.7590, 4.8330, false).await;
+    // Closes for pickups a minute after midnight: never able to hand over today.
+    let closed = inv
+        .location(pb::Location {
+            code: "ST-CLOSED".into(),
+            name: "Closed for pickups".into(),
+            kind: pb::LocationKind::Store as i32,
+            channel_id: uuid::Uuid::now_v7().to_string(),
+            address: Some(omni_proto::common::Address {
+                location: Some(GeoPoint {
+                    latitude: 45.7579,
+                    longitude: 4.8321,
+                }),
+                ..Default::default()
+            }),
+            pickup_enabled: true,
+            time_zone: "Europe/Paris".into(),
+            pickup_cutoff_minute: 1,
+            ..Default::default()
+        })
+        .await;
     let sku = sku();
-    for s in [&near, &mid, &far, &no_pickup] {
+    for s in [&near, &mid, &far, &no_pickup, &closed] {
         inv.receive(s, &sku, 2).await;
     }
     inv.receive(&empty, &sku, 1).await;
@@ -98,7 +118,7 @@ async fn nearby_stores_come_nearest_first_and_only_when_they_can_hand_over() {
     assert_eq!(
         ids,
         [near, mid],
-        "nearest first; empty, non-pickup and far stores excluded"
+        "nearest first; empty, non-pickup, closed and far stores excluded"
     );
     assert!(found[0].distance_meters < found[1].distance_meters);
     assert!(found[0].ready_by.is_some());
