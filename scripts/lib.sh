@@ -142,3 +142,16 @@ buf_bin() {
   fi
   printf '%s' "$dir/node_modules/.bin/buf"
 }
+
+# kubernetes-validate from PyPI, installed once under target/tools.
+KUBERNETES_VALIDATE_VERSION=1.37.0
+kubernetes_validate_bin() {
+  local venv="$ROOT/target/tools/kubernetes-validate-$KUBERNETES_VALIDATE_VERSION"
+  if [[ ! -x "$venv/bin/kubernetes-validate" ]]; then
+    command -v python3 >/dev/null 2>&1 || die "python3 is needed to validate manifests: apt-get install python3-venv"
+    say "installing kubernetes-validate $KUBERNETES_VALIDATE_VERSION (PyPI)"
+    python3 -m venv "$venv" >/dev/null
+    "$venv/bin/pip" install --quiet --disable-pip-version-check "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" >/dev/null
+  fi
+  printf '%s' "$venv/bin/kubernetes-validate"
+}
