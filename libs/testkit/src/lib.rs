@@ -1,4 +1,5 @@
-//! Starts real Omni services in-process for tests.
+//! Starts real Omni services in-process for tests: [`identity`], [`catalog`], [`inventory`], or
+//! any service through [`Service::start`].
 //!
 //! Each service gets a listener on `127.0.0.1:0`, a database of its own created fresh on the
 //! Postgres at `OMNI_TEST_DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`),
@@ -295,6 +296,34 @@ pub async fn identity_with(common: CommonConfig) -> anyhow::Result<Service> {
     };
     Service::start("identity", common, move |listener, shutdown| {
         identity::run(config, listener, shutdown)
+    })
+    .await
+}
+
+/// Starts the catalog on a fresh database and namespace.
+pub async fn catalog() -> anyhow::Result<Service> {
+    let common = common_config("catalog").await?;
+    let config = catalog::Config {
+        common: common.clone(),
+    };
+    Service::start("catalog", common, move |listener, shutdown| {
+        catalog::run(config, listener, shutdown)
+    })
+    .await
+}
+
+/// Starts inventory on a fresh database and namespace, sweeping expired reservations every
+/// 50 ms.
+pub async fn inventory() -> anyhow::Result<Service> {
+    let common = common_config("inventory").await?;
+    let config = inventory::Config {
+        common: common.clone(),
+        default_ttl: Duration::from_secs(900),
+        expiry_interval: Duration::from_millis(50),
+        hot_detect_concurrency: 32,
+    };
+    Service::start("inventory", common, move |listener, shutdown| {
+        inventory::run(config, listener, shutdown)
     })
     .await
 }
