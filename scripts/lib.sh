@@ -72,6 +72,7 @@ start_private_postgres() {
     say "starting the private Postgres on 127.0.0.1:$PRIVATE_PG_PORT"
     as_pg_user "$pg_ctl" -D "$data" -l "$data/server.log" -w \
       -o "-p $PRIVATE_PG_PORT -k /tmp -c listen_addresses=127.0.0.1" start >/dev/null
+    STARTED_POSTGRES="$pg_ctl"
   fi
   DATABASE_URL="postgres://postgres@127.0.0.1:$PRIVATE_PG_PORT/postgres"
 }
@@ -83,11 +84,30 @@ start_private_redis() {
   if ! redis_answers "redis://127.0.0.1:$PRIVATE_REDIS_PORT"; then
     say "starting a private Redis on 127.0.0.1:$PRIVATE_REDIS_PORT"
     redis-server --daemonize yes --bind 127.0.0.1 --port "$PRIVATE_REDIS_PORT" --save "" \
-      --appendonly no --dir "$DEV_DIR/redis" --logfile "$DEV_DIR/redis/redis.log" >/dev/null
+      --appendonly no --dir "$DEV_DIR/redis" --logfile "$DEV_DIR/redis/redis.log" \
+      --pidfile "$DEV_DIR/redis/redis.pid" >/dev/null
+    STARTED_REDIS=1
     local i
     for i in $(seq 50); do redis_answers "redis://127.0.0.1:$PRIVATE_REDIS_PORT" && break; sleep 0.1; done
   fi
   REDIS_URL="redis://127.0.0.1:$PRIVATE_REDIS_PORT"
+}
+
+STARTED_POSTGRES=""
+STARTED_REDIS=""
+
+# Stops the private Postgres and Redis this script started (not ones that were already running).
+stop_private_dependencies() {
+  if [[ -n "$STARTED_POSTGRES" ]]; then
+    say "stopping the private Postgres"
+    as_pg_user "$STARTED_POSTGRES" -D "$DEV_DIR/postgres" -m fast stop >/dev/null || true
+    STARTED_POSTGRES=""
+  fi
+  if [[ -n "$STARTED_REDIS" && -f "$DEV_DIR/redis/redis.pid" ]]; then
+    say "stopping the private Redis"
+    kill "$(cat "$DEV_DIR/redis/redis.pid")" 2>/dev/null || true
+    STARTED_REDIS=""
+  fi
 }
 
 # Sets DATABASE_URL (a URL of the server's `postgres` database) and REDIS_URL to servers that answer.
