@@ -859,18 +859,37 @@ fn parts(
         .collect()
 }
 
+/// The reservation and parts a release or fulfilment names.
+fn settlement(
+    reservation_id: &str,
+    idempotency_key: &str,
+    lines: &[pb::ReservationLinePart],
+) -> Result<(Uuid, Vec<crate::app::reservation_input::PartInput>), Error> {
+    let mut v = Violations::new();
+    let id = v.check("reservation_id", parse_id(reservation_id));
+    let parts = parts(&mut v, lines);
+    require_idempotency_key(&mut v, idempotency_key);
+    v.finish()?;
+    let id = id.ok_or_else(|| Error::internal("validated id missing"))?;
+    Ok((id, parts))
+}
+
+fn require_idempotency_key(v: &mut Violations, key: &str) {
+    if key.trim().is_empty() {
+        v.add(
+            "idempotency_key",
+            "is required: a retry with the same key returns the first result",
+        );
+    }
+}
+
 #[tonic::async_trait]
 impl ReservationService for Grpc {
     async fn reserve(&self, request: Request<pb::ReserveRequest>) -> Reply<pb::ReserveResponse> {
         let actor = caller(&request, RESERVERS)?;
         let req = request.into_inner();
         let mut v = Violations::new();
-        if req.idempotency_key.trim().is_empty() {
-            v.add(
-                "idempotency_key",
-                "is required: a retry with the same key returns the first result",
-            );
-        }
+        require_idempotency_key(&mut v, &req.idempotency_key);
         if req.lines.is_empty() {
             v.add("lines", "at least one line is required");
         }
@@ -914,17 +933,7 @@ impl ReservationService for Grpc {
     async fn release(&self, request: Request<pb::ReleaseRequest>) -> Reply<pb::ReleaseResponse> {
         let actor = caller(&request, RESERVERS)?;
         let req = request.into_inner();
-        let mut v = Violations::new();
-        let id = v.check("reservation_id", parse_id(&req.reservation_id));
-        let parts = parts(&mut v, &req.lines);
-        if req.idempotency_key.trim().is_empty() {
-            v.add(
-                "idempotency_key",
-                "is required: a retry with the same key returns the first result",
-            );
-        }
-        v.finish()?;
-        let id = id.ok_or_else(|| Error::internal("validated id missing"))?;
+        let (id, parts) = settlement(&req.reservation_id, &req.idempotency_key, &req.lines)?;
         let (reservation, _) = self
             .app
             .settle(
@@ -946,17 +955,7 @@ impl ReservationService for Grpc {
     async fn fulfil(&self, request: Request<pb::FulfilRequest>) -> Reply<pb::FulfilResponse> {
         let actor = caller(&request, RESERVERS)?;
         let req = request.into_inner();
-        let mut v = Violations::new();
-        let id = v.check("reservation_id", parse_id(&req.reservation_id));
-        let parts = parts(&mut v, &req.lines);
-        if req.idempotency_key.trim().is_empty() {
-            v.add(
-                "idempotency_key",
-                "is required: a retry with the same key returns the first result",
-            );
-        }
-        v.finish()?;
-        let id = id.ok_or_else(|| Error::internal("validated id missing"))?;
+        let (id, parts) = settlement(&req.reservation_id, &req.idempotency_key, &req.lines)?;
         let (reservation, movements) = self
             .app
             .settle(
