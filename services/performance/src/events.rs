@@ -1,0 +1,264 @@
+//! The event handler: order, return, catalog, crm and inventory events become facts, customer
+//! merges move facts to the surviving customer, and the rollups move with them in the
+//! consumer's transaction (applied once per event id by the runtime's consumer). Erasures need
+//! nothing here: facts hold customer ids only, no personal data.
+
+use chrono::{DateTime, NaiveDate, Utc};
+use omni_proto::events::{Event, OrderFacts, event::Payload};
+use omni_runtime::Result;
+use omni_runtime::consumer::Handler;
+use sqlx::PgConnection;
+use tokio::sync::broadcast;
+
+use crate::store::{self, OrderRow, ReturnRow};
+
+/// The streams this service reads.
+pub const SOURCES: &[&str] = &["orders", "identity", "catalog", "crm", "inventory"];
+
+/// Applies events; tells live watchers that today's sales may have changed.
+#[derive(Debug, Clone)]
+pub struct Facts {
+    pub sales_changed: broadcast::Sender<()>,
+}
+
+fn time(t: Option<&prost_types::Timestamp>) -> Option<DateTime<Utc>> {
+    let t = t?;
+    DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).ok()?)
+}
+
+fn money(m: Option<&omni_proto::common::Money>) -> i64 {
+    m.map_or(0, |m| m.minor_units)
+}
+
+/// The fact row of an order, as an order event describes it.
+pub fn order_row(o: &OrderFacts, occurred_at: DateTime<Utc>, cancelled: bool) -> OrderRow {
+    let placed_at = time(o.placed_at.as_ref()).unwrap_or(occurred_at);
+    let sales = if o.lines.is_empty() {
+        money(o.total.as_ref())
+    } else {
+        o.lines.iter().map(|l| money(l.net_amount.as_ref())).sum()
+    };
+    OrderRow {
+        order_id: o.order_id.clone(),
+        channel_id: o.channel_id.clone(),
+        store_id: o.store_id.clone(),
+        associate_id: o.associate_id.clone(),
+        customer_id: o.customer_id.clone(),
+        placed_at,
+        day: placed_at.date_naive(),
+        sales,
+        cost: o
+            .lines
+            .iter()
+            .map(|l| money(l.unit_cost.as_ref()) * i64::from(l.quantity))
+            .sum(),
+        units: o.lines.iter().map(|l| i64::from(l.quantity)).sum(),
+        cancelled: cancelled
+            || o.status == omni_proto::omni::orders::v1::OrderStatus::Cancelled as i32,
+        promised_ready_at: time(o.promised_ready_at.as_ref()),
+        ready_at: time(o.ready_at.as_ref()),
+    }
+}
+
+/// Stores that fulfilled the order: the pickup store, and stores lines shipped from.
+fn store_credits(o: &OrderFacts) -> Vec<(String, &'static str)> {
+    use omni_proto::omni::orders::v1::DeliveryKind;
+    let mut credits = Vec::new();
+    if o.delivery_kind == DeliveryKind::Pickup as i32 && !o.handover_store_id.is_empty() {
+        credits.push((o.handover_store_id.clone(), "pickup"));
+    }
+    for f in o
+        .fulfilments
+        .iter()
+        .filter(|f| f.from_store && !f.location_id.is_empty())
+    {
+        if f.location_id != o.handover_store_id || o.delivery_kind != DeliveryKind::Pickup as i32 {
+            credits.push((f.location_id.clone(), "ship_from_store"));
+        }
+    }
+    credits
+}
+
+fn coupons(o: &OrderFacts) -> Vec<(String, String, i64)> {
+    o.coupons
+        .iter()
+        .filter(|c| !c.code.is_empty())
+        .map(|c| {
+            (
+                c.code.clone(),
+                c.issuing_channel_id.clone(),
+                money(c.discount.as_ref()),
+            )
+        })
+        .collect()
+}
+
+fn date(d: Option<&omni_proto::common::Date>) -> Option<NaiveDate> {
+    let d = d?;
+    NaiveDate::from_ymd_opt(
+        d.year,
+        u32::try_from(d.month).ok()?,
+        u32::try_from(d.day).ok()?,
+    )
+}
+
+impl Handler for Facts {
+    async fn handle(&self, conn: &mut PgConnection, event: &Event) -> Result<()> {
+        let occurred_at = time(event.occurred_at.as_ref()).unwrap_or_else(Utc::now);
+        let Some(payload) = &event.payload else {
+            return Ok(());
+        };
+        let mut sales = true;
+        match payload {
+            Payload::OrderPlaced(e) => apply(conn, e.order.as_ref(), occurred_at, false).await?,
+            Payload::OrderPaid(e) => apply(conn, e.order.as_ref(), occurred_at, false).await?,
+            Payload::OrderFulfilled(e) => {
+                apply(conn, e.order.as_ref(), occurred_at, false).await?;
+            }
+            Payload::OrderCancelled(e) => apply(conn, e.order.as_ref(), occurred_at, true).await?,
+            Payload::OrderReadyForPickup(e) => {
+                store::apply_ready(
+                    conn,
+                    &e.order_id,
+                    time(e.promised_ready_at.as_ref()),
+                    time(e.ready_at.as_ref()),
+                )
+                .await?;
+            }
+            Payload::ReturnCompleted(e) => {
+                let completed = time(e.completed_at.as_ref()).unwrap_or(occurred_at);
+                let refund = if e.refund_total.is_some() {
+                    money(e.refund_total.as_ref())
+                } else {
+                    e.lines
+                        .iter()
+                        .map(|l| money(l.refund_amount.as_ref()))
+                        .sum()
+                };
+                let row = ReturnRow {
+                    return_id: e.return_id.clone(),
+                    order_id: e.order_id.clone(),
+                    order_channel_id: e.order_channel_id.clone(),
+                    customer_id: e.customer_id.clone(),
+                    day: completed.date_naive(),
+                    refund,
+                    cost: e
+                        .lines
+                        .iter()
+                        .map(|l| money(l.unit_cost.as_ref()) * i64::from(l.quantity))
+                        .sum(),
+                };
+                store::apply_return(conn, &row).await?;
+            }
+            Payload::CustomerMerged(e) => {
+                store::merge_customer(conn, &e.merged_id, &e.survivor_id).await?;
+            }
+            Payload::ChannelChanged(e) => {
+                sales = false;
+                store::upsert_channel(conn, &e.channel_id, e.kind, &e.name).await?;
+            }
+            Payload::FeedbackRecorded(e) => {
+                sales = false;
+                let day = time(e.recorded_at.as_ref())
+                    .unwrap_or(occurred_at)
+                    .date_naive();
+                let nps = e.scale == omni_proto::omni::crm::v1::FeedbackScale::Nps as i32;
+                let valid = if nps {
+                    (0..=10).contains(&e.score)
+                } else {
+                    (1..=5).contains(&e.score)
+                };
+                if valid && !e.channel_id.is_empty() {
+                    store::apply_feedback(conn, day, &e.channel_id, &e.store_id, nps, e.score)
+                        .await?;
+                } else {
+                    tracing::warn!(feedback = %e.feedback_id, "feedback without channel or score in range; ignored");
+                }
+            }
+            Payload::InventoryValued(e) => {
+                sales = false;
+                if let Some(day) = date(e.day.as_ref()) {
+                    store::apply_inventory_value(
+                        conn,
+                        &e.location_id,
+                        day,
+                        money(e.value.as_ref()),
+                    )
+                    .await?;
+                }
+            }
+            _ => sales = false,
+        }
+        if sales {
+            // Watchers re-read after the commit; a lagging watcher only misses a wake-up.
+            let _ = self.sales_changed.send(());
+        }
+        Ok(())
+    }
+}
+
+async fn apply(
+    conn: &mut PgConnection,
+    order: Option<&OrderFacts>,
+    occurred_at: DateTime<Utc>,
+    cancelled: bool,
+) -> Result<()> {
+    let Some(order) = order else {
+        tracing::warn!("order event without order facts; ignored");
+        return Ok(());
+    };
+    if order.order_id.is_empty() || order.channel_id.is_empty() {
+        tracing::warn!(order = %order.order_id, "order event without order or channel id; ignored");
+        return Ok(());
+    }
+    store::apply_order(conn, &order_row(order, occurred_at, cancelled)).await?;
+    crate::attribution::replace_links(
+        conn,
+        &order.order_id,
+        &store_credits(order),
+        &coupons(order),
+    )
+    .await?;
+    if !order.experiment_id.is_empty() {
+        record_fulfilment(conn, order, occurred_at, cancelled).await?;
+    }
+    store::upsert_channel(conn, &order.channel_id, order.channel_kind, "").await
+}
+
+/// How an order of a sourcing experiment was fulfilled: split, time to completion, and how
+/// many of its units left from stores.
+async fn record_fulfilment(
+    conn: &mut PgConnection,
+    order: &OrderFacts,
+    occurred_at: DateTime<Utc>,
+    cancelled: bool,
+) -> Result<()> {
+    let row = order_row(order, occurred_at, cancelled);
+    let stores: Vec<&str> = order
+        .fulfilments
+        .iter()
+        .filter(|f| f.from_store)
+        .map(|f| f.location_id.as_str())
+        .collect();
+    let store_units = order
+        .lines
+        .iter()
+        .filter(|l| stores.contains(&l.location_id.as_str()))
+        .map(|l| i64::from(l.quantity))
+        .sum();
+    crate::experiment_store::record_fulfilment(
+        conn,
+        &crate::experiment_store::FulfilmentRow {
+            order_id: order.order_id.clone(),
+            experiment_id: order.experiment_id.clone(),
+            variant: order.variant.clone(),
+            split: order.split,
+            placed_at: row.placed_at,
+            completed_at: time(order.completed_at.as_ref()),
+            units: row.units,
+            store_units,
+            cancelled: row.cancelled,
+        },
+    )
+    .await
+}

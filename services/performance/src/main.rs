@@ -1,0 +1,12 @@
+//! performance's process: telemetry, config, serve until SIGTERM or ctrl-c.
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    omni_runtime::server::run_process(
+        performance::SERVICE_NAME,
+        performance::Config::from_env,
+        |c| c.common.listen_addr,
+        performance::run,
+    )
+    .await
+}

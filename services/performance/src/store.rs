@@ -1,0 +1,1389 @@
+//! performance's Postgres access: facts and the rollups kept in step with them, inputs, report
+//! sums read from rollups or (to check them) straight from raw facts, and the rebuild.
+//!
+//! Every order holds a contribution to `daily_rollups` and `customer_days` that is a function
+//! of its fact row and whether it is its customer's first order (`counted_first`). A change is
+//! applied as "remove the old contribution, add the new one" in the event's transaction, so
+//! re-sent, late or out-of-order events leave the same rollups a rebuild from facts gives.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use omni_runtime::Result;
+use sqlx::{FromRow, PgConnection, PgPool};
+
+use crate::domain::{DayRange, Sums};
+
+/// One order as the latest event described it.
+#[derive(Debug, Clone, PartialEq, Eq, FromRow)]
+pub struct OrderRow {
+    pub order_id: String,
+    pub channel_id: String,
+    pub store_id: String,
+    pub associate_id: String,
+    pub customer_id: String,
+    pub placed_at: DateTime<Utc>,
+    pub day: NaiveDate,
+    pub sales: i64,
+    pub cost: i64,
+    pub units: i64,
+    pub cancelled: bool,
+    pub promised_ready_at: Option<DateTime<Utc>>,
+    pub ready_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReturnRow {
+    pub return_id: String,
+    pub order_id: String,
+    pub order_channel_id: String,
+    pub customer_id: String,
+    pub day: NaiveDate,
+    pub refund: i64,
+    pub cost: i64,
+}
+
+const ORDER_COLUMNS: &str = "order_id, channel_id, store_id, associate_id, customer_id, \
+    placed_at, day, sales, cost, units, cancelled, promised_ready_at, ready_at";
+
+pub async fn upsert_channel(
+    conn: &mut PgConnection,
+    channel_id: &str,
+    kind: i32,
+    name: &str,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO channels (channel_id, kind, name) VALUES ($1, $2, $3) \
+         ON CONFLICT (channel_id) DO UPDATE SET \
+           kind = CASE WHEN excluded.kind = 0 THEN channels.kind ELSE excluded.kind END, \
+           name = CASE WHEN excluded.name = '' THEN channels.name ELSE excluded.name END",
+    )
+    .bind(channel_id)
+    .bind(kind)
+    .bind(name)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The channels among `ids` this service has never heard of.
+pub async fn unknown_channels(pool: &PgPool, ids: &[String]) -> Result<Vec<String>> {
+    let known: Vec<String> =
+        sqlx::query_scalar("SELECT channel_id FROM channels WHERE channel_id = ANY($1)")
+            .bind(ids)
+            .fetch_all(pool)
+            .await?;
+    Ok(ids
+        .iter()
+        .filter(|id| !known.contains(id))
+        .cloned()
+        .collect())
+}
+
+/// The channels of one kind.
+pub async fn channels_of_kind(pool: &PgPool, kind: i32) -> Result<Vec<String>> {
+    Ok(
+        sqlx::query_scalar("SELECT channel_id FROM channels WHERE kind = $1 ORDER BY channel_id")
+            .bind(kind)
+            .fetch_all(pool)
+            .await?,
+    )
+}
+
+pub async fn order(conn: &mut PgConnection, order_id: &str) -> Result<Option<(OrderRow, bool)>> {
+    #[derive(FromRow)]
+    struct Row {
+        #[sqlx(flatten)]
+        order: OrderRow,
+        counted_first: bool,
+    }
+    let row: Option<Row> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {ORDER_COLUMNS}, counted_first FROM order_facts WHERE order_id = $1 FOR UPDATE"
+    )))
+    .bind(order_id)
+    .fetch_optional(conn)
+    .await?;
+    Ok(row.map(|r| (r.order, r.counted_first)))
+}
+
+/// Adds (`sign` 1) or removes (-1) what one order holds in the rollups.
+async fn contribute(conn: &mut PgConnection, o: &OrderRow, first: bool, sign: i64) -> Result<()> {
+    if o.cancelled {
+        return Ok(());
+    }
+    let known = !o.customer_id.is_empty();
+    let pickup = o.ready_at.is_some() && o.promised_ready_at.is_some();
+    let hit = matches!((o.ready_at, o.promised_ready_at), (Some(r), Some(p)) if r <= p);
+    let repeat = if known && !first { o.sales } else { 0 };
+    sqlx::query(
+        "INSERT INTO daily_rollups (day, channel_id, store_id, associate_id, orders, units, \
+           sales, cogs, new_customers, repeat_net_sales, pickup_orders, pickup_hits) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+         ON CONFLICT (day, channel_id, store_id, associate_id) DO UPDATE SET \
+           orders = daily_rollups.orders + excluded.orders, \
+           units = daily_rollups.units + excluded.units, \
+           sales = daily_rollups.sales + excluded.sales, \
+           cogs = daily_rollups.cogs + excluded.cogs, \
+           new_customers = daily_rollups.new_customers + excluded.new_customers, \
+           repeat_net_sales = daily_rollups.repeat_net_sales + excluded.repeat_net_sales, \
+           pickup_orders = daily_rollups.pickup_orders + excluded.pickup_orders, \
+           pickup_hits = daily_rollups.pickup_hits + excluded.pickup_hits",
+    )
+    .bind(o.day)
+    .bind(&o.channel_id)
+    .bind(&o.store_id)
+    .bind(&o.associate_id)
+    .bind(sign)
+    .bind(sign * o.units)
+    .bind(sign * o.sales)
+    .bind(sign * o.cost)
+    .bind(sign * i64::from(first && known))
+    .bind(sign * repeat)
+    .bind(sign * i64::from(pickup))
+    .bind(sign * i64::from(hit))
+    .execute(&mut *conn)
+    .await?;
+    drop_empty_rollup(conn, o.day, &o.channel_id, &o.store_id, &o.associate_id).await?;
+    if known {
+        customer_day(conn, o, &o.customer_id, sign, sign * o.sales).await?;
+    }
+    Ok(())
+}
+
+/// A rollup row whose figures all went back to zero is removed, as a rebuild would not
+/// produce it.
+async fn drop_empty_rollup(
+    conn: &mut PgConnection,
+    day: NaiveDate,
+    channel: &str,
+    store: &str,
+    associate: &str,
+) -> Result<()> {
+    sqlx::query(
+        "DELETE FROM daily_rollups WHERE day = $1 AND channel_id = $2 AND store_id = $3 \
+           AND associate_id = $4 AND orders = 0 AND units = 0 AND sales = 0 AND returns = 0 \
+           AND cogs = 0 AND new_customers = 0 AND repeat_net_sales = 0 AND pickup_orders = 0 \
+           AND pickup_hits = 0",
+    )
+    .bind(day)
+    .bind(channel)
+    .bind(store)
+    .bind(associate)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+async fn customer_day(
+    conn: &mut PgConnection,
+    o: &OrderRow,
+    customer: &str,
+    orders: i64,
+    net: i64,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO customer_days (day, channel_id, store_id, associate_id, customer_id, \
+           orders, net_sales) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+         ON CONFLICT (day, channel_id, store_id, associate_id, customer_id) DO UPDATE SET \
+           orders = customer_days.orders + excluded.orders, \
+           net_sales = customer_days.net_sales + excluded.net_sales",
+    )
+    .bind(o.day)
+    .bind(&o.channel_id)
+    .bind(&o.store_id)
+    .bind(&o.associate_id)
+    .bind(customer)
+    .bind(orders)
+    .bind(net)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query(
+        "DELETE FROM customer_days WHERE day = $1 AND channel_id = $2 AND store_id = $3 \
+           AND associate_id = $4 AND customer_id = $5 AND orders = 0 AND net_sales = 0",
+    )
+    .bind(o.day)
+    .bind(&o.channel_id)
+    .bind(&o.store_id)
+    .bind(&o.associate_id)
+    .bind(customer)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Records an order's latest facts and moves its contribution (and, when its customer's first
+/// order changes, theirs) in the rollups.
+pub async fn apply_order(conn: &mut PgConnection, new: &OrderRow) -> Result<()> {
+    let old = order(conn, &new.order_id).await?;
+    let mut row = new.clone();
+    if let Some((old_row, old_first)) = &old {
+        contribute(conn, old_row, *old_first, -1).await?;
+        // Once cancelled, an order stays cancelled whatever arrives late; a ready time, once
+        // known, is kept by events that do not carry it.
+        row.cancelled |= old_row.cancelled;
+        row.ready_at = row.ready_at.or(old_row.ready_at);
+        row.promised_ready_at = row.promised_ready_at.or(old_row.promised_ready_at);
+    }
+    sqlx::query(
+        "INSERT INTO order_facts (order_id, channel_id, store_id, associate_id, customer_id, \
+           placed_at, day, sales, cost, units, cancelled, promised_ready_at, ready_at, \
+           counted_first) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, false) \
+         ON CONFLICT (order_id) DO UPDATE SET channel_id = excluded.channel_id, \
+           store_id = excluded.store_id, associate_id = excluded.associate_id, \
+           customer_id = excluded.customer_id, placed_at = excluded.placed_at, \
+           day = excluded.day, sales = excluded.sales, cost = excluded.cost, \
+           units = excluded.units, cancelled = excluded.cancelled, \
+           promised_ready_at = excluded.promised_ready_at, ready_at = excluded.ready_at, \
+           counted_first = false",
+    )
+    .bind(&row.order_id)
+    .bind(&row.channel_id)
+    .bind(&row.store_id)
+    .bind(&row.associate_id)
+    .bind(&row.customer_id)
+    .bind(row.placed_at)
+    .bind(row.day)
+    .bind(row.sales)
+    .bind(row.cost)
+    .bind(row.units)
+    .bind(row.cancelled)
+    .bind(row.promised_ready_at)
+    .bind(row.ready_at)
+    .execute(&mut *conn)
+    .await?;
+    contribute(conn, &row, false, 1).await?;
+    upsert_channel(conn, &row.channel_id, 0, "").await?;
+    if let Some((old_row, _)) = &old
+        && !old_row.customer_id.is_empty()
+        && old_row.customer_id != row.customer_id
+    {
+        sync_customer(conn, &old_row.customer_id).await?;
+    }
+    if !row.customer_id.is_empty() {
+        sync_customer(conn, &row.customer_id).await?;
+    }
+    Ok(())
+}
+
+/// Sets which of a customer's orders counts as the first (the earliest not cancelled), moving
+/// the contributions whose flag changes, and records the acquisition.
+async fn sync_customer(conn: &mut PgConnection, customer_id: &str) -> Result<()> {
+    let first: Option<OrderRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {ORDER_COLUMNS} FROM order_facts WHERE customer_id = $1 AND NOT cancelled \
+         ORDER BY placed_at, order_id LIMIT 1"
+    )))
+    .bind(customer_id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let first_id = first
+        .as_ref()
+        .map(|o| o.order_id.clone())
+        .unwrap_or_default();
+    let flagged: Vec<OrderRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {ORDER_COLUMNS} FROM order_facts WHERE customer_id = $1 \
+           AND (counted_first <> (order_id = $2)) FOR UPDATE"
+    )))
+    .bind(customer_id)
+    .bind(&first_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    for o in &flagged {
+        let now_first = o.order_id == first_id;
+        contribute(conn, o, !now_first, -1).await?;
+        contribute(conn, o, now_first, 1).await?;
+        sqlx::query("UPDATE order_facts SET counted_first = $2 WHERE order_id = $1")
+            .bind(&o.order_id)
+            .bind(now_first)
+            .execute(&mut *conn)
+            .await?;
+    }
+    match first {
+        Some(o) => {
+            sqlx::query(
+                "INSERT INTO customers (customer_id, first_order_id, first_day, \
+                   acquisition_channel_id, acquisition_store_id, acquisition_associate_id) \
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (customer_id) DO UPDATE SET \
+                   first_order_id = excluded.first_order_id, first_day = excluded.first_day, \
+                   acquisition_channel_id = excluded.acquisition_channel_id, \
+                   acquisition_store_id = excluded.acquisition_store_id, \
+                   acquisition_associate_id = excluded.acquisition_associate_id",
+            )
+            .bind(customer_id)
+            .bind(&o.order_id)
+            .bind(o.day)
+            .bind(&o.channel_id)
+            .bind(&o.store_id)
+            .bind(&o.associate_id)
+            .execute(&mut *conn)
+            .await?;
+        }
+        None => {
+            sqlx::query("DELETE FROM customers WHERE customer_id = $1")
+                .bind(customer_id)
+                .execute(&mut *conn)
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Sets an order's pickup readiness, when the order is known.
+pub async fn apply_ready(
+    conn: &mut PgConnection,
+    order_id: &str,
+    promised: Option<DateTime<Utc>>,
+    ready: Option<DateTime<Utc>>,
+) -> Result<bool> {
+    let Some((mut row, _)) = order(conn, order_id).await? else {
+        return Ok(false);
+    };
+    row.promised_ready_at = promised.or(row.promised_ready_at);
+    row.ready_at = ready.or(row.ready_at);
+    apply_order(conn, &row).await?;
+    Ok(true)
+}
+
+/// Records a completed return (once per return id) and its contribution.
+pub async fn apply_return(conn: &mut PgConnection, r: &ReturnRow) -> Result<()> {
+    let order = order(conn, &r.order_id).await?;
+    let (store, associate, customer, repeat) = match &order {
+        Some((o, first)) => (
+            o.store_id.clone(),
+            o.associate_id.clone(),
+            o.customer_id.clone(),
+            !o.customer_id.is_empty() && !first,
+        ),
+        None => (String::new(), String::new(), r.customer_id.clone(), false),
+    };
+    let inserted = sqlx::query(
+        "INSERT INTO return_facts (return_id, order_id, channel_id, store_id, associate_id, \
+           customer_id, day, refund, cost, repeat) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT DO NOTHING",
+    )
+    .bind(&r.return_id)
+    .bind(&r.order_id)
+    .bind(&r.order_channel_id)
+    .bind(&store)
+    .bind(&associate)
+    .bind(&customer)
+    .bind(r.day)
+    .bind(r.refund)
+    .bind(r.cost)
+    .bind(repeat)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected()
+        == 1;
+    if !inserted {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO daily_rollups (day, channel_id, store_id, associate_id, returns, cogs, \
+           repeat_net_sales) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+         ON CONFLICT (day, channel_id, store_id, associate_id) DO UPDATE SET \
+           returns = daily_rollups.returns + excluded.returns, \
+           cogs = daily_rollups.cogs + excluded.cogs, \
+           repeat_net_sales = daily_rollups.repeat_net_sales + excluded.repeat_net_sales",
+    )
+    .bind(r.day)
+    .bind(&r.order_channel_id)
+    .bind(&store)
+    .bind(&associate)
+    .bind(r.refund)
+    .bind(-r.cost)
+    .bind(if repeat { -r.refund } else { 0 })
+    .execute(&mut *conn)
+    .await?;
+    drop_empty_rollup(conn, r.day, &r.order_channel_id, &store, &associate).await?;
+    if !customer.is_empty() {
+        let at = OrderRow {
+            order_id: r.order_id.clone(),
+            channel_id: r.order_channel_id.clone(),
+            store_id: store,
+            associate_id: associate,
+            customer_id: customer.clone(),
+            placed_at: Utc::now(),
+            day: r.day,
+            sales: 0,
+            cost: 0,
+            units: 0,
+            cancelled: false,
+            promised_ready_at: None,
+            ready_at: None,
+        };
+        customer_day(conn, &at, &customer, 0, -r.refund).await?;
+    }
+    upsert_channel(conn, &r.order_channel_id, 0, "").await?;
+    Ok(())
+}
+
+/// Feedback sums: CSAT 1-5, or NPS 0-10 (promoters 9-10, detractors 0-6).
+pub async fn apply_feedback(
+    conn: &mut PgConnection,
+    day: NaiveDate,
+    channel_id: &str,
+    store_id: &str,
+    nps: bool,
+    score: i32,
+) -> Result<()> {
+    let (csat_sum, csat_count, promoter, detractor, nps_count) = if nps {
+        (0, 0, i64::from(score >= 9), i64::from(score <= 6), 1)
+    } else {
+        (i64::from(score), 1, 0, 0, 0)
+    };
+    sqlx::query(
+        "INSERT INTO feedback_daily (day, channel_id, store_id, csat_sum, csat_count, \
+           nps_promoters, nps_detractors, nps_count) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+         ON CONFLICT (day, channel_id, store_id) DO UPDATE SET \
+           csat_sum = feedback_daily.csat_sum + excluded.csat_sum, \
+           csat_count = feedback_daily.csat_count + excluded.csat_count, \
+           nps_promoters = feedback_daily.nps_promoters + excluded.nps_promoters, \
+           nps_detractors = feedback_daily.nps_detractors + excluded.nps_detractors, \
+           nps_count = feedback_daily.nps_count + excluded.nps_count",
+    )
+    .bind(day)
+    .bind(channel_id)
+    .bind(store_id)
+    .bind(csat_sum)
+    .bind(csat_count)
+    .bind(promoter)
+    .bind(detractor)
+    .bind(nps_count)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+pub async fn apply_inventory_value(
+    conn: &mut PgConnection,
+    location_id: &str,
+    day: NaiveDate,
+    value: i64,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO inventory_values (location_id, day, value) VALUES ($1, $2, $3) \
+         ON CONFLICT (location_id, day) DO UPDATE SET value = excluded.value",
+    )
+    .bind(location_id)
+    .bind(day)
+    .bind(value)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, FromRow)]
+pub struct TrafficRow {
+    pub channel_id: String,
+    pub day: NaiveDate,
+    pub visits: i64,
+    pub impressions: i64,
+    pub interactions: i64,
+    pub reach: i64,
+    pub recorded_at: DateTime<Utc>,
+}
+
+pub async fn record_traffic(pool: &PgPool, t: &TrafficRow) -> Result<TrafficRow> {
+    Ok(sqlx::query_as(
+        "INSERT INTO traffic (channel_id, day, visits, impressions, interactions, reach) \
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (channel_id, day) DO UPDATE SET \
+           visits = excluded.visits, impressions = excluded.impressions, \
+           interactions = excluded.interactions, reach = excluded.reach, recorded_at = now() \
+         RETURNING channel_id, day, visits, impressions, interactions, reach, recorded_at",
+    )
+    .bind(&t.channel_id)
+    .bind(t.day)
+    .bind(t.visits)
+    .bind(t.impressions)
+    .bind(t.interactions)
+    .bind(t.reach)
+    .fetch_one(pool)
+    .await?)
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, FromRow)]
+pub struct SpendRow {
+    pub channel_id: String,
+    pub day: NaiveDate,
+    /// `marketing` or `operations`.
+    pub category: String,
+    pub amount: i64,
+    pub recorded_at: DateTime<Utc>,
+}
+
+pub async fn record_spend(pool: &PgPool, s: &SpendRow) -> Result<SpendRow> {
+    Ok(sqlx::query_as(
+        "INSERT INTO spend (channel_id, day, category, amount) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (channel_id, day, category) DO UPDATE SET amount = excluded.amount, \
+           recorded_at = now() \
+         RETURNING channel_id, day, category, amount, recorded_at",
+    )
+    .bind(&s.channel_id)
+    .bind(s.day)
+    .bind(&s.category)
+    .bind(s.amount)
+    .fetch_one(pool)
+    .await?)
+}
+
+/// Keyset page of traffic after `(day, channel)`.
+pub async fn list_traffic(
+    pool: &PgPool,
+    range: DayRange,
+    channels: &[String],
+    after: Option<(NaiveDate, String)>,
+    limit: i64,
+) -> Result<Vec<TrafficRow>> {
+    let (after_day, after_channel) = after.unzip();
+    Ok(sqlx::query_as(
+        "SELECT channel_id, day, visits, impressions, interactions, reach, recorded_at \
+         FROM traffic WHERE day BETWEEN $1 AND $2 \
+           AND (cardinality($3::text[]) = 0 OR channel_id = ANY($3)) \
+           AND ($4::date IS NULL OR (day, channel_id) > ($4, $5)) \
+         ORDER BY day, channel_id LIMIT $6",
+    )
+    .bind(range.start)
+    .bind(range.end)
+    .bind(channels)
+    .bind(after_day)
+    .bind(after_channel.unwrap_or_default())
+    .bind(limit)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Keyset page of spend after `(day, channel, category)`.
+pub async fn list_spend(
+    pool: &PgPool,
+    range: DayRange,
+    channels: &[String],
+    category: Option<&str>,
+    after: Option<(NaiveDate, String, String)>,
+    limit: i64,
+) -> Result<Vec<SpendRow>> {
+    let (after_day, after_channel, after_category) = match after {
+        Some((d, c, k)) => (Some(d), c, k),
+        None => (None, String::new(), String::new()),
+    };
+    Ok(sqlx::query_as(
+        "SELECT channel_id, day, category, amount, recorded_at FROM spend \
+         WHERE day BETWEEN $1 AND $2 \
+           AND (cardinality($3::text[]) = 0 OR channel_id = ANY($3)) \
+           AND ($4::text IS NULL OR category = $4) \
+           AND ($5::date IS NULL OR (day, channel_id, category) > ($5, $6, $7)) \
+         ORDER BY day, channel_id, category LIMIT $8",
+    )
+    .bind(range.start)
+    .bind(range.end)
+    .bind(channels)
+    .bind(category)
+    .bind(after_day)
+    .bind(after_channel)
+    .bind(after_category)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reports
+
+/// The rollups computed from raw facts (same columns as `daily_rollups`).
+const RAW_ROLLUPS: &str = "\
+    SELECT day, channel_id, store_id, associate_id, sum(orders)::bigint AS orders, \
+      sum(units)::bigint AS units, sum(sales)::bigint AS sales, sum(returns)::bigint AS returns, \
+      sum(cogs)::bigint AS cogs, sum(new_customers)::bigint AS new_customers, \
+      sum(repeat_net_sales)::bigint AS repeat_net_sales, \
+      sum(pickup_orders)::bigint AS pickup_orders, sum(pickup_hits)::bigint AS pickup_hits \
+    FROM ( \
+      SELECT f.day, f.channel_id, f.store_id, f.associate_id, 1::bigint AS orders, f.units, \
+        f.sales, 0::bigint AS returns, f.cost AS cogs, \
+        (fi.order_id IS NOT NULL)::int::bigint AS new_customers, \
+        CASE WHEN f.customer_id <> '' AND fi.order_id IS NULL THEN f.sales ELSE 0 END \
+          AS repeat_net_sales, \
+        (f.ready_at IS NOT NULL AND f.promised_ready_at IS NOT NULL)::int::bigint \
+          AS pickup_orders, \
+        (f.ready_at IS NOT NULL AND f.ready_at <= f.promised_ready_at)::int::bigint \
+          AS pickup_hits \
+      FROM order_facts f LEFT JOIN raw_firsts fi ON fi.order_id = f.order_id \
+      WHERE NOT f.cancelled \
+      UNION ALL \
+      SELECT day, channel_id, store_id, associate_id, 0, 0, 0, refund, -cost, 0, \
+        CASE WHEN repeat THEN -refund ELSE 0 END, 0, 0 \
+      FROM return_facts \
+    ) c GROUP BY day, channel_id, store_id, associate_id \
+    HAVING sum(orders) <> 0 OR sum(returns) <> 0 OR sum(sales) <> 0 OR sum(cogs) <> 0";
+
+/// Each customer's first order, from raw facts.
+const RAW_FIRSTS: &str = "\
+    SELECT DISTINCT ON (customer_id) customer_id, order_id, day, channel_id, store_id, \
+      associate_id FROM order_facts WHERE NOT cancelled AND customer_id <> '' \
+    ORDER BY customer_id, placed_at, order_id";
+
+/// Customer days from raw facts (same columns as `customer_days`).
+const RAW_CUSTOMER_DAYS: &str = "\
+    SELECT day, channel_id, store_id, associate_id, customer_id, sum(orders)::bigint AS orders, \
+      sum(net_sales)::bigint AS net_sales FROM ( \
+        SELECT day, channel_id, store_id, associate_id, customer_id, 1::bigint AS orders, \
+          sales AS net_sales FROM order_facts WHERE NOT cancelled AND customer_id <> '' \
+        UNION ALL \
+        SELECT day, channel_id, store_id, associate_id, customer_id, 0, -refund \
+          FROM return_facts WHERE customer_id <> '' \
+      ) c GROUP BY day, channel_id, store_id, associate_id, customer_id \
+      HAVING sum(orders) <> 0 OR sum(net_sales) <> 0";
+
+/// Where report sums come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Rollups,
+    RawFacts,
+}
+
+impl Source {
+    /// A `WITH` prefix and the names of the rollups, customer days and customers relations.
+    fn relations(self) -> (String, &'static str, &'static str, &'static str) {
+        match self {
+            Source::Rollups => (
+                String::new(),
+                "daily_rollups",
+                "customer_days",
+                "(SELECT customer_id, first_day, acquisition_channel_id, \
+                   acquisition_store_id, acquisition_associate_id FROM customers)",
+            ),
+            Source::RawFacts => (
+                format!(
+                    "WITH raw_firsts AS ({RAW_FIRSTS}), raw_rollups AS ({RAW_ROLLUPS}), \
+                     raw_customer_days AS ({RAW_CUSTOMER_DAYS}), \
+                     raw_customers AS (SELECT customer_id, day AS first_day, \
+                       channel_id AS acquisition_channel_id, \
+                       store_id AS acquisition_store_id, \
+                       associate_id AS acquisition_associate_id FROM raw_firsts) "
+                ),
+                "raw_rollups",
+                "raw_customer_days",
+                "raw_customers",
+            ),
+        }
+    }
+}
+
+/// `WITH` over the source's common table expressions (if any) and `more`.
+fn with_ctes(with: &str, more: &str) -> String {
+    if with.is_empty() {
+        format!("WITH {more}")
+    } else {
+        format!("{}, {more}", with.trim_end())
+    }
+}
+
+/// How report rows are keyed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dimension {
+    Channel,
+    Store,
+    Associate,
+    /// One row over everything selected.
+    Total,
+}
+
+impl Dimension {
+    /// The key columns (channel, store, associate) of a row, from the given expressions.
+    fn keys(self, channel: &str, store: &str, associate: &str) -> String {
+        let none = "''::text";
+        let (c, s, a) = match self {
+            Dimension::Channel => (channel, none, none),
+            Dimension::Store => (channel, store, none),
+            Dimension::Associate => (channel, store, associate),
+            Dimension::Total => (none, none, none),
+        };
+        format!("{c} AS k1, {s} AS k2, {a} AS k3")
+    }
+
+    /// Rows of a store (associate) report need a store (associate).
+    fn having(self, store: &str, associate: &str) -> String {
+        match self {
+            Dimension::Store => format!(" AND {store} <> ''"),
+            Dimension::Associate => format!(" AND {associate} <> ''"),
+            _ => String::new(),
+        }
+    }
+}
+
+pub type Key = (String, String, String);
+
+#[derive(FromRow)]
+struct InputFigures {
+    k1: String,
+    k2: String,
+    k3: String,
+    visits: i64,
+    impressions: i64,
+    interactions: i64,
+    reach: i64,
+    marketing: i64,
+    operations: i64,
+}
+
+#[derive(FromRow)]
+struct FeedbackFigures {
+    k1: String,
+    k2: String,
+    k3: String,
+    csat_sum: i64,
+    csat_count: i64,
+    promoters: i64,
+    detractors: i64,
+    nps_count: i64,
+}
+
+/// What to report on.
+#[derive(Debug, Clone)]
+pub struct Selection {
+    pub range: DayRange,
+    pub dimension: Dimension,
+    pub channels: Vec<String>,
+    pub stores: Vec<String>,
+    pub source: Source,
+}
+
+/// The sums of every row of a report (and nothing for rows without any figure).
+pub async fn report_sums(pool: &PgPool, sel: &Selection) -> Result<BTreeMap<Key, Sums>> {
+    let (with, rollups, cdays, customers_rel) = sel.source.relations();
+    let d = sel.dimension;
+    let mut rows: BTreeMap<Key, Sums> = BTreeMap::new();
+    let filter = |c: &str, s: &str| {
+        format!(
+            "(cardinality($3::text[]) = 0 OR {c} = ANY($3)) \
+             AND (cardinality($4::text[]) = 0 OR {s} = ANY($4))"
+        )
+    };
+
+    #[derive(FromRow)]
+    struct Additive {
+        k1: String,
+        k2: String,
+        k3: String,
+        orders: i64,
+        units: i64,
+        sales: i64,
+        returns: i64,
+        cogs: i64,
+        new_customers: i64,
+        repeat_net_sales: i64,
+        pickup_orders: i64,
+        pickup_hits: i64,
+    }
+    let sql = format!(
+        "{with}SELECT {keys}, \
+           sum(orders)::bigint AS orders, sum(units)::bigint AS units, \
+           sum(sales)::bigint AS sales, sum(returns)::bigint AS returns, \
+           sum(cogs)::bigint AS cogs, sum(new_customers)::bigint AS new_customers, \
+           sum(repeat_net_sales)::bigint AS repeat_net_sales, \
+           sum(pickup_orders)::bigint AS pickup_orders, sum(pickup_hits)::bigint AS pickup_hits \
+         FROM {rollups} WHERE day BETWEEN $1 AND $2 AND {filter}{having} GROUP BY 1, 2, 3",
+        keys = d.keys("channel_id", "store_id", "associate_id"),
+        filter = filter("channel_id", "store_id"),
+        having = d.having("store_id", "associate_id"),
+    );
+    let additive: Vec<Additive> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(sel.range.start)
+        .bind(sel.range.end)
+        .bind(&sel.channels)
+        .bind(&sel.stores)
+        .fetch_all(pool)
+        .await?;
+    for a in additive {
+        let s = rows.entry((a.k1, a.k2, a.k3)).or_default();
+        s.orders += a.orders;
+        s.units += a.units;
+        s.sales += a.sales;
+        s.returns += a.returns;
+        s.cogs += a.cogs;
+        s.new_customers += a.new_customers;
+        s.repeat_net_sales += a.repeat_net_sales;
+        s.pickup_orders += a.pickup_orders;
+        s.pickup_hits += a.pickup_hits;
+    }
+
+    // Distinct buying customers and those with two orders or more.
+    let sql = format!(
+        "{with}SELECT k1, k2, k3, count(*)::bigint AS customers, \
+           (count(*) FILTER (WHERE n >= 2))::bigint AS repeat_customers FROM ( \
+             SELECT {keys}, customer_id, sum(orders) AS n FROM {cdays} \
+             WHERE day BETWEEN $1 AND $2 AND {filter}{having} \
+             GROUP BY 1, 2, 3, customer_id HAVING sum(orders) > 0) x GROUP BY 1, 2, 3",
+        keys = d.keys("channel_id", "store_id", "associate_id"),
+        filter = filter("channel_id", "store_id"),
+        having = d.having("store_id", "associate_id"),
+    );
+    let customers: Vec<(String, String, String, i64, i64)> =
+        sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(sel.range.start)
+            .bind(sel.range.end)
+            .bind(&sel.channels)
+            .bind(&sel.stores)
+            .fetch_all(pool)
+            .await?;
+    for (c, s, a, n, repeat) in customers {
+        let row = rows.entry((c, s, a)).or_default();
+        row.customers = n;
+        row.repeat_customers = repeat;
+    }
+
+    // The period's new customers, by where they were acquired: who ordered again within the
+    // period, and what they have bought to date.
+    let sql = format!(
+        "{ctes} SELECT {keys}, \
+           (count(*) FILTER (WHERE coalesce(r.n, 0) >= 2))::bigint AS repeating, \
+           coalesce(sum(r.net), 0)::bigint AS cohort_net \
+         FROM cohort c LEFT JOIN bought r ON r.customer_id = c.customer_id \
+         GROUP BY 1, 2, 3",
+        ctes = with_ctes(
+            &with,
+            &format!(
+                "cohort AS (SELECT * FROM {customers_rel} c \
+                   WHERE c.first_day BETWEEN $1 AND $2 AND {filter}{having}), \
+                 bought AS (SELECT d.customer_id, \
+                   sum(d.orders) FILTER (WHERE d.day >= $1) AS n, sum(d.net_sales) AS net \
+                   FROM {cdays} d JOIN cohort k ON k.customer_id = d.customer_id \
+                   WHERE d.day <= $2 GROUP BY 1)",
+                filter = filter("c.acquisition_channel_id", "c.acquisition_store_id"),
+                having = d.having("c.acquisition_store_id", "c.acquisition_associate_id"),
+            )
+        ),
+        keys = d.keys(
+            "c.acquisition_channel_id",
+            "c.acquisition_store_id",
+            "c.acquisition_associate_id"
+        ),
+    );
+    let cohorts: Vec<(String, String, String, i64, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(sel.range.start)
+        .bind(sel.range.end)
+        .bind(&sel.channels)
+        .bind(&sel.stores)
+        .fetch_all(pool)
+        .await?;
+    for (c, s, a, repeating, net) in cohorts {
+        let row = rows.entry((c, s, a)).or_default();
+        row.new_customers_repeating = repeating;
+        row.cohort_net_sales = net;
+    }
+
+    // Traffic and spend are per channel: they belong to channel rows and the total.
+    if matches!(d, Dimension::Channel | Dimension::Total) && sel.stores.is_empty() {
+        let sql = format!(
+            "SELECT {keys}, sum(visits)::bigint AS visits, \
+               sum(impressions)::bigint AS impressions, \
+               sum(interactions)::bigint AS interactions, sum(reach)::bigint AS reach, \
+               0::bigint AS marketing, 0::bigint AS operations \
+             FROM traffic WHERE day BETWEEN $1 AND $2 \
+               AND (cardinality($3::text[]) = 0 OR channel_id = ANY($3)) GROUP BY 1, 2, 3 \
+             UNION ALL \
+             SELECT {keys}, 0, 0, 0, 0, \
+               (coalesce(sum(amount) FILTER (WHERE category = 'marketing'), 0))::bigint, \
+               (coalesce(sum(amount) FILTER (WHERE category = 'operations'), 0))::bigint \
+             FROM spend WHERE day BETWEEN $1 AND $2 \
+               AND (cardinality($3::text[]) = 0 OR channel_id = ANY($3)) GROUP BY 1, 2, 3",
+            keys = d.keys("channel_id", "store_id", "associate_id"),
+        );
+        let inputs: Vec<InputFigures> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(sel.range.start)
+            .bind(sel.range.end)
+            .bind(&sel.channels)
+            .fetch_all(pool)
+            .await?;
+        for i in inputs {
+            let row = rows.entry((i.k1, i.k2, i.k3)).or_default();
+            row.visits += i.visits;
+            row.impressions += i.impressions;
+            row.interactions += i.interactions;
+            row.reach += i.reach;
+            row.marketing_spend += i.marketing;
+            row.operations_spend += i.operations;
+        }
+    }
+
+    // Feedback is per channel and store.
+    if d != Dimension::Associate {
+        let sql = format!(
+            "SELECT {keys}, sum(csat_sum)::bigint AS csat_sum, \
+               sum(csat_count)::bigint AS csat_count, sum(nps_promoters)::bigint AS promoters, \
+               sum(nps_detractors)::bigint AS detractors, sum(nps_count)::bigint AS nps_count \
+             FROM feedback_daily WHERE day BETWEEN $1 AND $2 AND {filter}{having} \
+             GROUP BY 1, 2, 3",
+            keys = d.keys("channel_id", "store_id", "''::text"),
+            filter = filter("channel_id", "store_id"),
+            having = d.having("store_id", "''"),
+        );
+        let feedback: Vec<FeedbackFigures> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(sel.range.start)
+            .bind(sel.range.end)
+            .bind(&sel.channels)
+            .bind(&sel.stores)
+            .fetch_all(pool)
+            .await?;
+        for f in feedback {
+            let row = rows.entry((f.k1, f.k2, f.k3)).or_default();
+            row.csat_sum += f.csat_sum;
+            row.csat_count += f.csat_count;
+            row.nps_promoters += f.promoters;
+            row.nps_detractors += f.detractors;
+            row.nps_count += f.nps_count;
+        }
+    }
+
+    // Average inventory value: per store for store rows; over every location for the total
+    // (the mean over days of that day's summed value).
+    match d {
+        Dimension::Store => {
+            let values: Vec<(String, i64)> = sqlx::query_as(
+                "SELECT location_id, round(avg(value))::bigint FROM inventory_values \
+                 WHERE day BETWEEN $1 AND $2 GROUP BY location_id",
+            )
+            .bind(sel.range.start)
+            .bind(sel.range.end)
+            .fetch_all(pool)
+            .await?;
+            for ((_, store, _), row) in rows.iter_mut() {
+                row.average_inventory_value = values
+                    .iter()
+                    .find(|(location, _)| location == store)
+                    .map(|(_, v)| *v);
+            }
+        }
+        Dimension::Total if sel.channels.is_empty() && sel.stores.is_empty() => {
+            let value: Option<i64> = sqlx::query_scalar(
+                "SELECT round(avg(total))::bigint FROM (SELECT day, sum(value) AS total \
+                 FROM inventory_values WHERE day BETWEEN $1 AND $2 GROUP BY day) d",
+            )
+            .bind(sel.range.start)
+            .bind(sel.range.end)
+            .fetch_one(pool)
+            .await?;
+            if value.is_some() {
+                rows.entry(Default::default())
+                    .or_default()
+                    .average_inventory_value = value;
+            }
+        }
+        _ => {}
+    }
+    Ok(rows)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rebuild
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rebuilt {
+    pub facts_scanned: i64,
+    pub rows_written: i64,
+    pub rows_changed: i64,
+}
+
+/// Recomputes customers, `daily_rollups` and `customer_days` (within `range`, or everywhere)
+/// from raw facts, counting rows that differed.
+pub async fn rebuild(pool: &PgPool, range: Option<DayRange>) -> Result<Rebuilt> {
+    let mut tx = pool.begin().await?;
+    // Facts must not move underneath the recomputation.
+    sqlx::query("LOCK TABLE order_facts, return_facts IN SHARE MODE")
+        .execute(&mut *tx)
+        .await?;
+    let (start, end) = match range {
+        Some(r) => (r.start, r.end),
+        // Every day Postgres and chrono both represent.
+        None => (
+            NaiveDate::from_ymd_opt(1, 1, 1).unwrap_or_default(),
+            NaiveDate::from_ymd_opt(9999, 12, 31).unwrap_or_default(),
+        ),
+    };
+    let facts_scanned: i64 = sqlx::query_scalar(
+        "SELECT (SELECT count(*) FROM order_facts) + (SELECT count(*) FROM return_facts)",
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    let rollup_cols = "orders, units, sales, returns, cogs, new_customers, repeat_net_sales, \
+                       pickup_orders, pickup_hits";
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "CREATE TEMP TABLE rebuilt_rollups ON COMMIT DROP AS \
+         WITH raw_firsts AS ({RAW_FIRSTS}) SELECT * FROM ({RAW_ROLLUPS}) r \
+         WHERE day BETWEEN $1 AND $2"
+    )))
+    .bind(start)
+    .bind(end)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "CREATE TEMP TABLE rebuilt_customer_days ON COMMIT DROP AS \
+         SELECT * FROM ({RAW_CUSTOMER_DAYS}) r WHERE day BETWEEN $1 AND $2"
+    )))
+    .bind(start)
+    .bind(end)
+    .execute(&mut *tx)
+    .await?;
+    let prefixed = |p: &str| {
+        rollup_cols
+            .split(", ")
+            .map(|c| format!("{p}.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let changed_rollups: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT count(*) FROM (SELECT * FROM daily_rollups WHERE day BETWEEN $1 AND $2) o \
+         FULL JOIN rebuilt_rollups n USING (day, channel_id, store_id, associate_id) \
+         WHERE ({old}) IS DISTINCT FROM ({new})",
+        old = prefixed("o"),
+        new = prefixed("n"),
+    )))
+    .bind(start)
+    .bind(end)
+    .fetch_one(&mut *tx)
+    .await?;
+    let changed_days: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT * FROM customer_days WHERE day BETWEEN $1 AND $2) o \
+         FULL JOIN rebuilt_customer_days n \
+           USING (day, channel_id, store_id, associate_id, customer_id) \
+         WHERE (o.orders, o.net_sales) IS DISTINCT FROM (n.orders, n.net_sales)",
+    )
+    .bind(start)
+    .bind(end)
+    .fetch_one(&mut *tx)
+    .await?;
+    sqlx::query("DELETE FROM daily_rollups WHERE day BETWEEN $1 AND $2")
+        .bind(start)
+        .bind(end)
+        .execute(&mut *tx)
+        .await?;
+    let written = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO daily_rollups (day, channel_id, store_id, associate_id, {rollup_cols}) \
+         SELECT day, channel_id, store_id, associate_id, {rollup_cols} FROM rebuilt_rollups"
+    )))
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    sqlx::query("DELETE FROM customer_days WHERE day BETWEEN $1 AND $2")
+        .bind(start)
+        .bind(end)
+        .execute(&mut *tx)
+        .await?;
+    let written_days = sqlx::query(
+        "INSERT INTO customer_days (day, channel_id, store_id, associate_id, customer_id, \
+           orders, net_sales) SELECT day, channel_id, store_id, associate_id, customer_id, \
+           orders, net_sales FROM rebuilt_customer_days",
+    )
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    sqlx::query("DELETE FROM customers")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO customers (customer_id, first_order_id, first_day, acquisition_channel_id, \
+           acquisition_store_id, acquisition_associate_id) \
+         SELECT customer_id, order_id, day, channel_id, store_id, associate_id \
+         FROM ({RAW_FIRSTS}) f"
+    )))
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "UPDATE order_facts f SET counted_first = (fi.order_id IS NOT NULL) \
+         FROM order_facts o LEFT JOIN ({RAW_FIRSTS}) fi ON fi.order_id = o.order_id \
+         WHERE f.order_id = o.order_id"
+    )))
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(Rebuilt {
+        facts_scanned,
+        rows_written: i64::try_from(written + written_days).unwrap_or(i64::MAX),
+        rows_changed: changed_rollups + changed_days,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Live sales
+
+#[derive(Debug, Clone, PartialEq, Eq, FromRow)]
+pub struct LiveRow {
+    pub channel_id: String,
+    pub orders: i64,
+    pub units: i64,
+    pub net_sales: i64,
+    pub last_order_at: Option<DateTime<Utc>>,
+}
+
+/// One day's sales per channel, from the rollups.
+pub async fn live_sales(
+    pool: &PgPool,
+    day: NaiveDate,
+    channels: &[String],
+) -> Result<Vec<LiveRow>> {
+    Ok(sqlx::query_as(
+        "SELECT r.channel_id, sum(r.orders)::bigint AS orders, sum(r.units)::bigint AS units, \
+           (sum(r.sales) - sum(r.returns))::bigint AS net_sales, \
+           (SELECT max(placed_at) FROM order_facts f \
+             WHERE f.day = $1 AND f.channel_id = r.channel_id AND NOT f.cancelled) \
+             AS last_order_at \
+         FROM daily_rollups r WHERE r.day = $1 \
+           AND (cardinality($2::text[]) = 0 OR r.channel_id = ANY($2)) \
+         GROUP BY r.channel_id ORDER BY r.channel_id",
+    )
+    .bind(day)
+    .bind(channels)
+    .fetch_all(pool)
+    .await?)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scorecards
+
+#[derive(Debug, Clone, FromRow)]
+pub struct ScorecardRow {
+    pub id: uuid::Uuid,
+    pub body: Vec<u8>,
+    pub version: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+pub async fn insert_scorecard(
+    conn: &mut PgConnection,
+    id: uuid::Uuid,
+    channel_id: &str,
+    body: &[u8],
+) -> Result<ScorecardRow> {
+    Ok(sqlx::query_as(
+        "INSERT INTO scorecards (id, channel_id, body) VALUES ($1, $2, $3) \
+         RETURNING id, body, version, created_at, updated_at",
+    )
+    .bind(id)
+    .bind(channel_id)
+    .bind(body)
+    .fetch_one(conn)
+    .await?)
+}
+
+/// Replaces a scorecard at `version`; `None` when it does not exist or the version is stale.
+pub async fn update_scorecard(
+    pool: &PgPool,
+    id: uuid::Uuid,
+    version: i64,
+    channel_id: &str,
+    body: &[u8],
+) -> Result<Option<ScorecardRow>> {
+    Ok(sqlx::query_as(
+        "UPDATE scorecards SET channel_id = $3, body = $4, version = version + 1, \
+           updated_at = now() WHERE id = $1 AND version = $2 \
+         RETURNING id, body, version, created_at, updated_at",
+    )
+    .bind(id)
+    .bind(version)
+    .bind(channel_id)
+    .bind(body)
+    .fetch_optional(pool)
+    .await?)
+}
+
+pub async fn scorecard(pool: &PgPool, id: uuid::Uuid) -> Result<Option<ScorecardRow>> {
+    Ok(sqlx::query_as(
+        "SELECT id, body, version, created_at, updated_at FROM scorecards WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(pool)
+    .await?)
+}
+
+pub async fn list_scorecards(
+    pool: &PgPool,
+    channel_id: &str,
+    after: Option<uuid::Uuid>,
+    limit: i64,
+) -> Result<Vec<ScorecardRow>> {
+    Ok(sqlx::query_as(
+        "SELECT id, body, version, created_at, updated_at FROM scorecards \
+         WHERE ($1 = '' OR channel_id = $1) AND ($2::uuid IS NULL OR id > $2) \
+         ORDER BY id LIMIT $3",
+    )
+    .bind(channel_id)
+    .bind(after)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Customer lifetime value and retention
+
+/// Customers acquired in one month and channel, and their net sales to date.
+#[derive(Debug, Clone, PartialEq, Eq, FromRow)]
+pub struct ClvCohortRow {
+    pub month: NaiveDate,
+    pub channel_id: String,
+    pub customers: i64,
+    pub net_sales: i64,
+}
+
+/// A group of customers: how many, their net sales and orders to date.
+#[derive(Debug, Clone, Default, PartialEq, Eq, FromRow)]
+pub struct ClvGroupRow {
+    pub multi_channel: bool,
+    pub customers: i64,
+    pub net_sales: i64,
+    pub orders: i64,
+}
+
+pub async fn clv(
+    pool: &PgPool,
+    acquired: DayRange,
+    channels: &[String],
+    source: Source,
+) -> Result<(Vec<ClvCohortRow>, Vec<ClvGroupRow>)> {
+    let (with, _, cdays, customers) = source.relations();
+    let per_customer = format!(
+        "SELECT c.customer_id, date_trunc('month', c.first_day)::date AS month, \
+           c.acquisition_channel_id AS channel_id, \
+           coalesce(sum(d.net_sales), 0)::bigint AS net_sales, \
+           coalesce(sum(d.orders), 0)::bigint AS orders, \
+           count(DISTINCT d.channel_id) FILTER (WHERE d.orders > 0) AS channels \
+         FROM {customers} c LEFT JOIN {cdays} d ON d.customer_id = c.customer_id \
+         WHERE c.first_day BETWEEN $1 AND $2 \
+           AND (cardinality($3::text[]) = 0 OR c.acquisition_channel_id = ANY($3)) \
+         GROUP BY 1, 2, 3"
+    );
+    let cohorts: Vec<ClvCohortRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "{with}SELECT month, channel_id, count(*)::bigint AS customers, \
+           sum(net_sales)::bigint AS net_sales FROM ({per_customer}) x \
+         GROUP BY 1, 2 ORDER BY 1, 2"
+    )))
+    .bind(acquired.start)
+    .bind(acquired.end)
+    .bind(channels)
+    .fetch_all(pool)
+    .await?;
+    let groups: Vec<ClvGroupRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "{with}SELECT channels >= 2 AS multi_channel, count(*)::bigint AS customers, \
+           sum(net_sales)::bigint AS net_sales, sum(orders)::bigint AS orders \
+         FROM ({per_customer}) x GROUP BY 1"
+    )))
+    .bind(acquired.start)
+    .bind(acquired.end)
+    .bind(channels)
+    .fetch_all(pool)
+    .await?;
+    Ok((cohorts, groups))
+}
+
+/// Per acquisition cohort: its size and, per month offset after acquisition (1..=months),
+/// how many of its customers ordered.
+#[derive(Debug, Clone, PartialEq, Eq, FromRow)]
+pub struct RetentionRow {
+    pub month: NaiveDate,
+    pub channel_id: String,
+    pub customers: i64,
+    /// 0 for the cohort's size row.
+    pub month_offset: i32,
+    pub buying: i64,
+}
+
+pub async fn retention(
+    pool: &PgPool,
+    acquired: DayRange,
+    channels: &[String],
+    months: i32,
+    source: Source,
+) -> Result<Vec<RetentionRow>> {
+    let (with, _, cdays, customers) = source.relations();
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "{ctes}, \
+         sizes AS (SELECT month, channel_id, count(*)::bigint AS customers FROM cohort \
+           GROUP BY 1, 2), \
+         active AS ( \
+           SELECT DISTINCT k.month, k.channel_id, k.customer_id, \
+             ((extract(year FROM d.day) * 12 + extract(month FROM d.day)) \
+               - (extract(year FROM k.month) * 12 + extract(month FROM k.month)))::int \
+               AS offset_months \
+           FROM cohort k JOIN {cdays} d ON d.customer_id = k.customer_id AND d.orders > 0) \
+         SELECT s.month, s.channel_id, s.customers, coalesce(a.offset_months, 0) AS month_offset, \
+           count(a.customer_id)::bigint AS buying \
+         FROM sizes s LEFT JOIN active a ON a.month = s.month AND a.channel_id = s.channel_id \
+           AND a.offset_months BETWEEN 1 AND $4 \
+         GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 4",
+        ctes = with_ctes(
+            &with,
+            &format!(
+                "cohort AS (SELECT c.customer_id, \
+                   date_trunc('month', c.first_day)::date AS month, \
+                   c.acquisition_channel_id AS channel_id FROM {customers} c \
+                 WHERE c.first_day BETWEEN $1 AND $2 \
+                   AND (cardinality($3::text[]) = 0 OR c.acquisition_channel_id = ANY($3)))"
+            )
+        ),
+    )))
+    .bind(acquired.start)
+    .bind(acquired.end)
+    .bind(channels)
+    .bind(months)
+    .fetch_all(pool)
+    .await?)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Customer merges
+
+/// Moves every fact of `merged` to `survivor`, with their contributions, as identity merged
+/// the two customers.
+pub async fn merge_customer(conn: &mut PgConnection, merged: &str, survivor: &str) -> Result<()> {
+    if merged.is_empty() || survivor.is_empty() || merged == survivor {
+        return Ok(());
+    }
+    let orders: Vec<OrderRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {ORDER_COLUMNS} FROM order_facts WHERE customer_id = $1 ORDER BY order_id \
+         FOR UPDATE"
+    )))
+    .bind(merged)
+    .fetch_all(&mut *conn)
+    .await?;
+    for mut order in orders {
+        order.customer_id = survivor.to_owned();
+        apply_order(conn, &order).await?;
+    }
+    #[derive(FromRow)]
+    struct Returned {
+        order_id: String,
+        channel_id: String,
+        store_id: String,
+        associate_id: String,
+        day: NaiveDate,
+        refund: i64,
+    }
+    let returns: Vec<Returned> = sqlx::query_as(
+        "UPDATE return_facts SET customer_id = $2 WHERE customer_id = $1 \
+         RETURNING order_id, channel_id, store_id, associate_id, day, refund",
+    )
+    .bind(merged)
+    .bind(survivor)
+    .fetch_all(&mut *conn)
+    .await?;
+    for r in returns {
+        let at = OrderRow {
+            order_id: r.order_id,
+            channel_id: r.channel_id,
+            store_id: r.store_id,
+            associate_id: r.associate_id,
+            customer_id: String::new(),
+            placed_at: Utc::now(),
+            day: r.day,
+            sales: 0,
+            cost: 0,
+            units: 0,
+            cancelled: false,
+            promised_ready_at: None,
+            ready_at: None,
+        };
+        customer_day(conn, &at, merged, 0, r.refund).await?;
+        customer_day(conn, &at, survivor, 0, -r.refund).await?;
+    }
+    Ok(())
+}

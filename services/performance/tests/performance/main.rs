@@ -1,0 +1,10 @@
+//! performance through its gRPC contract, on real Postgres and Redis, started by the testkit;
+//! order, return, catalog and crm events arrive through a real outbox, relay and Redis stream.
+
+mod attribution;
+mod bench;
+mod experiments;
+mod inputs;
+mod kpis;
+mod scorecards;
+mod support;
