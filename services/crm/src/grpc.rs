@@ -1,0 +1,370 @@
+//! The gRPC surface of crm: validates requests, checks roles and maps rows to the contract.
+//! Methods not built yet answer `UNIMPLEMENTED`.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use omni_proto::common::Money;
+use omni_proto::omni::crm::v1 as pb;
+use omni_proto::omni::crm::v1::customer_view_service_server::CustomerViewService;
+use omni_proto::omni::crm::v1::loyalty_service_server::LoyaltyService;
+use omni_runtime::Error;
+use omni_runtime::auth::{self, Principal, Role};
+use omni_runtime::outbox::Outbox;
+use sqlx::PgPool;
+use tonic::{Request, Response, Status};
+
+use crate::store::{self, EntryRow, OrderRow};
+use crate::tiers;
+
+const READERS: &[Role] = &[
+    Role::Admin,
+    Role::ChannelManager,
+    Role::StoreAssociate,
+    Role::ChannelApp,
+    Role::Service,
+];
+const REDEEMERS: &[Role] = &[
+    Role::Admin,
+    Role::StoreAssociate,
+    Role::ChannelApp,
+    Role::Service,
+];
+const DEFAULT_ORDER_LIMIT: usize = 20;
+const MAX_REDEEM: i64 = 10_000_000;
+/// Order statuses that count as spend.
+const CANCELLED: i32 = 8;
+
+type Reply<T> = Result<Response<T>, Status>;
+
+#[derive(Debug, Clone)]
+pub struct Grpc {
+    pub(crate) pool: PgPool,
+    pub(crate) outbox: Outbox,
+}
+
+impl Grpc {
+    pub fn new(pool: PgPool, outbox: Outbox) -> Self {
+        Self { pool, outbox }
+    }
+}
+
+pub(crate) fn caller<T>(request: &Request<T>, roles: &[Role]) -> Result<Principal, Status> {
+    let principal = auth::principal(request)?.clone();
+    principal.require_any(roles)?;
+    Ok(principal)
+}
+
+pub(crate) fn customer_id(raw: &str) -> Result<String, Error> {
+    let id = raw.trim();
+    if id.is_empty() || id.len() > 64 {
+        return Err(Error::invalid("customer_id", "1 to 64 characters"));
+    }
+    Ok(id.to_owned())
+}
+
+pub(crate) fn ts(t: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: t.timestamp(),
+        nanos: t.timestamp_subsec_nanos() as i32,
+    }
+}
+
+fn money(minor_units: i64, currency: &str) -> Money {
+    Money {
+        minor_units,
+        currency: currency.to_owned(),
+    }
+}
+
+fn entry(e: EntryRow) -> pb::PointsEntry {
+    pb::PointsEntry {
+        id: e.id.to_string(),
+        customer_id: e.customer_id,
+        kind: e.kind,
+        points: e.points,
+        balance_after: e.balance_after,
+        channel_id: e.channel_id,
+        order_id: e.order_id,
+        return_id: e.return_id,
+        reason: e.reason,
+        created_at: Some(ts(e.created_at)),
+    }
+}
+
+fn net(o: &OrderRow) -> i64 {
+    if o.status == CANCELLED {
+        0
+    } else {
+        o.total_minor - o.refunded_minor
+    }
+}
+
+fn unimplemented<T>(what: &str) -> Reply<T> {
+    Err(Status::unimplemented(format!(
+        "{what} is not available yet"
+    )))
+}
+
+impl Grpc {
+    async fn view(&self, req: pb::GetCustomerViewRequest) -> Result<pb::CustomerView, Error> {
+        let asked = customer_id(&req.customer_id)?;
+        if req.order_limit < 0 {
+            return Err(Error::invalid("order_limit", "must not be negative"));
+        }
+        // One snapshot for every read, so orders and balance agree even while events land.
+        let mut conn = self.pool.begin().await?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .execute(&mut *conn)
+            .await?;
+        let id = store::resolve(&mut conn, &asked).await?;
+        let Some(c) = store::customer(&mut conn, &id).await? else {
+            return Err(Error::not_found(format!("customer {asked}")));
+        };
+        let orders = store::orders(&mut conn, &id).await?;
+        let balance = store::balance(&mut conn, &id).await?;
+        conn.commit().await?;
+        let currency = orders
+            .first()
+            .map(|o| o.currency.clone())
+            .unwrap_or_default();
+        let counted: Vec<&OrderRow> = orders.iter().filter(|o| o.status != CANCELLED).collect();
+        let mut per_channel: BTreeMap<&str, pb::ChannelSpend> = BTreeMap::new();
+        for o in &counted {
+            let spend =
+                per_channel
+                    .entry(o.channel_id.as_str())
+                    .or_insert_with(|| pb::ChannelSpend {
+                        channel_id: o.channel_id.clone(),
+                        channel_kind: o.channel_kind,
+                        order_count: 0,
+                        net_spend: Some(money(0, &o.currency)),
+                        last_purchase_at: None,
+                    });
+            spend.order_count += 1;
+            if let Some(m) = spend.net_spend.as_mut() {
+                m.minor_units += net(o);
+            }
+            let at = ts(o.placed_at);
+            if spend
+                .last_purchase_at
+                .as_ref()
+                .is_none_or(|l| l.seconds < at.seconds)
+            {
+                spend.last_purchase_at = Some(at);
+            }
+        }
+        let first = counted.iter().min_by_key(|o| o.placed_at);
+        let last = counted.iter().max_by_key(|o| o.placed_at);
+        let limit = if req.order_limit == 0 {
+            DEFAULT_ORDER_LIMIT
+        } else {
+            req.order_limit as usize
+        };
+        let erased = c.erased;
+        Ok(pb::CustomerView {
+            profile: Some(pb::CustomerProfile {
+                customer_id: c.customer_id,
+                member_number: c.member_number,
+                name: c.name,
+                phone: c.phone,
+                email: c.email,
+                marketing_opt_ins: Vec::new(),
+                erased,
+                registered_at: c.registered_at.map(ts),
+            }),
+            order_count: counted.len() as i64,
+            total_spend: Some(money(counted.iter().map(|o| net(o)).sum(), &currency)),
+            first_purchase_at: first.map(|o| ts(o.placed_at)),
+            last_purchase_at: last.map(|o| ts(o.placed_at)),
+            acquisition_channel_id: first.map(|o| o.channel_id.clone()).unwrap_or_default(),
+            spend_per_channel: per_channel.into_values().collect(),
+            orders: orders
+                .iter()
+                .take(limit)
+                .map(|o| pb::OrderSummary {
+                    order_id: o.order_id.clone(),
+                    order_number: o.order_number.clone(),
+                    channel_id: o.channel_id.clone(),
+                    channel_kind: o.channel_kind,
+                    store_id: o.store_id.clone(),
+                    status: o.status,
+                    total: Some(money(o.total_minor, &o.currency)),
+                    refunded: Some(money(o.refunded_minor, &o.currency)),
+                    item_count: o.item_count,
+                    placed_at: Some(ts(o.placed_at)),
+                })
+                .collect(),
+            points_balance: balance,
+            tier: tiers::tier_for(tiers::rolling_spend(&orders, Utc::now(), CANCELLED))
+                .0
+                .to_owned(),
+            ..Default::default()
+        })
+    }
+
+    async fn redeem(
+        &self,
+        req: pb::RedeemPointsRequest,
+    ) -> Result<pb::RedeemPointsResponse, Error> {
+        let id = customer_id(&req.customer_id)?;
+        if req.points <= 0 || req.points > MAX_REDEEM {
+            return Err(Error::invalid(
+                "points",
+                format!("must be between 1 and {MAX_REDEEM}"),
+            ));
+        }
+        let mut tx = self.pool.begin().await?;
+        let id = store::resolve(&mut tx, &id).await?;
+        if store::customer(&mut tx, &id).await?.is_none() {
+            return Err(Error::not_found(format!("customer {id}")));
+        }
+        let Some(row) =
+            store::redeem(&mut tx, &id, req.points, &req.channel_id, &req.order_id).await?
+        else {
+            return Err(Error::precondition(
+                "POINTS_BALANCE",
+                format!("customer/{id}"),
+                "the points balance does not cover this redemption",
+            ));
+        };
+        tx.commit().await?;
+        tracing::info!(
+            points = req.points,
+            balance_after = row.balance_after,
+            "points redeemed"
+        );
+        Ok(pb::RedeemPointsResponse {
+            entry: Some(entry(row)),
+            value: None,
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl CustomerViewService for Grpc {
+    async fn get_customer_view(
+        &self,
+        request: Request<pb::GetCustomerViewRequest>,
+    ) -> Reply<pb::GetCustomerViewResponse> {
+        caller(&request, READERS)?;
+        let view = self.view(request.into_inner()).await?;
+        Ok(Response::new(pb::GetCustomerViewResponse {
+            view: Some(view),
+        }))
+    }
+
+    async fn assign_associate(
+        &self,
+        _request: Request<pb::AssignAssociateRequest>,
+    ) -> Reply<pb::AssignAssociateResponse> {
+        unimplemented("AssignAssociate")
+    }
+
+    async fn list_associate_customers(
+        &self,
+        _request: Request<pb::ListAssociateCustomersRequest>,
+    ) -> Reply<pb::ListAssociateCustomersResponse> {
+        unimplemented("ListAssociateCustomers")
+    }
+}
+
+#[tonic::async_trait]
+impl LoyaltyService for Grpc {
+    async fn get_loyalty_account(
+        &self,
+        request: Request<pb::GetLoyaltyAccountRequest>,
+    ) -> Reply<pb::GetLoyaltyAccountResponse> {
+        caller(&request, READERS)?;
+        let asked = customer_id(&request.get_ref().customer_id)?;
+        let mut conn = self.pool.begin().await.map_err(Error::from)?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .execute(&mut *conn)
+            .await
+            .map_err(Error::from)?;
+        let id = store::resolve(&mut conn, &asked).await?;
+        if store::customer(&mut conn, &id).await?.is_none() {
+            return Err(Error::not_found(format!("customer {asked}")).into());
+        }
+        let balance = store::balance(&mut conn, &id).await?;
+        let orders = store::orders(&mut conn, &id).await?;
+        conn.commit().await.map_err(Error::from)?;
+        let currency = orders
+            .first()
+            .map(|o| o.currency.clone())
+            .unwrap_or_default();
+        let spend = tiers::rolling_spend(&orders, Utc::now(), CANCELLED);
+        let (tier, next) = tiers::tier_for(spend);
+        Ok(Response::new(pb::GetLoyaltyAccountResponse {
+            account: Some(pb::LoyaltyAccount {
+                customer_id: id,
+                points_balance: balance,
+                tier: tier.to_owned(),
+                rolling_spend: Some(money(spend, &currency)),
+                next_tier: next.map(|n| n.0.to_owned()).unwrap_or_default(),
+                spend_to_next_tier: next.map(|n| money(n.1, &currency)),
+                tier_since: None,
+            }),
+        }))
+    }
+
+    async fn list_points_entries(
+        &self,
+        _request: Request<pb::ListPointsEntriesRequest>,
+    ) -> Reply<pb::ListPointsEntriesResponse> {
+        unimplemented("ListPointsEntries")
+    }
+
+    async fn redeem_points(
+        &self,
+        request: Request<pb::RedeemPointsRequest>,
+    ) -> Reply<pb::RedeemPointsResponse> {
+        caller(&request, REDEEMERS)?;
+        Ok(Response::new(self.redeem(request.into_inner()).await?))
+    }
+
+    async fn cancel_points_redemption(
+        &self,
+        _request: Request<pb::CancelPointsRedemptionRequest>,
+    ) -> Reply<pb::CancelPointsRedemptionResponse> {
+        unimplemented("CancelPointsRedemption")
+    }
+
+    async fn adjust_points(
+        &self,
+        _request: Request<pb::AdjustPointsRequest>,
+    ) -> Reply<pb::AdjustPointsResponse> {
+        unimplemented("AdjustPoints")
+    }
+
+    async fn get_loyalty_rules(
+        &self,
+        request: Request<pb::GetLoyaltyRulesRequest>,
+    ) -> Reply<pb::GetLoyaltyRulesResponse> {
+        caller(&request, READERS)?;
+        Ok(Response::new(pb::GetLoyaltyRulesResponse {
+            rules: Some(pb::LoyaltyRules {
+                points_per_unit: 1,
+                point_value: None,
+                tier_window_days: tiers::WINDOW_DAYS as i32,
+                tiers: tiers::TIERS
+                    .iter()
+                    .map(|(code, name, min, bps)| pb::Tier {
+                        code: (*code).to_owned(),
+                        name: (*name).to_owned(),
+                        min_rolling_spend: Some(money(*min, "")),
+                        earn_multiplier_bps: *bps,
+                    })
+                    .collect(),
+                updated_at: None,
+            }),
+        }))
+    }
+
+    async fn set_loyalty_rules(
+        &self,
+        _request: Request<pb::SetLoyaltyRulesRequest>,
+    ) -> Reply<pb::SetLoyaltyRulesResponse> {
+        unimplemented("SetLoyaltyRules")
+    }
+}

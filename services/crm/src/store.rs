@@ -1,0 +1,384 @@
+//! Postgres access for crm: customers, their orders and the points ledger.
+
+use chrono::{DateTime, Utc};
+use omni_proto::events::{CustomerRegistered, OrderFacts};
+use omni_runtime::Error;
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+pub const KIND_EARN: i32 = 1;
+pub const KIND_RETURN_REVERSAL: i32 = 2;
+pub const KIND_REDEEM: i32 = 3;
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct CustomerRow {
+    pub customer_id: String,
+    pub member_number: String,
+    pub name: String,
+    pub phone: String,
+    pub email: String,
+    pub erased: bool,
+    pub registered_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct OrderRow {
+    pub order_id: String,
+    pub order_number: String,
+    pub channel_id: String,
+    pub channel_kind: i32,
+    pub store_id: String,
+    pub status: i32,
+    pub total_minor: i64,
+    pub currency: String,
+    pub refunded_minor: i64,
+    pub item_count: i32,
+    pub placed_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct EntryRow {
+    pub id: Uuid,
+    pub customer_id: String,
+    pub kind: i32,
+    pub points: i64,
+    pub balance_after: i64,
+    pub channel_id: String,
+    pub order_id: String,
+    pub return_id: String,
+    pub reason: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// The id events and reads should use for `customer_id`: its survivor if it was merged away.
+pub async fn resolve(conn: &mut PgConnection, customer_id: &str) -> Result<String, Error> {
+    let merged: Option<Option<String>> =
+        sqlx::query_scalar("SELECT merged_into FROM customers WHERE customer_id = $1")
+            .bind(customer_id)
+            .fetch_optional(&mut *conn)
+            .await?;
+    Ok(merged.flatten().unwrap_or_else(|| customer_id.to_owned()))
+}
+
+async fn ensure_customer(conn: &mut PgConnection, customer_id: &str) -> Result<(), Error> {
+    sqlx::query("INSERT INTO customers (customer_id) VALUES ($1) ON CONFLICT DO NOTHING")
+        .bind(customer_id)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+pub async fn register(conn: &mut PgConnection, r: &CustomerRegistered) -> Result<(), Error> {
+    // An order may have arrived first and created a bare row; registration fills it in.
+    sqlx::query(
+        "INSERT INTO customers (customer_id, member_number, name, phone, email, registered_at)
+         VALUES ($1, $2, $3, $4, $5, now())
+         ON CONFLICT (customer_id) DO UPDATE SET member_number = EXCLUDED.member_number,
+             name = EXCLUDED.name, phone = EXCLUDED.phone, email = EXCLUDED.email,
+             registered_at = COALESCE(customers.registered_at, EXCLUDED.registered_at)
+         WHERE NOT customers.erased",
+    )
+    .bind(&r.customer_id)
+    .bind(&r.member_number)
+    .bind(&r.name)
+    .bind(&r.phone)
+    .bind(&r.email)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Re-keys everything of `merged` to `survivor` and points `merged` at it.
+pub async fn merge(conn: &mut PgConnection, survivor: &str, merged: &str) -> Result<(), Error> {
+    if survivor == merged {
+        return Ok(());
+    }
+    ensure_customer(conn, survivor).await?;
+    ensure_customer(conn, merged).await?;
+    sqlx::query("UPDATE customer_orders SET customer_id = $1 WHERE customer_id = $2")
+        .bind(survivor)
+        .bind(merged)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("UPDATE coupons SET customer_id = $1 WHERE customer_id = $2")
+        .bind(survivor)
+        .bind(merged)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("UPDATE points_entries SET customer_id = $1 WHERE customer_id = $2")
+        .bind(survivor)
+        .bind(merged)
+        .execute(&mut *conn)
+        .await?;
+    let moved: Option<i64> =
+        sqlx::query_scalar("DELETE FROM loyalty_accounts WHERE customer_id = $1 RETURNING balance")
+            .bind(merged)
+            .fetch_optional(&mut *conn)
+            .await?;
+    if let Some(balance) = moved {
+        add_balance(conn, survivor, balance).await?;
+    }
+    sqlx::query("UPDATE customers SET merged_into = $1 WHERE customer_id = $2 OR merged_into = $2")
+        .bind(survivor)
+        .bind(merged)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Removes the personal data of a customer; orders and points stay, keyed by the bare id.
+pub async fn erase(conn: &mut PgConnection, customer_id: &str) -> Result<(), Error> {
+    ensure_customer(conn, customer_id).await?;
+    sqlx::query(
+        "UPDATE customers SET member_number = '', name = '', phone = '', email = '', erased = true
+         WHERE customer_id = $1",
+    )
+    .bind(customer_id)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+pub async fn upsert_order(
+    conn: &mut PgConnection,
+    customer_id: &str,
+    facts: &OrderFacts,
+) -> Result<(), Error> {
+    ensure_customer(conn, customer_id).await?;
+    let total = facts.total.clone().unwrap_or_default();
+    let placed_at = facts
+        .placed_at
+        .as_ref()
+        .and_then(|t| DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32))
+        .unwrap_or_else(Utc::now);
+    let items: i32 = facts.lines.iter().map(|l| l.quantity).sum();
+    sqlx::query(
+        "INSERT INTO customer_orders (order_id, customer_id, order_number, channel_id,
+             channel_kind, store_id, status, total_minor, currency, item_count, placed_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+         ON CONFLICT (order_id) DO UPDATE SET status = EXCLUDED.status,
+             total_minor = EXCLUDED.total_minor, item_count = EXCLUDED.item_count",
+    )
+    .bind(&facts.order_id)
+    .bind(customer_id)
+    .bind(&facts.order_number)
+    .bind(&facts.channel_id)
+    .bind(facts.channel_kind)
+    .bind(if facts.store_id.is_empty() {
+        &facts.handover_store_id
+    } else {
+        &facts.store_id
+    })
+    .bind(facts.status)
+    .bind(total.minor_units)
+    .bind(&total.currency)
+    .bind(items)
+    .bind(placed_at)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+pub async fn record_refund(
+    conn: &mut PgConnection,
+    order_id: &str,
+    refund_minor: i64,
+) -> Result<(), Error> {
+    sqlx::query(
+        "UPDATE customer_orders SET refunded_minor = LEAST(total_minor, refunded_minor + $2)
+         WHERE order_id = $1",
+    )
+    .bind(order_id)
+    .bind(refund_minor)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+async fn add_balance(
+    conn: &mut PgConnection,
+    customer_id: &str,
+    points: i64,
+) -> Result<i64, Error> {
+    Ok(sqlx::query_scalar(
+        "INSERT INTO loyalty_accounts (customer_id, balance) VALUES ($1, $2)
+         ON CONFLICT (customer_id) DO UPDATE SET balance = loyalty_accounts.balance + $2
+         RETURNING balance",
+    )
+    .bind(customer_id)
+    .bind(points)
+    .fetch_one(conn)
+    .await?)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn entry(
+    conn: &mut PgConnection,
+    customer_id: &str,
+    kind: i32,
+    points: i64,
+    balance_after: i64,
+    channel_id: &str,
+    order_id: &str,
+    return_id: &str,
+) -> Result<EntryRow, Error> {
+    Ok(sqlx::query_as(
+        "INSERT INTO points_entries (id, customer_id, kind, points, balance_after, channel_id,
+             order_id, return_id)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING *",
+    )
+    .bind(Uuid::now_v7())
+    .bind(customer_id)
+    .bind(kind)
+    .bind(points)
+    .bind(balance_after)
+    .bind(channel_id)
+    .bind(order_id)
+    .bind(return_id)
+    .fetch_one(conn)
+    .await?)
+}
+
+/// Credits a fulfilled order's points once per order, whichever event says it.
+pub async fn earn(
+    conn: &mut PgConnection,
+    customer_id: &str,
+    order_id: &str,
+    channel_id: &str,
+    points: i64,
+) -> Result<(), Error> {
+    let first: Option<bool> = sqlx::query_scalar(
+        "UPDATE customer_orders SET earned = true WHERE order_id = $1 AND NOT earned RETURNING true",
+    )
+    .bind(order_id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    if first.is_none() || points <= 0 {
+        return Ok(());
+    }
+    let balance = add_balance(conn, customer_id, points).await?;
+    entry(
+        conn,
+        customer_id,
+        KIND_EARN,
+        points,
+        balance,
+        channel_id,
+        order_id,
+        "",
+    )
+    .await?;
+    Ok(())
+}
+
+/// Takes back a return's points, never below zero (already redeemed points stay redeemed).
+pub async fn reverse(
+    conn: &mut PgConnection,
+    customer_id: &str,
+    order_id: &str,
+    return_id: &str,
+    channel_id: &str,
+    points: i64,
+) -> Result<(), Error> {
+    if points <= 0 {
+        return Ok(());
+    }
+    let balance: Option<i64> = sqlx::query_scalar(
+        "SELECT balance FROM loyalty_accounts WHERE customer_id = $1 FOR UPDATE",
+    )
+    .bind(customer_id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let taken = points.min(balance.unwrap_or(0));
+    if taken == 0 {
+        return Ok(());
+    }
+    // A plain update: an insert of a negative row would trip the CHECK before ON CONFLICT.
+    let after: i64 = sqlx::query_scalar(
+        "UPDATE loyalty_accounts SET balance = balance - $2 WHERE customer_id = $1
+         RETURNING balance",
+    )
+    .bind(customer_id)
+    .bind(taken)
+    .fetch_one(&mut *conn)
+    .await?;
+    entry(
+        conn,
+        customer_id,
+        KIND_RETURN_REVERSAL,
+        -taken,
+        after,
+        channel_id,
+        order_id,
+        return_id,
+    )
+    .await?;
+    Ok(())
+}
+
+/// Debits `points` if the balance covers them; the conditional update makes concurrent
+/// redemptions serialise on the account row. `None` when the balance is short.
+pub async fn redeem(
+    conn: &mut PgConnection,
+    customer_id: &str,
+    points: i64,
+    channel_id: &str,
+    order_id: &str,
+) -> Result<Option<EntryRow>, Error> {
+    let after: Option<i64> = sqlx::query_scalar(
+        "UPDATE loyalty_accounts SET balance = balance - $2
+         WHERE customer_id = $1 AND balance >= $2 RETURNING balance",
+    )
+    .bind(customer_id)
+    .bind(points)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(after) = after else {
+        return Ok(None);
+    };
+    let row = entry(
+        conn,
+        customer_id,
+        KIND_REDEEM,
+        -points,
+        after,
+        channel_id,
+        order_id,
+        "",
+    )
+    .await?;
+    Ok(Some(row))
+}
+
+pub async fn customer(
+    conn: &mut PgConnection,
+    customer_id: &str,
+) -> Result<Option<CustomerRow>, Error> {
+    Ok(sqlx::query_as(
+        "SELECT customer_id, member_number, name, phone, email, erased, registered_at
+         FROM customers WHERE customer_id = $1",
+    )
+    .bind(customer_id)
+    .fetch_optional(conn)
+    .await?)
+}
+
+pub async fn orders(conn: &mut PgConnection, customer_id: &str) -> Result<Vec<OrderRow>, Error> {
+    Ok(sqlx::query_as(
+        "SELECT order_id, order_number, channel_id, channel_kind, store_id, status, total_minor,
+             currency, refunded_minor, item_count, placed_at
+         FROM customer_orders WHERE customer_id = $1 ORDER BY placed_at DESC, order_id",
+    )
+    .bind(customer_id)
+    .fetch_all(conn)
+    .await?)
+}
+
+pub async fn balance(conn: &mut PgConnection, customer_id: &str) -> Result<i64, Error> {
+    let balance: Option<i64> =
+        sqlx::query_scalar("SELECT balance FROM loyalty_accounts WHERE customer_id = $1")
+            .bind(customer_id)
+            .fetch_optional(conn)
+            .await?;
+    Ok(balance.unwrap_or(0))
+}

@@ -1,0 +1,263 @@
+//! Starts crm beside the real identity service on one Redis namespace, and publishes order
+//! events through a real `orders` outbox.
+
+use std::time::Duration;
+
+use omni_proto::common::{ChannelKind, Money};
+use omni_proto::events::event::Payload;
+use omni_proto::events::{
+    OrderCancelled, OrderFacts, OrderFulfilled, OrderLineFacts, OrderPaid, OrderPlaced,
+    ReturnCompleted,
+};
+use omni_proto::omni::crm::v1 as pb;
+use omni_proto::omni::crm::v1::customer_view_service_client::CustomerViewServiceClient;
+use omni_proto::omni::identity::v1 as idpb;
+use omni_proto::omni::identity::v1::identity_service_client::IdentityServiceClient;
+use omni_runtime::outbox::{Outbox, Relay};
+use omni_runtime::redis::Redis;
+use omni_testkit::Service;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+pub const EUR: &str = "EUR";
+
+pub struct World {
+    pub crm: Service,
+    pub identity: Service,
+    pub orders: Orders,
+}
+
+/// The order-management side: its outbox on a scratch database, relayed on demand.
+pub struct Orders {
+    pub pool: PgPool,
+    outbox: Outbox,
+    relay: Relay,
+}
+
+impl World {
+    pub async fn start() -> World {
+        let common = omni_testkit::common_config("crm")
+            .await
+            .expect("crm config");
+        let mut identity_common = omni_testkit::common_config("identity")
+            .await
+            .expect("identity config");
+        identity_common.redis_prefix = common.redis_prefix.clone();
+        let identity = omni_testkit::identity_with(identity_common)
+            .await
+            .expect("identity");
+
+        let orders_db = omni_testkit::fresh_database("orders").await.expect("db");
+        let pool = PgPool::connect(&orders_db).await.expect("pool");
+        omni_runtime::db::migrate(
+            &pool,
+            sqlx::migrate::Migrator::DEFAULT,
+            &CancellationToken::new(),
+        )
+        .await
+        .expect("migrate");
+        let redis = Redis::new(&omni_testkit::redis_url(), &common.redis_prefix).expect("redis");
+        let outbox = Outbox::new("orders");
+        let relay = outbox.relay(pool.clone(), redis, Duration::from_millis(50));
+
+        let config = crm::Config {
+            common: common.clone(),
+        };
+        let crm = Service::start("crm", common, move |listener, shutdown| {
+            crm::run(config, listener, shutdown)
+        })
+        .await
+        .expect("crm");
+        World {
+            crm,
+            identity,
+            orders: Orders {
+                pool,
+                outbox,
+                relay,
+            },
+        }
+    }
+
+    pub fn identity_client(&self) -> IdentityServiceClient<omni_runtime::client::AuthChannel> {
+        IdentityServiceClient::new(self.identity.admin())
+    }
+
+    pub fn views(&self) -> CustomerViewServiceClient<omni_runtime::client::AuthChannel> {
+        CustomerViewServiceClient::new(self.crm.admin())
+    }
+
+    /// Registers a customer in the real identity service; crm hears of it by event.
+    pub async fn register(&self, phone: &str, name: &str) -> String {
+        self.identity_client()
+            .resolve_customer(idpb::ResolveCustomerRequest {
+                phone: phone.into(),
+                name: name.into(),
+                email: format!("{}@example.test", name.to_lowercase().replace(' ', ".")),
+                ..Default::default()
+            })
+            .await
+            .expect("resolve")
+            .into_inner()
+            .customer
+            .expect("customer")
+            .id
+    }
+
+    /// The customer view once `done` holds for it, polling crm up to ten seconds.
+    pub async fn view_when(
+        &self,
+        customer_id: &str,
+        done: impl Fn(&pb::CustomerView) -> bool,
+    ) -> pb::CustomerView {
+        let mut last = None;
+        for _ in 0..500 {
+            let reply = self
+                .views()
+                .get_customer_view(pb::GetCustomerViewRequest {
+                    customer_id: customer_id.into(),
+                    ..Default::default()
+                })
+                .await;
+            if let Ok(reply) = reply {
+                let view = reply.into_inner().view.expect("view");
+                if done(&view) {
+                    return view;
+                }
+                last = Some(view);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("the view never reached the expected state; last: {last:#?}");
+    }
+}
+
+pub fn eur(minor_units: i64) -> Option<Money> {
+    Some(Money {
+        minor_units,
+        currency: EUR.into(),
+    })
+}
+
+/// The facts of a one-line order of `total` minor units.
+pub fn order(customer_id: &str, channel_id: &str, kind: ChannelKind, total: i64) -> OrderFacts {
+    let id = Uuid::now_v7().to_string();
+    OrderFacts {
+        order_id: id.clone(),
+        order_number: format!("O-{}", &id[id.len() - 6..]),
+        channel_id: channel_id.into(),
+        channel_kind: kind as i32,
+        customer_id: customer_id.into(),
+        store_id: if kind == ChannelKind::Store {
+            "store-1".into()
+        } else {
+            String::new()
+        },
+        status: 1,
+        lines: vec![OrderLineFacts {
+            line_id: "l1".into(),
+            sku_id: "sku-1".into(),
+            category_id: "cat-1".into(),
+            quantity: 2,
+            net_amount: eur(total),
+            ..Default::default()
+        }],
+        total: eur(total),
+        subtotal: eur(total),
+        placed_at: Some(std::time::SystemTime::now().into()),
+        ..Default::default()
+    }
+}
+
+impl Orders {
+    /// Records an event in the orders outbox and relays everything pending.
+    pub async fn publish(&self, event_type: &str, aggregate: &str, payload: Payload) {
+        let mut tx = self.pool.begin().await.expect("tx");
+        self.outbox
+            .add(&mut tx, event_type, aggregate, "test", payload)
+            .await
+            .expect("outbox");
+        tx.commit().await.expect("commit");
+        self.relay_all().await;
+    }
+
+    pub async fn relay_all(&self) {
+        while self.relay.publish_pending().await.expect("relay") > 0 {}
+    }
+
+    /// Publishes every event of this outbox again, with the same ids.
+    pub async fn replay_all(&self) {
+        sqlx::query("UPDATE outbox SET published_at = NULL")
+            .execute(&self.pool)
+            .await
+            .expect("reset");
+        self.relay_all().await;
+    }
+
+    /// Placed, paid and fulfilled, as order-management would say it.
+    pub async fn complete(&self, facts: &OrderFacts) {
+        let mut f = facts.clone();
+        self.publish(
+            "orders.order_placed",
+            &f.order_id,
+            Payload::OrderPlaced(OrderPlaced {
+                order: Some(f.clone()),
+            }),
+        )
+        .await;
+        f.status = 2;
+        self.publish(
+            "orders.order_paid",
+            &f.order_id,
+            Payload::OrderPaid(OrderPaid {
+                order: Some(f.clone()),
+                amount: f.total.clone(),
+                ..Default::default()
+            }),
+        )
+        .await;
+        f.status = 7;
+        self.publish(
+            "orders.order_fulfilled",
+            &f.order_id,
+            Payload::OrderFulfilled(OrderFulfilled {
+                order: Some(f.clone()),
+                fulfilled_at: f.placed_at,
+            }),
+        )
+        .await;
+    }
+
+    pub async fn cancel(&self, facts: &OrderFacts) {
+        let mut f = facts.clone();
+        f.status = 8;
+        let id = f.order_id.clone();
+        self.publish(
+            "orders.order_cancelled",
+            &id,
+            Payload::OrderCancelled(OrderCancelled {
+                order: Some(f),
+                ..Default::default()
+            }),
+        )
+        .await;
+    }
+
+    pub async fn return_of(&self, facts: &OrderFacts, refund: i64) {
+        self.publish(
+            "orders.return_completed",
+            &facts.order_id,
+            Payload::ReturnCompleted(ReturnCompleted {
+                return_id: Uuid::now_v7().to_string(),
+                order_id: facts.order_id.clone(),
+                customer_id: facts.customer_id.clone(),
+                order_channel_id: facts.channel_id.clone(),
+                channel_id: facts.channel_id.clone(),
+                refund_total: eur(refund),
+                ..Default::default()
+            }),
+        )
+        .await;
+    }
+}

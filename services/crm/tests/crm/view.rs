@@ -1,0 +1,263 @@
+//! The event-fed customer 360: one customer across channels, merges, erasure, replays.
+
+use omni_proto::common::ChannelKind;
+use omni_proto::omni::crm::v1 as pb;
+use omni_proto::omni::identity::v1 as idpb;
+use tonic::Code;
+
+use crate::support::{World, order};
+
+fn spend(view: &pb::CustomerView, channel: &str) -> (i64, i64, i32) {
+    let s = view
+        .spend_per_channel
+        .iter()
+        .find(|s| s.channel_id == channel)
+        .unwrap_or_else(|| panic!("no spend for {channel}: {view:#?}"));
+    (
+        s.order_count,
+        s.net_spend.as_ref().map_or(0, |m| m.minor_units),
+        s.channel_kind,
+    )
+}
+
+#[tokio::test]
+async fn a_customer_who_buys_online_in_store_and_in_a_livestream_appears_once_with_all_three() {
+    let w = World::start().await;
+    let id = w.register("+447700900101", "Ada").await;
+    let online = order(&id, "web", ChannelKind::EShop, 12_000);
+    let store = order(&id, "store-1", ChannelKind::Store, 5_050);
+    let live = order(&id, "live", ChannelKind::Livestream, 3_000);
+    for o in [&online, &store, &live] {
+        w.orders.complete(o).await;
+    }
+
+    let view = w
+        .view_when(&id, |v| {
+            v.order_count == 3 && v.points_balance == 120 + 50 + 30
+        })
+        .await;
+    let profile = view.profile.clone().expect("profile");
+    assert_eq!(profile.customer_id, id);
+    assert_eq!(profile.name, "Ada");
+    assert!(!profile.erased);
+    assert_eq!(view.orders.len(), 3);
+    assert_eq!(
+        view.total_spend.as_ref().map(|m| m.minor_units),
+        Some(20_050)
+    );
+    assert_eq!(spend(&view, "web"), (1, 12_000, ChannelKind::EShop as i32));
+    assert_eq!(
+        spend(&view, "store-1"),
+        (1, 5_050, ChannelKind::Store as i32)
+    );
+    assert_eq!(
+        spend(&view, "live"),
+        (1, 3_000, ChannelKind::Livestream as i32)
+    );
+    assert_eq!(view.acquisition_channel_id, "web");
+    assert!(view.first_purchase_at.is_some() && view.last_purchase_at.is_some());
+    let store_summary = view
+        .orders
+        .iter()
+        .find(|o| o.order_id == store.order_id)
+        .expect("store order");
+    assert_eq!(store_summary.store_id, "store-1");
+    assert_eq!(store_summary.status, 7);
+    assert_eq!(store_summary.item_count, 2);
+}
+
+#[tokio::test]
+async fn cancelled_orders_do_not_count_and_returns_reduce_spend_and_points() {
+    let w = World::start().await;
+    let id = w.register("+447700900102", "Bea").await;
+    let kept = order(&id, "web", ChannelKind::EShop, 10_000);
+    let cancelled = order(&id, "web", ChannelKind::EShop, 7_000);
+    w.orders.complete(&kept).await;
+    w.orders.cancel(&cancelled).await;
+    w.orders.return_of(&kept, 4_000).await;
+
+    let view = w
+        .view_when(&id, |v| {
+            v.orders.len() == 2 && v.points_balance == 60 && v.order_count == 1
+        })
+        .await;
+    assert_eq!(
+        view.total_spend.as_ref().map(|m| m.minor_units),
+        Some(6_000)
+    );
+    let returned = view
+        .orders
+        .iter()
+        .find(|o| o.order_id == kept.order_id)
+        .expect("kept order");
+    assert_eq!(
+        returned.refunded.as_ref().map(|m| m.minor_units),
+        Some(4_000)
+    );
+}
+
+#[tokio::test]
+async fn a_merge_combines_two_histories_under_the_survivor() {
+    let w = World::start().await;
+    let survivor = w.register("+447700900103", "Cy").await;
+    let duplicate = w.register("+447700900104", "Cy Two").await;
+    w.orders
+        .complete(&order(&survivor, "web", ChannelKind::EShop, 2_000))
+        .await;
+    w.orders
+        .complete(&order(&duplicate, "store-1", ChannelKind::Store, 3_000))
+        .await;
+    w.view_when(&duplicate, |v| v.points_balance == 30).await;
+    w.view_when(&survivor, |v| v.points_balance == 20).await;
+
+    w.identity_client()
+        .merge_customers(idpb::MergeCustomersRequest {
+            survivor_id: survivor.clone(),
+            duplicate_id: duplicate.clone(),
+            reason: "same person".into(),
+        })
+        .await
+        .expect("merge");
+
+    let view = w
+        .view_when(&survivor, |v| v.order_count == 2 && v.points_balance == 50)
+        .await;
+    assert_eq!(spend(&view, "web").0, 1);
+    assert_eq!(spend(&view, "store-1").0, 1);
+    // The merged-away id answers with its survivor.
+    let via_duplicate = w.view_when(&duplicate, |v| v.order_count == 2).await;
+    assert_eq!(
+        via_duplicate.profile.expect("profile").customer_id,
+        survivor
+    );
+    // An order the channel still files under the old id lands with the survivor.
+    w.orders
+        .complete(&order(&duplicate, "live", ChannelKind::Livestream, 1_000))
+        .await;
+    let view = w
+        .view_when(&survivor, |v| v.order_count == 3 && v.points_balance == 60)
+        .await;
+    assert_eq!(spend(&view, "live").0, 1);
+}
+
+#[tokio::test]
+async fn an_erase_removes_personal_data_but_keeps_the_history() {
+    let w = World::start().await;
+    let id = w.register("+447700900105", "Dee").await;
+    w.orders
+        .complete(&order(&id, "web", ChannelKind::EShop, 1_500))
+        .await;
+    let before = w.view_when(&id, |v| v.order_count == 1).await;
+    assert_eq!(before.profile.expect("profile").name, "Dee");
+
+    w.identity_client()
+        .erase_customer(idpb::EraseCustomerRequest {
+            customer_id: id.clone(),
+            reason: "request".into(),
+        })
+        .await
+        .expect("erase");
+    let view = w
+        .view_when(&id, |v| v.profile.as_ref().is_some_and(|p| p.erased))
+        .await;
+    let profile = view.profile.expect("profile");
+    assert_eq!(profile.name, "");
+    assert_eq!(profile.phone, "");
+    assert_eq!(profile.email, "");
+    assert_eq!(profile.member_number, "");
+    assert_eq!(view.order_count, 1);
+    let db = w.crm.db().await.expect("db");
+    let leftovers: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM customers WHERE phone <> '' OR name <> '' OR email <> ''",
+    )
+    .fetch_one(&db)
+    .await
+    .expect("count");
+    assert_eq!(leftovers, 0);
+}
+
+#[tokio::test]
+async fn replaying_every_event_twice_changes_nothing() {
+    let w = World::start().await;
+    let a = w.register("+447700900106", "Eve").await;
+    let b = w.register("+447700900107", "Fay").await;
+    let first = order(&a, "web", ChannelKind::EShop, 9_900);
+    w.orders.complete(&first).await;
+    w.orders
+        .complete(&order(&a, "store-1", ChannelKind::Store, 1_000))
+        .await;
+    w.orders
+        .complete(&order(&b, "live", ChannelKind::Livestream, 2_500))
+        .await;
+    w.orders.return_of(&first, 900).await;
+    w.identity_client()
+        .merge_customers(idpb::MergeCustomersRequest {
+            survivor_id: a.clone(),
+            duplicate_id: b.clone(),
+            reason: "same person".into(),
+        })
+        .await
+        .expect("merge");
+    let settled = w
+        .view_when(&a, |v| {
+            v.order_count == 3 && v.points_balance == 99 + 10 + 25 - 9
+        })
+        .await;
+    let db = w.crm.db().await.expect("db");
+    let entries = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM points_entries")
+            .fetch_one(&db)
+            .await
+            .expect("count")
+    };
+    let entries_before = entries().await;
+
+    // Every event again, with the same ids: identity's relay republishes its outbox, the
+    // orders outbox is relayed again.
+    let identity_db = w.identity.db().await.expect("identity db");
+    sqlx::query("UPDATE outbox SET published_at = NULL")
+        .execute(&identity_db)
+        .await
+        .expect("reset identity outbox");
+    w.orders.replay_all().await;
+    // A fresh event behind the replays on each stream tells when they have been consumed.
+    let marker = w.register("+447700900108", "Gus").await;
+    w.orders
+        .complete(&order(&marker, "web", ChannelKind::EShop, 100))
+        .await;
+    w.view_when(&marker, |v| v.order_count == 1 && v.points_balance == 1)
+        .await;
+
+    let again = w.view_when(&a, |_| true).await;
+    assert_eq!(again, settled);
+    assert_eq!(entries().await, entries_before + 1);
+}
+
+#[tokio::test]
+async fn an_unknown_or_blank_customer_is_refused() {
+    let w = World::start().await;
+    let missing = w
+        .views()
+        .get_customer_view(pb::GetCustomerViewRequest {
+            customer_id: uuid::Uuid::now_v7().to_string(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("unknown");
+    assert_eq!(missing.code(), Code::NotFound);
+    let blank = w
+        .views()
+        .get_customer_view(pb::GetCustomerViewRequest::default())
+        .await
+        .expect_err("blank");
+    assert_eq!(blank.code(), Code::InvalidArgument);
+    let anonymous =
+        pb::customer_view_service_client::CustomerViewServiceClient::new(w.crm.channel())
+            .get_customer_view(pb::GetCustomerViewRequest {
+                customer_id: "x".into(),
+                ..Default::default()
+            })
+            .await
+            .expect_err("no token");
+    assert_eq!(anonymous.code(), Code::Unauthenticated);
+}
