@@ -10,7 +10,8 @@
 //! - [`db`], [`redis`]: Postgres with embedded migrations, Redis with a key namespace;
 //! - [`outbox`], [`consumer`]: events written in the caller's transaction, relayed to Redis
 //!   Streams, and applied once by consumers;
-//! - [`idempotency`], [`paging`]: retried mutations answered once, keyset page tokens.
+//! - [`idempotency`], [`paging`], [`time`]: retried mutations answered once, keyset page
+//!   tokens, times on the wire.
 
 pub mod auth;
 pub mod client;
@@ -24,5 +25,6 @@ pub mod paging;
 pub mod redis;
 pub mod server;
 pub mod telemetry;
+pub mod time;
 
 pub use error::{Error, Result};

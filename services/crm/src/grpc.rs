@@ -64,10 +64,7 @@ pub(crate) fn customer_id(raw: &str) -> Result<String, Error> {
 }
 
 pub(crate) fn ts(t: DateTime<Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: t.timestamp(),
-        nanos: t.timestamp_subsec_nanos() as i32,
-    }
+    omni_runtime::time::timestamp(t)
 }
 
 fn money(minor_units: i64, currency: &str) -> Money {

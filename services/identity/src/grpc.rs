@@ -79,10 +79,7 @@ fn account(v: &mut Violations, field: &str, r: &pb::ChannelAccountRef) -> Option
 }
 
 fn timestamp(t: chrono::DateTime<chrono::Utc>) -> Option<Timestamp> {
-    Some(Timestamp {
-        seconds: t.timestamp(),
-        nanos: i32::try_from(t.timestamp_subsec_nanos()).unwrap_or(0),
-    })
+    Some(omni_runtime::time::timestamp(t))
 }
 
 fn customer_pb(c: Customer) -> pb::Customer {

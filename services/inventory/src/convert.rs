@@ -14,14 +14,11 @@ use crate::store::{
 };
 
 pub fn timestamp(t: DateTime<Utc>) -> Option<Timestamp> {
-    Some(Timestamp {
-        seconds: t.timestamp(),
-        nanos: i32::try_from(t.timestamp_subsec_nanos()).unwrap_or(0),
-    })
+    Some(omni_runtime::time::timestamp(t))
 }
 
 pub fn from_timestamp(t: &Timestamp) -> Option<DateTime<Utc>> {
-    DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).ok()?)
+    omni_runtime::time::from_timestamp(t)
 }
 
 pub fn location_kind(kind: &str) -> pb::LocationKind {

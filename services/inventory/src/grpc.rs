@@ -78,6 +78,22 @@ fn require_store_scope(principal: &Principal, location: Uuid) -> Result<(), Erro
     principal.require_store(&location.to_string())
 }
 
+/// A store associate lists its own store's records only: it must name a location in its scope.
+fn require_read_scope(principal: &Principal, location: Option<Uuid>) -> Result<(), Error> {
+    match location {
+        Some(l) => require_store_scope(principal, l),
+        None if !principal.scope.stores.is_empty()
+            && principal.has_any(&[Role::StoreAssociate]) =>
+        {
+            Err(Error::invalid(
+                "location_id",
+                "store associates list their own store's records: name the store",
+            ))
+        }
+        None => Ok(()),
+    }
+}
+
 fn optional_id(v: &mut Violations, field: &str, raw: &str) -> Option<Uuid> {
     if raw.trim().is_empty() {
         None
@@ -403,17 +419,7 @@ impl StockService for Grpc {
             v.add("sku_ids", "give SKUs, a location, or both");
         }
         v.finish()?;
-        match location {
-            Some(l) => require_store_scope(&actor, l)?,
-            None if !actor.scope.stores.is_empty() && actor.has_any(&[Role::StoreAssociate]) => {
-                return Err(Error::invalid(
-                    "location_id",
-                    "store associates list their own store's stock",
-                )
-                .into());
-            }
-            None => {}
-        }
+        require_read_scope(&actor, location)?;
         let size = paging::page_size(req.page_size)?;
         let after = match paging::decode_token(&req.page_token)? {
             Some(t) => {
@@ -480,17 +486,7 @@ impl StockService for Grpc {
             k
         };
         v.finish()?;
-        match location {
-            Some(l) => require_store_scope(&actor, l)?,
-            None if !actor.scope.stores.is_empty() && actor.has_any(&[Role::StoreAssociate]) => {
-                return Err(Error::invalid(
-                    "location_id",
-                    "store associates list their own store's movements",
-                )
-                .into());
-            }
-            None => {}
-        }
+        require_read_scope(&actor, location)?;
         let size = paging::page_size(req.page_size)?;
         let before =
             match paging::decode_token(&req.page_token)? {

@@ -57,10 +57,7 @@ fn caller<T>(request: &Request<T>, roles: &[Role]) -> std::result::Result<Princi
 }
 
 fn timestamp(t: DateTime<Utc>) -> Option<prost_types::Timestamp> {
-    Some(prost_types::Timestamp {
-        seconds: t.timestamp(),
-        nanos: t.timestamp_subsec_nanos() as i32,
-    })
+    Some(omni_runtime::time::timestamp(t))
 }
 
 fn status_name(s: pb::ExperimentStatus) -> Option<&'static str> {

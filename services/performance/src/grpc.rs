@@ -103,10 +103,7 @@ fn range_pb(r: DayRange) -> Option<DateRange> {
 }
 
 fn timestamp(t: DateTime<Utc>) -> Option<prost_types::Timestamp> {
-    Some(prost_types::Timestamp {
-        seconds: t.timestamp(),
-        nanos: t.timestamp_subsec_nanos() as i32,
-    })
+    Some(omni_runtime::time::timestamp(t))
 }
 
 /// A required date range: both ends set, valid, not reversed.

@@ -77,10 +77,7 @@ fn uuids(v: &mut Violations, field: &str, raw: &[String]) -> Vec<Uuid> {
 }
 
 fn timestamp(t: DateTime<Utc>) -> Option<Timestamp> {
-    Some(Timestamp {
-        seconds: t.timestamp(),
-        nanos: i32::try_from(t.timestamp_subsec_nanos()).unwrap_or(0),
-    })
+    Some(omni_runtime::time::timestamp(t))
 }
 
 fn from_timestamp(t: &Timestamp) -> Result<DateTime<Utc>, String> {

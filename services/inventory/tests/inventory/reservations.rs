@@ -458,6 +458,28 @@ async fn bad_reservations_are_refused_and_write_nothing() {
         .await
         .expect_err("another store");
     assert_eq!(err.code(), Code::PermissionDenied);
+    // ... and lists its own store's stock only.
+    let list = |location: &str| pb::ListStockLevelsRequest {
+        sku_ids: vec![sku.clone()],
+        location_id: location.into(),
+        ..Default::default()
+    };
+    let own = stock
+        .list_stock_levels(list(&store_a))
+        .await
+        .expect("own store")
+        .into_inner();
+    assert_eq!(own.levels.len(), 1);
+    let err = stock
+        .list_stock_levels(list(&store_b))
+        .await
+        .expect_err("another store");
+    assert_eq!(err.code(), Code::PermissionDenied);
+    let err = stock
+        .list_stock_levels(list(""))
+        .await
+        .expect_err("every store");
+    assert_eq!(fields(&err), ["location_id"]);
 }
 
 #[tokio::test]
