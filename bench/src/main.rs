@@ -9,10 +9,14 @@
 //! grpc.health.v1 Check (a near-empty call: the framework's own ceiling), then GetAvailability
 //! paced at half its ceiling to read its latency under moderate load.
 //!
+//! `omni-bench orders`: PlaceOrder with every hop real (see [`orders`]).
+//!
 //! The service runs in this process (started by the testkit on real Postgres and Redis), so
 //! client and server share the machine's cores, as they would on one node.
 
 #![allow(clippy::print_stdout, clippy::print_stderr)]
+
+mod orders;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -59,10 +63,12 @@ fn main() -> anyhow::Result<()> {
         let result = match args.first().map(String::as_str) {
             Some("flash-sale") => flash_sale(&Args(args[1..].to_vec())).await,
             Some("availability") => availability(&Args(args[1..].to_vec())).await,
+            Some("orders") => orders::orders(&Args(args[1..].to_vec())).await,
             _ => Err(anyhow::anyhow!(
                 "usage: omni-bench flash-sale [--flood-units 1000] [--flood-attempts 50000] \
                  [--sustained-units 100000] [--buyers 64] [--hot-only]\n       omni-bench availability \
-                 [--seconds 10] [--concurrency 64] [--skus 50]"
+                 [--seconds 10] [--concurrency 64] [--skus 50]\n       omni-bench orders \
+                 [--seconds 20] [--concurrency 32] [--skus 40] [--customers 500] [--pool 32]"
             )),
         };
         telemetry.shutdown();

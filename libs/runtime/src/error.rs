@@ -21,6 +21,9 @@ pub enum Error {
     /// The named thing does not exist, e.g. `customer 0193…`.
     #[error("{0} not found")]
     NotFound(String),
+    /// The thing a request field names does not exist; the caller sees the field.
+    #[error("{field}: {what} not found")]
+    NotFoundAt { field: String, what: String },
     /// A unique thing already exists; the violation names the field.
     #[error("already exists: {}", describe_fields(.0))]
     AlreadyExists(Vec<FieldViolation>),
@@ -61,6 +64,15 @@ impl Error {
         Self::NotFound(what.into())
     }
 
+    /// `NOT_FOUND` naming the request field that referred to the missing thing, e.g.
+    /// `not_found_at("lines[2].sku_id", "sku 0193…")`.
+    pub fn not_found_at(field: impl Into<String>, what: impl Into<String>) -> Self {
+        Self::NotFoundAt {
+            field: field.into(),
+            what: what.into(),
+        }
+    }
+
     pub fn already_exists(field: impl Into<String>, description: impl Into<String>) -> Self {
         Self::AlreadyExists(vec![FieldViolation::new(field, description)])
     }
@@ -89,6 +101,93 @@ impl Error {
 
     pub fn internal(message: impl Into<String>) -> Self {
         Self::Internal(anyhow::anyhow!(message.into()))
+    }
+
+    /// What another service's refusal means for this service's caller. Caller errors keep
+    /// their code and details (field violations, precondition violations), so a bad SKU in a
+    /// catalog quote reaches the channel as the same `lines[2].sku_id` violation; an
+    /// unreachable or timed-out `dependency` is `UNAVAILABLE`; anything else is this
+    /// service's `INTERNAL`, with the dependency's message logged, not sent.
+    pub fn from_dependency(dependency: &str, status: &Status) -> Self {
+        let details = status.get_error_details();
+        let fields = || {
+            details
+                .bad_request()
+                .map(|b| b.field_violations.clone())
+                .unwrap_or_default()
+        };
+        match status.code() {
+            Code::InvalidArgument | Code::OutOfRange => {
+                let mut violations = fields();
+                if violations.is_empty() {
+                    violations.push(FieldViolation::new("", status.message()));
+                }
+                Self::InvalidArgument(violations)
+            }
+            Code::NotFound => match fields().into_iter().next() {
+                Some(v) => Self::NotFoundAt {
+                    what: v
+                        .description
+                        .trim_end_matches(" not found")
+                        .trim_end_matches(" does not exist")
+                        .to_owned(),
+                    field: v.field,
+                },
+                None => Self::NotFound(status.message().trim_end_matches(" not found").to_owned()),
+            },
+            Code::AlreadyExists => Self::AlreadyExists(fields()),
+            Code::FailedPrecondition => Self::FailedPrecondition {
+                message: status.message().to_owned(),
+                violations: details
+                    .precondition_failure()
+                    .map(|p| p.violations.clone())
+                    .unwrap_or_default(),
+            },
+            Code::Aborted => Self::Aborted(status.message().to_owned()),
+            Code::PermissionDenied | Code::Unauthenticated => Self::Internal(anyhow::anyhow!(
+                "{dependency} refused this service's credentials: {}",
+                status.message()
+            )),
+            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => {
+                Self::Unavailable(format!("{dependency} is unavailable: {}", status.message()))
+            }
+            _ => Self::Internal(anyhow::anyhow!(
+                "{dependency} failed: {:?} {}",
+                status.code(),
+                status.message()
+            )),
+        }
+    }
+
+    /// Prefixes every field this error names with `prefix` (e.g. `customer.` when a nested
+    /// request was passed on to another service).
+    pub fn within(self, prefix: &str) -> Self {
+        let prefixed = |field: String| {
+            if field.is_empty() {
+                prefix.trim_end_matches('.').to_owned()
+            } else {
+                format!("{prefix}{field}")
+            }
+        };
+        match self {
+            Self::InvalidArgument(violations) => Self::InvalidArgument(
+                violations
+                    .into_iter()
+                    .map(|v| FieldViolation::new(prefixed(v.field), v.description))
+                    .collect(),
+            ),
+            Self::NotFoundAt { field, what } => Self::NotFoundAt {
+                field: prefixed(field),
+                what,
+            },
+            Self::AlreadyExists(violations) => Self::AlreadyExists(
+                violations
+                    .into_iter()
+                    .map(|v| FieldViolation::new(prefixed(v.field), v.description))
+                    .collect(),
+            ),
+            other => other,
+        }
     }
 }
 
@@ -216,6 +315,14 @@ impl From<Error> for Status {
                 )
             }
             Error::NotFound(what) => Status::not_found(format!("{what} not found")),
+            Error::NotFoundAt { field, what } => {
+                let description = format!("{what} not found");
+                Status::with_error_details(
+                    Code::NotFound,
+                    format!("{field}: {description}"),
+                    ErrorDetails::with_bad_request(vec![FieldViolation::new(field, description)]),
+                )
+            }
             Error::AlreadyExists(violations) => {
                 let message = format!("already exists: {}", describe_fields(&violations));
                 Status::with_error_details(

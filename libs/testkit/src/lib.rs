@@ -302,7 +302,11 @@ pub async fn identity_with(common: CommonConfig) -> anyhow::Result<Service> {
 
 /// Starts the catalog on a fresh database and namespace.
 pub async fn catalog() -> anyhow::Result<Service> {
-    let common = common_config("catalog").await?;
+    catalog_with(common_config("catalog").await?).await
+}
+
+/// Starts the catalog with the given common configuration.
+pub async fn catalog_with(common: CommonConfig) -> anyhow::Result<Service> {
     let config = catalog::Config {
         common: common.clone(),
     };
@@ -315,7 +319,11 @@ pub async fn catalog() -> anyhow::Result<Service> {
 /// Starts inventory on a fresh database and namespace, sweeping expired reservations every
 /// 50 ms.
 pub async fn inventory() -> anyhow::Result<Service> {
-    let common = common_config("inventory").await?;
+    inventory_with(common_config("inventory").await?).await
+}
+
+/// Starts inventory with the given common configuration.
+pub async fn inventory_with(common: CommonConfig) -> anyhow::Result<Service> {
     let config = inventory::Config {
         common: common.clone(),
         default_ttl: Duration::from_secs(900),
@@ -324,6 +332,135 @@ pub async fn inventory() -> anyhow::Result<Service> {
     };
     Service::start("inventory", common, move |listener, shutdown| {
         inventory::run(config, listener, shutdown)
+    })
+    .await
+}
+
+/// Starts crm with the given common configuration.
+pub async fn crm_with(common: CommonConfig) -> anyhow::Result<Service> {
+    let config = crm::Config {
+        common: common.clone(),
+    };
+    Service::start("crm", common, move |listener, shutdown| {
+        crm::run(config, listener, shutdown)
+    })
+    .await
+}
+
+/// Starts performance (reporting in EUR) with the given common configuration.
+pub async fn performance_with(common: CommonConfig) -> anyhow::Result<Service> {
+    let config = performance::Config {
+        common: common.clone(),
+        currency: "EUR".to_owned(),
+    };
+    Service::start("performance", common, move |listener, shutdown| {
+        performance::run(config, listener, shutdown)
+    })
+    .await
+}
+
+/// The order clocks of an order-management under test.
+#[derive(Debug, Clone)]
+pub struct OrderClocks {
+    pub payment_window: Duration,
+    pub pickup_promise: Duration,
+    pub pickup_hold: Duration,
+    pub address_change_window: Duration,
+}
+
+impl Default for OrderClocks {
+    fn default() -> Self {
+        Self {
+            payment_window: Duration::from_secs(1800),
+            pickup_promise: Duration::from_secs(1800),
+            pickup_hold: Duration::from_secs(3 * 24 * 3600),
+            address_change_window: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// Every service of the suite on one Redis namespace (so events flow between them), each on
+/// its own fresh database; order-management calls the others with a service token.
+pub struct Shop {
+    pub identity: Service,
+    pub catalog: Service,
+    pub inventory: Service,
+    pub crm: Service,
+    pub performance: Service,
+    pub orders: Service,
+}
+
+impl Shop {
+    pub async fn start() -> anyhow::Result<Shop> {
+        Self::start_with(OrderClocks::default()).await
+    }
+
+    pub async fn start_with(clocks: OrderClocks) -> anyhow::Result<Shop> {
+        Self::start_tuned(clocks, 10).await
+    }
+
+    /// As [`Shop::start_with`], each service with a pool of `max_connections` (benchmarks).
+    pub async fn start_tuned(clocks: OrderClocks, max_connections: u32) -> anyhow::Result<Shop> {
+        let prefix = fresh_redis_prefix();
+        let common = |label: &'static str| {
+            let prefix = prefix.clone();
+            async move {
+                let mut c = common_config(label).await?;
+                c.redis_prefix = prefix;
+                c.database_max_connections = max_connections;
+                anyhow::Ok(c)
+            }
+        };
+        let identity = identity_with(common("identity").await?).await?;
+        let catalog = catalog_with(common("catalog").await?).await?;
+        let inventory = inventory_with(common("inventory").await?).await?;
+        let crm = crm_with(common("crm").await?).await?;
+        let performance = performance_with(common("performance").await?).await?;
+        let orders = order_management_with(
+            common("orders").await?,
+            order_management::Upstreams {
+                identity: identity.url(),
+                catalog: catalog.url(),
+                inventory: inventory.url(),
+                crm: crm.url(),
+                performance: performance.url(),
+                call_timeout: Duration::from_secs(10),
+            },
+            clocks,
+        )
+        .await?;
+        Ok(Shop {
+            identity,
+            catalog,
+            inventory,
+            crm,
+            performance,
+            orders,
+        })
+    }
+}
+
+/// Starts order-management toward `upstreams`, authenticating as a service.
+pub async fn order_management_with(
+    common: CommonConfig,
+    upstreams: order_management::Upstreams,
+    clocks: OrderClocks,
+) -> anyhow::Result<Service> {
+    let config = order_management::Config {
+        common: common.clone(),
+        upstreams,
+        credential: order_management::Credential::Token(Secret::new(token(
+            &[Role::Service],
+            Scope::default(),
+        ))),
+        payment_window: clocks.payment_window,
+        pickup_promise: clocks.pickup_promise,
+        pickup_hold: clocks.pickup_hold,
+        address_change_window: clocks.address_change_window,
+        sweep_interval: Duration::from_millis(100),
+    };
+    Service::start("order-management", common, move |listener, shutdown| {
+        order_management::run(config, listener, shutdown)
     })
     .await
 }

@@ -505,6 +505,7 @@ fn clone_error(e: &Error) -> Error {
     match e {
         Error::InvalidArgument(v) => Error::InvalidArgument(v.clone()),
         Error::NotFound(m) => Error::NotFound(m.clone()),
+        Error::NotFoundAt { field, what } => Error::not_found_at(field, what),
         Error::AlreadyExists(v) => Error::AlreadyExists(v.clone()),
         Error::FailedPrecondition {
             message,

@@ -1,0 +1,343 @@
+//! `omni-bench orders`: PlaceOrder throughput and latency with every hop real — identity
+//! (GetCustomer), crm (the customer's tier), catalog (Quote), inventory (per-location
+//! availability, then Reserve), and the order, its lines and its event committed in Postgres —
+//! every service in this process on the machine's cores, as one node would run them.
+//!
+//! Seeds an e-shop, a warehouse and four ship-from-stores with geo points, `--skus` SKUs with
+//! deep stock, `--customers` customers; then `--concurrency` clients place orders of one to
+//! three lines shipped to random addresses around Lyon for `--seconds`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use omni_proto::common::{Address, ChannelKind, GeoPoint, Money};
+use omni_proto::omni::catalog::v1 as cat;
+use omni_proto::omni::catalog::v1::channel_service_client::ChannelServiceClient;
+use omni_proto::omni::catalog::v1::pricing_service_client::PricingServiceClient;
+use omni_proto::omni::catalog::v1::product_service_client::ProductServiceClient;
+use omni_proto::omni::identity::v1 as id;
+use omni_proto::omni::identity::v1::identity_service_client::IdentityServiceClient;
+use omni_proto::omni::inventory::v1 as inv;
+use omni_proto::omni::inventory::v1::location_service_client::LocationServiceClient;
+use omni_proto::omni::inventory::v1::stock_service_client::StockServiceClient;
+use omni_proto::omni::orders::v1 as pb;
+use omni_proto::omni::orders::v1::order_service_client::OrderServiceClient;
+use omni_runtime::auth::Role;
+use omni_testkit::{OrderClocks, Shop};
+use uuid::Uuid;
+
+use crate::{Args, percentile};
+
+fn eur(minor_units: i64) -> Option<Money> {
+    Some(Money {
+        minor_units,
+        currency: "EUR".into(),
+    })
+}
+
+/// A valid EAN-13 for `n`.
+fn ean(n: u64) -> String {
+    let body = format!("20{n:010}");
+    let sum: u32 = body
+        .bytes()
+        .enumerate()
+        .map(|(i, d)| u32::from(d - b'0') * if i % 2 == 0 { 1 } else { 3 })
+        .sum();
+    format!("{body}{}", (10 - sum % 10) % 10)
+}
+
+/// A small pseudo-random sequence (xorshift), so runs are comparable.
+struct Dice(u64);
+
+impl Dice {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    fn unit(&mut self) -> f64 {
+        (self.next() % 1_000_000) as f64 / 1_000_000.0
+    }
+}
+
+struct Seeded {
+    channel: String,
+    skus: Vec<String>,
+    customers: Vec<String>,
+}
+
+async fn seed(shop: &Shop, skus: usize, customers: usize) -> anyhow::Result<Seeded> {
+    let mut locations = LocationServiceClient::new(shop.inventory.admin());
+    let mut stock = StockServiceClient::new(shop.inventory.admin());
+    let places = [
+        ("WH-01", inv::LocationKind::Warehouse, 45.64, 5.11),
+        ("LYS-01", inv::LocationKind::Store, 45.764, 4.8357),
+        ("VIL-01", inv::LocationKind::Store, 45.77, 4.88),
+        ("CAL-01", inv::LocationKind::Store, 45.79, 4.85),
+        ("GER-01", inv::LocationKind::Store, 45.73, 4.83),
+    ];
+    let mut location_ids = Vec::new();
+    for (code, kind, latitude, longitude) in places {
+        let location = locations
+            .create_location(inv::CreateLocationRequest {
+                idempotency_key: Uuid::now_v7().to_string(),
+                location: Some(inv::Location {
+                    code: code.into(),
+                    name: code.into(),
+                    kind: kind as i32,
+                    channel_id: if kind == inv::LocationKind::Store {
+                        Uuid::now_v7().to_string()
+                    } else {
+                        String::new()
+                    },
+                    address: Some(Address {
+                        location: Some(GeoPoint {
+                            latitude,
+                            longitude,
+                        }),
+                        ..Default::default()
+                    }),
+                    pickup_enabled: kind == inv::LocationKind::Store,
+                    ships_orders: true,
+                    time_zone: "Europe/Paris".into(),
+                    ..Default::default()
+                }),
+            })
+            .await?
+            .into_inner()
+            .location
+            .ok_or_else(|| anyhow::anyhow!("no location"))?;
+        location_ids.push(location.id);
+    }
+    let channel = ChannelServiceClient::new(shop.catalog.admin())
+        .create_channel(cat::CreateChannelRequest {
+            idempotency_key: String::new(),
+            channel: Some(cat::Channel {
+                kind: ChannelKind::EShop as i32,
+                name: "e-shop".into(),
+                currency: "EUR".into(),
+                active: true,
+                ..Default::default()
+            }),
+        })
+        .await?
+        .into_inner()
+        .channel
+        .ok_or_else(|| anyhow::anyhow!("no channel"))?
+        .id;
+    let mut products = ProductServiceClient::new(shop.catalog.admin());
+    let category = products
+        .create_category(cat::CreateCategoryRequest {
+            idempotency_key: String::new(),
+            parent_id: String::new(),
+            name: "Everything".into(),
+        })
+        .await?
+        .into_inner()
+        .category
+        .ok_or_else(|| anyhow::anyhow!("no category"))?
+        .id;
+    let mut pricing = PricingServiceClient::new(shop.catalog.admin());
+    let mut sku_ids = Vec::new();
+    for n in 0..skus {
+        let product = products
+            .create_product(cat::CreateProductRequest {
+                idempotency_key: String::new(),
+                product: Some(cat::Product {
+                    name: format!("Product {n}"),
+                    brand: "Bench".into(),
+                    category_id: category.clone(),
+                    status: cat::ProductStatus::Active as i32,
+                    ..Default::default()
+                }),
+                skus: vec![cat::Sku {
+                    sku_code: format!("SKU-{n:04}"),
+                    barcode: ean(n as u64 + 1),
+                    list_price: eur(1000 + 100 * (n as i64 % 50)),
+                    unit_cost: eur(400),
+                    status: cat::SkuStatus::Active as i32,
+                    ..Default::default()
+                }],
+            })
+            .await?
+            .into_inner()
+            .product
+            .ok_or_else(|| anyhow::anyhow!("no product"))?;
+        let sku = product.skus[0].id.clone();
+        pricing
+            .set_listing(cat::SetListingRequest {
+                listing: Some(cat::Listing {
+                    sku_id: sku.clone(),
+                    channel_id: channel.clone(),
+                    price: eur(1000 + 100 * (n as i64 % 50)),
+                    listed: true,
+                    ..Default::default()
+                }),
+            })
+            .await?;
+        for (i, location) in location_ids.iter().enumerate() {
+            // The warehouse has everything; each store a share of the range.
+            if i == 0 || n % 4 == i - 1 {
+                stock
+                    .record_movement(inv::RecordMovementRequest {
+                        idempotency_key: Uuid::now_v7().to_string(),
+                        location_id: location.clone(),
+                        kind: inv::MovementKind::Receipt as i32,
+                        lines: vec![inv::MovementLine {
+                            sku_id: sku.clone(),
+                            quantity: 10_000_000,
+                        }],
+                        reason: "bench".into(),
+                        reference: String::new(),
+                    })
+                    .await?;
+            }
+        }
+        sku_ids.push(sku);
+    }
+    let mut identity = IdentityServiceClient::new(shop.identity.admin());
+    let mut customer_ids = Vec::new();
+    for n in 0..customers {
+        let customer = identity
+            .resolve_customer(id::ResolveCustomerRequest {
+                phone: format!(
+                    "+33 6 {:02} {:02} {:02} {:02}",
+                    n / 1_000_000 % 100,
+                    n / 10_000 % 100,
+                    n / 100 % 100,
+                    n % 100
+                ),
+                name: format!("Customer {n}"),
+                ..Default::default()
+            })
+            .await?
+            .into_inner()
+            .customer
+            .ok_or_else(|| anyhow::anyhow!("no customer"))?;
+        customer_ids.push(customer.id);
+    }
+    Ok(Seeded {
+        channel,
+        skus: sku_ids,
+        customers: customer_ids,
+    })
+}
+
+pub async fn orders(args: &Args) -> anyhow::Result<()> {
+    let seconds = args.get("--seconds", 20)?;
+    let concurrency = args.get("--concurrency", 32)?;
+    let skus = args.get("--skus", 40)?;
+    let customers = args.get("--customers", 500)?;
+    let pool = u32::try_from(args.get("--pool", 32)?)?;
+    println!("starting identity, catalog, inventory, crm, performance and order-management");
+    let shop = Shop::start_tuned(OrderClocks::default(), pool).await?;
+    println!("seeding {skus} SKUs in 5 locations and {customers} customers");
+    let seeded = Arc::new(seed(&shop, skus, customers).await?);
+    let client = OrderServiceClient::new(shop.orders.as_roles(&[Role::ChannelApp]));
+
+    // Warm-up: connections, caches, prepared statements.
+    let mut warm = client.clone();
+    for i in 0..50 {
+        warm.place_order(request(&seeded, &mut Dice(i + 1))).await?;
+    }
+
+    println!("placing orders: {concurrency} concurrent clients for {seconds} s");
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for w in 0..concurrency {
+        let (mut client, seeded, stop) = (client.clone(), seeded.clone(), stop.clone());
+        workers.push(tokio::spawn(async move {
+            let mut dice = Dice(0x9E37_79B9_7F4A_7C15 ^ (w as u64 + 1));
+            let mut latencies = Vec::new();
+            let mut errors = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                let request = request(&seeded, &mut dice);
+                let t = Instant::now();
+                match client.place_order(request).await {
+                    Ok(_) => latencies.push(t.elapsed()),
+                    Err(status) => {
+                        errors += 1;
+                        if errors <= 3 {
+                            eprintln!("refused: {:?} {}", status.code(), status.message());
+                        }
+                    }
+                }
+            }
+            (latencies, errors)
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(seconds as u64)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut latencies = Vec::new();
+    let mut errors = 0;
+    for worker in workers {
+        let (l, e) = worker.await?;
+        latencies.extend(l);
+        errors += e;
+    }
+    let elapsed = started.elapsed();
+    latencies.sort();
+    let placed = latencies.len();
+    println!(
+        "PlaceOrder: {placed} orders in {:.1} s = {:.0} orders/s, {errors} errors; p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        elapsed.as_secs_f64(),
+        placed as f64 / elapsed.as_secs_f64(),
+        percentile(&latencies, 50.0).as_secs_f64() * 1000.0,
+        percentile(&latencies, 99.0).as_secs_f64() * 1000.0,
+        latencies.last().copied().unwrap_or_default().as_secs_f64() * 1000.0,
+    );
+    println!("target: >= 1,000 orders/s with p99 <= 50 ms");
+    Ok(())
+}
+
+fn request(seeded: &Seeded, dice: &mut Dice) -> pb::PlaceOrderRequest {
+    let lines = 1 + dice.below(3);
+    let mut chosen: Vec<usize> = Vec::new();
+    while chosen.len() < lines {
+        let s = dice.below(seeded.skus.len());
+        if !chosen.contains(&s) {
+            chosen.push(s);
+        }
+    }
+    pb::PlaceOrderRequest {
+        idempotency_key: Uuid::now_v7().to_string(),
+        channel_id: seeded.channel.clone(),
+        channel_order_ref: String::new(),
+        customer: Some(pb::CustomerRef {
+            customer_id: seeded.customers[dice.below(seeded.customers.len())].clone(),
+            ..Default::default()
+        }),
+        lines: chosen
+            .iter()
+            .map(|&s| pb::OrderLineInput {
+                sku_id: seeded.skus[s].clone(),
+                quantity: 1 + dice.below(2) as i32,
+            })
+            .collect(),
+        delivery: Some(pb::Delivery {
+            kind: pb::DeliveryKind::Ship as i32,
+            address: Some(Address {
+                recipient_name: "Bench".into(),
+                lines: vec!["1 rue de la République".into()],
+                city: "Lyon".into(),
+                postal_code: "69001".into(),
+                country_code: "FR".into(),
+                location: Some(GeoPoint {
+                    latitude: 45.70 + dice.unit() * 0.12,
+                    longitude: 4.78 + dice.unit() * 0.14,
+                }),
+                ..Default::default()
+            }),
+            store_id: String::new(),
+        }),
+        ..Default::default()
+    }
+}

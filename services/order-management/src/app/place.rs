@@ -1,0 +1,595 @@
+//! Placing an order: who buys, what it costs, where it leaves from, stock held, coupons
+//! redeemed, and the order with its event committed, or nothing held at all.
+
+use std::collections::HashMap;
+
+use chrono::{Datelike, Duration as ChronoDuration, Utc};
+use omni_proto::common::CouponEffect;
+use omni_proto::events::OrderPlaced;
+use omni_proto::events::event::Payload;
+use omni_proto::omni::catalog::v1 as catalog;
+use omni_proto::omni::crm::v1 as crm;
+use omni_proto::omni::identity::v1 as identity;
+use omni_proto::omni::inventory::v1 as inventory;
+use omni_proto::omni::orders::v1::{
+    AppliedCoupon, Delivery, DeliveryKind, Fulfilment, LineDiscount, Order, OrderLine, OrderStatus,
+    Payment, Pickup, PlaceOrderRequest, PlaceOrderResponse, StatusChange,
+};
+use omni_runtime::idempotency::{self, Claim};
+use omni_runtime::{Error, Result};
+use rand::Rng as _;
+use std::time::Instant;
+use uuid::Uuid;
+
+use super::{App, Changes, minor, money, ts};
+use crate::domain::{self, Want};
+use crate::store;
+use crate::upstream::call;
+
+/// Who is buying.
+#[derive(Debug, Clone)]
+pub enum CustomerInput {
+    /// An anonymous POS sale.
+    Anonymous,
+    Id(String),
+    Resolve(identity::ResolveCustomerRequest),
+}
+
+/// A validated PlaceOrder.
+#[derive(Debug, Clone)]
+pub struct PlaceInput {
+    /// The request as sent: what a retry with the same key must repeat.
+    pub request: PlaceOrderRequest,
+    pub idempotency_key: String,
+    pub channel_id: String,
+    pub channel_order_ref: String,
+    pub customer: CustomerInput,
+    pub lines: Vec<Want>,
+    pub delivery: Delivery,
+    /// Upper-cased, each once.
+    pub coupon_codes: Vec<String>,
+    pub store_id: String,
+    pub associate_id: String,
+    pub payment: Option<Payment>,
+    /// Set for an exchange's replacement: the original order and the refund credited.
+    pub exchange_of: Option<(String, i64)>,
+}
+
+/// How long one try may work on a key before a retry may take over.
+const LEASE: std::time::Duration = std::time::Duration::from_secs(60);
+const LEASE_POLL: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// How a try ended.
+enum Placed {
+    Committed(PlaceOrderResponse),
+    /// A newer try with the same key committed first (this one outlived its lease).
+    Overtaken(PlaceOrderResponse),
+}
+
+/// What was done toward other services, to undo on failure.
+#[derive(Debug, Default)]
+struct Held {
+    reservation_id: Option<String>,
+    redeemed: Vec<String>,
+}
+
+impl App {
+    /// Places an order, or returns the one an earlier call with the same key placed.
+    #[tracing::instrument(name = "orders.place", skip_all, fields(channel_id = %input.channel_id, lines = input.lines.len()), err)]
+    pub async fn place(&self, input: PlaceInput, actor: &str) -> Result<PlaceOrderResponse> {
+        let scope = format!("PlaceOrder/{}", input.channel_id);
+        let key = input.idempotency_key.as_str();
+        store::record_attempt(
+            &self.pool,
+            &scope,
+            key,
+            Uuid::now_v7(),
+            &input.coupon_codes,
+            &input.channel_id,
+        )
+        .await?;
+        // One try at a time per key: a concurrent retry waits for the first one's reply.
+        let waiting_since = Instant::now();
+        let (order_id, attempt) = loop {
+            if let Some(reply) = self.replay(&scope, &input).await? {
+                return Ok(reply);
+            }
+            if let Some(lease) = store::take_lease(&self.pool, &scope, key, LEASE).await? {
+                break lease;
+            }
+            if waiting_since.elapsed() > LEASE {
+                return Err(Error::Aborted(
+                    "an earlier call with this idempotency key is still running".to_owned(),
+                ));
+            }
+            tokio::time::sleep(LEASE_POLL).await;
+        };
+        let mut held = Held::default();
+        match self
+            .place_leased(&input, &scope, order_id, attempt, actor, &mut held)
+            .await
+        {
+            Ok(Placed::Committed(reply)) => {
+                self.announce(&order_id.to_string()).await;
+                Ok(reply)
+            }
+            Ok(Placed::Overtaken(reply)) => {
+                // A try whose lease ran out lost to a newer one: only its own hold goes back;
+                // the coupons belong to the committed order.
+                held.redeemed.clear();
+                self.undo(order_id, &held).await;
+                Ok(reply)
+            }
+            Err(e) => {
+                self.undo(order_id, &held).await;
+                store::drop_lease(&self.pool, &scope, key).await?;
+                Err(e)
+            }
+        }
+    }
+
+    /// The reply of an earlier call with this key that committed, if any.
+    async fn replay(&self, scope: &str, input: &PlaceInput) -> Result<Option<PlaceOrderResponse>> {
+        let mut tx = self.pool.begin().await?;
+        let claim = idempotency::claim::<_, PlaceOrderResponse>(
+            &mut tx,
+            scope,
+            "idempotency_key",
+            &input.idempotency_key,
+            &input.request,
+        )
+        .await?;
+        tx.rollback().await?;
+        Ok(match claim {
+            Claim::Replay(mut reply) => {
+                reply.created = false;
+                Some(reply)
+            }
+            Claim::Fresh => None,
+        })
+    }
+
+    /// Gives back what a failed placement held. Failures here are logged: the stock hold
+    /// expires by itself and the sweeper gives coupons back.
+    async fn undo(&self, order_id: Uuid, held: &Held) {
+        if let Some(reservation_id) = &held.reservation_id {
+            let released = call!(
+                "inventory",
+                self.upstreams.reservations.clone(),
+                release,
+                inventory::ReleaseRequest {
+                    idempotency_key: format!("order/{order_id}/undo"),
+                    reservation_id: reservation_id.clone(),
+                    lines: Vec::new(),
+                    reason: "order not placed".to_owned(),
+                }
+            );
+            if let Err(e) = released {
+                tracing::warn!(error = %e, %order_id, "hold of a failed order not released; it expires");
+            }
+        }
+        for code in &held.redeemed {
+            self.release_coupon(order_id, code, "order not placed")
+                .await;
+        }
+    }
+
+    pub(super) async fn release_coupon(&self, order_id: Uuid, code: &str, reason: &str) -> bool {
+        match call!(
+            "crm",
+            self.upstreams.coupons.clone(),
+            release_coupon,
+            crm::ReleaseCouponRequest {
+                code: code.to_owned(),
+                order_id: order_id.to_string(),
+                reason: reason.to_owned(),
+            }
+        ) {
+            Ok(_) | Err(Error::NotFound(_) | Error::NotFoundAt { .. }) => true,
+            // Not redeemed for this order (never was, or given back already).
+            Err(Error::FailedPrecondition { .. }) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, %order_id, code, "coupon not given back yet");
+                false
+            }
+        }
+    }
+
+    async fn resolve(&self, customer: &CustomerInput) -> Result<Option<identity::Customer>> {
+        match customer {
+            CustomerInput::Anonymous => Ok(None),
+            CustomerInput::Id(id) => self
+                .upstreams
+                .customer(
+                    identity::customer_key::Key::Id(id.clone()),
+                    "customer.customer_id",
+                )
+                .await
+                .map(Some),
+            CustomerInput::Resolve(request) => self
+                .upstreams
+                .resolve_customer(request.clone(), "customer")
+                .await
+                .map(Some),
+        }
+    }
+
+    /// Checks each code with crm: its effect for the quote, and the issuing channel.
+    async fn check_coupons(
+        &self,
+        codes: &[String],
+        customer_id: &str,
+        channel_id: &str,
+    ) -> Result<Vec<(crm::Coupon, CouponEffect)>> {
+        let mut checked = Vec::new();
+        for (i, code) in codes.iter().enumerate() {
+            let field = format!("coupon_codes[{i}]");
+            let response = call!(
+                "crm",
+                self.upstreams.coupons.clone(),
+                check_coupon,
+                crm::CheckCouponRequest {
+                    code: code.clone(),
+                    customer_id: customer_id.to_owned(),
+                    channel_id: channel_id.to_owned(),
+                }
+            )
+            .map_err(|e| match e {
+                Error::NotFound(_) | Error::NotFoundAt { .. } => {
+                    Error::not_found_at(&field, format!("coupon {code}"))
+                }
+                other => other.within(&format!("{field}.")),
+            })?;
+            let Some(coupon) = response.coupon else {
+                return Err(Error::not_found_at(&field, format!("coupon {code}")));
+            };
+            if !response.usable {
+                return Err(Error::precondition(
+                    "COUPON_NOT_USABLE",
+                    field,
+                    format!("coupon {code} cannot be used: {}", response.reason),
+                ));
+            }
+            let mut effect = coupon.effect.clone().unwrap_or_default();
+            effect.code = code.clone();
+            effect.coupon_id = coupon.id.clone();
+            checked.push((coupon, effect));
+        }
+        Ok(checked)
+    }
+
+    async fn place_leased(
+        &self,
+        input: &PlaceInput,
+        scope: &str,
+        order_id: Uuid,
+        attempt: i32,
+        actor: &str,
+        held: &mut Held,
+    ) -> Result<Placed> {
+        let now = Utc::now();
+        let channel = self
+            .upstreams
+            .channel(&input.channel_id, "channel_id")
+            .await?;
+        let customer = self.resolve(&input.customer).await?;
+        let customer_id = customer.as_ref().map(|c| c.id.clone()).unwrap_or_default();
+        if customer.as_ref().is_some_and(|c| c.erased) {
+            return Err(Error::precondition(
+                "CUSTOMER_ERASED",
+                "customer",
+                "the customer's data was erased; they cannot order under this record",
+            ));
+        }
+        let tier = match &customer {
+            Some(c) => self.upstreams.tier(&c.id).await?,
+            None => String::new(),
+        };
+        let coupons = self
+            .check_coupons(&input.coupon_codes, &customer_id, &input.channel_id)
+            .await?;
+        let quote = call!(
+            "catalog",
+            self.upstreams.quotes.clone(),
+            quote,
+            catalog::QuoteRequest {
+                channel_id: input.channel_id.clone(),
+                customer_tier: tier.clone(),
+                customer_id: customer_id.clone(),
+                lines: input
+                    .lines
+                    .iter()
+                    .enumerate()
+                    .map(|(i, l)| catalog::QuoteLineInput {
+                        sku_id: l.sku_id.clone(),
+                        quantity: i32::try_from(l.quantity).unwrap_or(i32::MAX),
+                        line_ref: i.to_string(),
+                    })
+                    .collect(),
+                coupons: coupons.iter().map(|(_, e)| e.clone()).collect(),
+                priced_at: ts(now),
+            }
+        )?;
+        if let Some(code) = quote.unapplied_coupon_codes.first() {
+            let index = input
+                .coupon_codes
+                .iter()
+                .position(|c| c == code)
+                .unwrap_or_default();
+            return Err(Error::precondition(
+                "COUPON_NOT_APPLICABLE",
+                format!("coupon_codes[{index}]"),
+                format!(
+                    "coupon {code} does not apply: minimum spend not reached or no eligible line"
+                ),
+            ));
+        }
+        let currency = channel.currency.clone();
+        let credit = input.exchange_of.as_ref().map_or(0, |(_, c)| *c);
+        let total = minor(quote.total.as_ref());
+        let due = (total - credit).max(0);
+        if let Some(payment) = &input.payment {
+            check_payment(payment, due, &currency)?;
+        }
+
+        let subject = if customer_id.is_empty() {
+            order_id.to_string()
+        } else {
+            customer_id.clone()
+        };
+        let (strategy, experiment) = {
+            let mut conn = self.pool.acquire().await?;
+            self.strategy_for(&mut conn, &input.channel_id, &subject)
+                .await?
+        };
+        let sourced = self
+            .source(
+                &input.channel_id,
+                &input.lines,
+                &input.delivery,
+                strategy,
+                experiment,
+                &HashMap::new(),
+            )
+            .await?;
+
+        // Stock held for every line or none; the key makes a retry get the same hold.
+        let hold_for = self.settings.payment_window + std::time::Duration::from_secs(300);
+        let reservation = call!(
+            "inventory",
+            self.upstreams.reservations.clone(),
+            reserve,
+            inventory::ReserveRequest {
+                idempotency_key: format!("order/{order_id}/{attempt}"),
+                lines: input
+                    .lines
+                    .iter()
+                    .zip(&sourced.line_locations)
+                    .map(|(l, location)| inventory::ReserveLine {
+                        sku_id: l.sku_id.clone(),
+                        quantity: l.quantity,
+                        location_ids: vec![location.clone()],
+                    })
+                    .collect(),
+                channel_id: input.channel_id.clone(),
+                ttl: prost_types::Duration::try_from(hold_for).ok(),
+                reference: order_id.to_string(),
+            }
+        )?
+        .reservation
+        .ok_or_else(|| Error::internal("inventory returned no reservation"))?;
+        held.reservation_id = Some(reservation.id.clone());
+        if reservation.status() != inventory::ReservationStatus::Active {
+            return Err(Error::Aborted(
+                "this key's earlier stock hold has ended; place the order with a new idempotency key"
+                    .to_owned(),
+            ));
+        }
+
+        // Build the order.
+        let mut fulfilments: Vec<Fulfilment> = Vec::new();
+        let mut lines = Vec::new();
+        for (quoted, location) in quote.lines.iter().zip(&sourced.line_locations) {
+            let fulfilment = match fulfilments.iter_mut().find(|f| &f.location_id == location) {
+                Some(f) => f,
+                None => {
+                    fulfilments.push(Fulfilment {
+                        id: Uuid::now_v7().to_string(),
+                        location_id: location.clone(),
+                        status: OrderStatus::PendingPayment as i32,
+                        ..Default::default()
+                    });
+                    fulfilments
+                        .last_mut()
+                        .ok_or_else(|| Error::internal("no fulfilment"))?
+                }
+            };
+            let line_id = Uuid::now_v7().to_string();
+            fulfilment.line_ids.push(line_id.clone());
+            lines.push(OrderLine {
+                id: line_id,
+                sku_id: quoted.sku_id.clone(),
+                sku_code: quoted.sku_code.clone(),
+                product_id: quoted.product_id.clone(),
+                product_name: quoted.product_name.clone(),
+                category_id: quoted.category_id.clone(),
+                quantity: quoted.quantity,
+                unit_price: quoted.unit_price.clone(),
+                unit_cost: quoted.unit_cost.clone(),
+                discount: quoted.discount_amount.clone(),
+                discounts: quoted
+                    .discounts
+                    .iter()
+                    .map(|d| LineDiscount {
+                        promotion_id: d.promotion_id.clone(),
+                        coupon_code: d.coupon_code.clone(),
+                        label: d.label.clone(),
+                        amount: d.amount.clone(),
+                    })
+                    .collect(),
+                net_amount: quoted.net_amount.clone(),
+                location_id: location.clone(),
+                fulfilment_id: fulfilment.id.clone(),
+                returned_quantity: 0,
+            });
+        }
+        let mut decision = sourced.decision;
+        for allocation in &mut decision.allocations {
+            allocation.line_ids = lines
+                .iter()
+                .filter(|l| l.location_id == allocation.location_id)
+                .map(|l| l.id.clone())
+                .collect();
+        }
+        let applied: Vec<AppliedCoupon> = coupons
+            .iter()
+            .map(|(coupon, effect)| AppliedCoupon {
+                code: effect.code.clone(),
+                coupon_id: coupon.id.clone(),
+                issuing_channel_id: coupon.issuing_channel_id.clone(),
+                discount: Some(money(
+                    lines
+                        .iter()
+                        .flat_map(|l| &l.discounts)
+                        .filter(|d| d.coupon_code == effect.code)
+                        .map(|d| minor(d.amount.as_ref()))
+                        .sum(),
+                    &currency,
+                )),
+            })
+            .collect();
+
+        // Coupons: at most once across every channel; crm refuses the loser of a race.
+        for (i, (_, effect)) in coupons.iter().enumerate() {
+            let discount = applied[i].discount.clone();
+            call!(
+                "crm",
+                self.upstreams.coupons.clone(),
+                redeem_coupon,
+                crm::RedeemCouponRequest {
+                    idempotency_key: format!("order/{order_id}/{attempt}/coupon/{}", effect.code),
+                    code: effect.code.clone(),
+                    customer_id: customer_id.clone(),
+                    channel_id: input.channel_id.clone(),
+                    order_id: order_id.to_string(),
+                    discount,
+                }
+            )
+            .map_err(|e| e.within(&format!("coupon_codes[{i}].")))?;
+            held.redeemed.push(effect.code.clone());
+        }
+
+        let sequence = store::next_order_sequence(&self.pool).await?;
+        let kind = input.delivery.kind();
+        let mut order = Order {
+            id: order_id.to_string(),
+            order_number: domain::order_number(now.year(), now.month(), sequence),
+            channel_id: input.channel_id.clone(),
+            channel_kind: channel.kind,
+            channel_order_ref: input.channel_order_ref.clone(),
+            customer_id: customer_id.clone(),
+            store_id: input.store_id.clone(),
+            associate_id: input.associate_id.clone(),
+            status: OrderStatus::PendingPayment as i32,
+            delivery: Some(input.delivery.clone()),
+            lines,
+            coupons: applied,
+            subtotal: quote.subtotal.clone(),
+            discount_total: quote.discount_total.clone(),
+            total: quote.total.clone(),
+            payment: None,
+            refunded_total: Some(money(0, &currency)),
+            sourcing: Some(decision),
+            fulfilments,
+            pickup: (kind == DeliveryKind::Pickup).then(|| Pickup {
+                store_id: input.delivery.store_id.clone(),
+                pickup_code: domain::pickup_code(rand::thread_rng().r#gen()),
+                ..Default::default()
+            }),
+            reservation_id: reservation.id.clone(),
+            customer_tier: tier,
+            cancellation_reason: 0,
+            history: vec![StatusChange {
+                status: OrderStatus::PendingPayment as i32,
+                changed_at: ts(now),
+                actor_id: actor.to_owned(),
+                fulfilment_id: String::new(),
+                note: String::new(),
+            }],
+            exchange_of_order_id: input
+                .exchange_of
+                .as_ref()
+                .map(|(id, _)| id.clone())
+                .unwrap_or_default(),
+            placed_at: ts(now),
+            payment_due_at: ts(
+                now + ChronoDuration::from_std(self.settings.payment_window).unwrap_or_default()
+            ),
+            confirmed_at: None,
+            completed_at: None,
+            cancelled_at: None,
+            address_change_deadline: (kind == DeliveryKind::Ship).then(|| {
+                omni_runtime::time::timestamp(
+                    now + ChronoDuration::from_std(self.settings.address_change_window)
+                        .unwrap_or_default(),
+                )
+            }),
+            updated_at: ts(now),
+        };
+
+        let mut changes = Changes::default();
+        changes.push(
+            "orders.order_placed",
+            Payload::OrderPlaced(OrderPlaced {
+                order: Some(self.facts(&order).await?),
+            }),
+        );
+        if let Some(payment) = &input.payment {
+            self.confirm(&mut order, payment.clone(), actor, &mut changes)
+                .await?;
+        }
+        let mut tx = self.pool.begin().await?;
+        if let Claim::Replay(mut reply) = idempotency::claim::<_, PlaceOrderResponse>(
+            &mut tx,
+            scope,
+            "idempotency_key",
+            &input.idempotency_key,
+            &input.request,
+        )
+        .await?
+        {
+            reply.created = false;
+            return Ok(Placed::Overtaken(reply));
+        }
+        store::insert_order(&mut tx, &order, credit).await?;
+        for (event_type, payload) in changes.events {
+            self.outbox
+                .add(&mut tx, event_type, &order.id, actor, payload)
+                .await?;
+        }
+        let reply = PlaceOrderResponse {
+            order: Some(order),
+            created: true,
+        };
+        idempotency::complete(&mut tx, scope, &input.idempotency_key, &reply).await?;
+        store::settle_attempt(&mut tx, scope, &input.idempotency_key).await?;
+        tx.commit().await?;
+        Ok(Placed::Committed(reply))
+    }
+}
+
+/// A payment must be the amount due, in the order's currency.
+pub(super) fn check_payment(payment: &Payment, due: i64, currency: &str) -> Result<()> {
+    let amount = payment.amount.clone().unwrap_or_default();
+    if amount.currency != currency || amount.minor_units != due {
+        return Err(Error::precondition(
+            "PAYMENT_AMOUNT_MISMATCH",
+            "payment.amount",
+            format!(
+                "the payment must be {due} {currency} (minor units), the amount due; got {} {}",
+                amount.minor_units, amount.currency
+            ),
+        ));
+    }
+    Ok(())
+}

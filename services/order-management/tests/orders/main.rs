@@ -1,0 +1,7 @@
+//! order-management through its published contract, on the real identity, catalog,
+//! inventory, crm and performance services started by the testkit.
+
+mod concurrency;
+mod journeys;
+mod rejections;
+mod support;
