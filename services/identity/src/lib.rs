@@ -102,3 +102,29 @@ pub async fn run(
     };
     host.run(routes, pool, redis, startup).await
 }
+
+/// Creates a service principal named `name` with the `service` role and returns its API key
+/// (shown once; only its hash is stored).
+pub async fn service_key(pool: &sqlx::PgPool, name: &str) -> anyhow::Result<String> {
+    let key = credentials::new_api_key();
+    let mut conn = pool.acquire().await?;
+    store::insert_principal(
+        &mut conn,
+        &store::NewPrincipal {
+            id: uuid::Uuid::now_v7(),
+            kind: omni_runtime::auth::PrincipalKind::Service.as_str(),
+            name,
+            display_name: name,
+            password_hash: None,
+            api_key_prefix: Some(&key.prefix),
+            api_key_hash: Some(&key.hash),
+            roles: &[omni_runtime::auth::Role::Service.as_str().to_owned()],
+            scope_channels: &[],
+            scope_stores: &[],
+            created_by: "identity service-key",
+        },
+    )
+    .await?;
+    tracing::info!(name, "service key created");
+    Ok(key.key)
+}
