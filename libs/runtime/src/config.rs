@@ -121,6 +121,31 @@ pub struct CommonConfig {
     pub max_call_duration: Duration,
     /// How often the outbox relay polls when not woken (`OMNI_OUTBOX_POLL_MS`).
     pub outbox_poll: Duration,
+    /// Where Prometheus metrics are served (`OMNI_METRICS_ADDR`, default
+    /// `0.0.0.0:<service port + 1000>`; `off` serves none).
+    pub metrics: MetricsEndpoint,
+}
+
+/// Where a service serves `GET /metrics`.
+#[derive(Debug, Clone)]
+pub enum MetricsEndpoint {
+    /// Bind this address.
+    Addr(SocketAddr),
+    /// A listener bound already (tests bind `127.0.0.1:0` and read the port first).
+    Bound(std::sync::Arc<std::sync::Mutex<Option<std::net::TcpListener>>>),
+    Off,
+}
+
+impl MetricsEndpoint {
+    /// A listener on `addr` bound now, so its port is known before the service starts.
+    pub fn bind(addr: SocketAddr) -> std::io::Result<(Self, SocketAddr)> {
+        let listener = std::net::TcpListener::bind(addr)?;
+        let bound = listener.local_addr()?;
+        Ok((
+            Self::Bound(std::sync::Arc::new(std::sync::Mutex::new(Some(listener)))),
+            bound,
+        ))
+    }
 }
 
 impl CommonConfig {
@@ -174,6 +199,16 @@ impl CommonConfig {
             health_interval: millis_or("OMNI_HEALTH_INTERVAL_MS", Duration::from_secs(2))?,
             max_call_duration: millis_or("OMNI_MAX_CALL_MS", Duration::from_secs(30))?,
             outbox_poll: millis_or("OMNI_OUTBOX_POLL_MS", Duration::from_millis(200))?,
+            metrics: match var("OMNI_METRICS_ADDR").as_deref() {
+                Some("off") => MetricsEndpoint::Off,
+                Some(_) => MetricsEndpoint::Addr(parse_or(
+                    "OMNI_METRICS_ADDR",
+                    SocketAddr::from(([0, 0, 0, 0], default_port + 1000)),
+                )?),
+                None => {
+                    MetricsEndpoint::Addr(SocketAddr::from((listen_addr.ip(), default_port + 1000)))
+                }
+            },
         })
     }
 }

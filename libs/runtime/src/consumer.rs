@@ -90,6 +90,7 @@ impl<H: Handler> Consumer<H> {
         handler: Arc<H>,
     ) -> anyhow::Result<Self> {
         let conn = redis.dedicated(config.block)?;
+        crate::metrics::register_consumer(&config.group, &config.sources, &redis);
         let streams = config
             .sources
             .iter()

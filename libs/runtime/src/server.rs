@@ -21,7 +21,8 @@ use tonic::transport::Server;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
-use crate::config::CommonConfig;
+use crate::config::{CommonConfig, MetricsEndpoint};
+use crate::metrics::{Metrics, RpcMetricsLayer};
 use crate::redis::Redis;
 
 /// Whether the service has finished starting (migrations applied); until then its own RPCs
@@ -51,6 +52,8 @@ pub struct Host {
     pub health_interval: Duration,
     pub max_call: Duration,
     readiness: Readiness,
+    metrics: Arc<Metrics>,
+    metrics_endpoint: MetricsEndpoint,
 }
 
 impl Host {
@@ -70,7 +73,14 @@ impl Host {
             health_interval: config.health_interval,
             max_call: config.max_call_duration,
             readiness: Readiness::default(),
+            metrics: Metrics::new(name),
+            metrics_endpoint: config.metrics.clone(),
         }
+    }
+
+    /// The service's metrics, for the collectors it registers itself.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
     }
 
     /// The flag the service's interceptors check (see [`crate::auth::ServerAuth`]).
@@ -103,6 +113,29 @@ impl Host {
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1alpha()?;
 
+        let metrics_listener = match &self.metrics_endpoint {
+            MetricsEndpoint::Addr(addr) => Some(TcpListener::bind(addr).await?),
+            MetricsEndpoint::Bound(bound) => {
+                let listener = bound
+                    .lock()
+                    .ok()
+                    .and_then(|mut l| l.take())
+                    .ok_or_else(|| anyhow::anyhow!("the metrics listener was used already"))?;
+                listener.set_nonblocking(true)?;
+                Some(TcpListener::from_std(listener)?)
+            }
+            MetricsEndpoint::Off => None,
+        };
+        if let Some(listener) = metrics_listener {
+            tracing::info!(addr = %listener.local_addr()?, "metrics at /metrics");
+            tokio::spawn(self.metrics.clone().serve(
+                listener,
+                pool.clone(),
+                redis.clone(),
+                self.shutdown.clone(),
+            ));
+        }
+
         let failed = CancellationToken::new();
         let starting = {
             let readiness = self.readiness.clone();
@@ -114,6 +147,7 @@ impl Host {
                 redis,
                 self.health_interval,
                 self.shutdown.clone(),
+                self.metrics.clone(),
             );
             tokio::spawn(async move {
                 match startup.await {
@@ -140,6 +174,7 @@ impl Host {
             .tcp_nodelay(true)
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .trace_fn(move |request| rpc_span(name, request))
+            .layer(RpcMetricsLayer(self.metrics.clone()))
             .add_routes(routes)
             .add_service(health)
             .add_service(reflection_v1)
@@ -231,6 +266,7 @@ async fn watch_dependencies(
     redis: Redis,
     interval: Duration,
     shutdown: CancellationToken,
+    metrics: Arc<Metrics>,
 ) {
     let mut last: Option<bool> = None;
     let probe_timeout = interval.clamp(Duration::from_millis(500), Duration::from_secs(3));
@@ -241,8 +277,14 @@ async fn watch_dependencies(
             (postgres, cache)
         };
         let healthy = match tokio::time::timeout(probe_timeout, probe).await {
-            Ok((Ok(()), Ok(()))) => true,
+            Ok((Ok(()), Ok(()))) => {
+                metrics.set_dependency_up("postgres", true);
+                metrics.set_dependency_up("redis", true);
+                true
+            }
             Ok((postgres, cache)) => {
+                metrics.set_dependency_up("postgres", postgres.is_ok());
+                metrics.set_dependency_up("redis", cache.is_ok());
                 if last != Some(false) {
                     tracing::warn!(
                         postgres = ?postgres.err().map(|e| e.to_string()),
@@ -253,6 +295,8 @@ async fn watch_dependencies(
                 false
             }
             Err(_) => {
+                metrics.set_dependency_up("postgres", false);
+                metrics.set_dependency_up("redis", false);
                 if last != Some(false) {
                     tracing::warn!("dependency check timed out: NOT_SERVING");
                 }

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use omni_runtime::auth::{KeyPair, Principal, PrincipalKind, Role, Scope, TokenSigner};
 use omni_runtime::client::{self, AuthChannel, TokenSource};
-use omni_runtime::config::{CommonConfig, Secret};
+use omni_runtime::config::{CommonConfig, MetricsEndpoint, Secret};
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio::net::TcpListener;
@@ -118,6 +118,7 @@ pub async fn common_config(label: &str) -> anyhow::Result<CommonConfig> {
         health_interval: Duration::from_millis(100),
         max_call_duration: Duration::from_secs(30),
         outbox_poll: Duration::from_millis(50),
+        metrics: MetricsEndpoint::bind(SocketAddr::from(([127, 0, 0, 1], 0)))?.0,
     })
 }
 
@@ -168,6 +169,8 @@ pub fn signing_key_pem() -> Secret<String> {
 pub struct Service {
     pub name: &'static str,
     pub addr: SocketAddr,
+    /// Where the service serves `GET /metrics`.
+    pub metrics_addr: Option<SocketAddr>,
     pub config: CommonConfig,
     shutdown: CancellationToken,
     handle: JoinHandle<anyhow::Result<()>>,
@@ -186,11 +189,20 @@ impl Service {
     {
         let listener = TcpListener::bind(config.listen_addr).await?;
         let addr = listener.local_addr()?;
+        let metrics_addr = match &config.metrics {
+            MetricsEndpoint::Bound(bound) => bound
+                .lock()
+                .ok()
+                .and_then(|l| l.as_ref().and_then(|l| l.local_addr().ok())),
+            MetricsEndpoint::Addr(a) => Some(*a),
+            MetricsEndpoint::Off => None,
+        };
         let shutdown = CancellationToken::new();
         let handle = tokio::spawn(run(listener, shutdown.clone()));
         let service = Self {
             name,
             addr,
+            metrics_addr,
             config,
             shutdown,
             handle,
@@ -231,6 +243,25 @@ impl Service {
     /// A pool on the service's own database, for assertions on what was written.
     pub async fn db(&self) -> anyhow::Result<PgPool> {
         Ok(PgPool::connect(self.config.database_url.expose()).await?)
+    }
+
+    /// The service's metrics page, as Prometheus would scrape it (plain HTTP/1.1 GET).
+    pub async fn scrape(&self) -> anyhow::Result<String> {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let addr = self
+            .metrics_addr
+            .ok_or_else(|| anyhow::anyhow!("{} serves no metrics", self.name))?;
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .await?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await?;
+        let (head, body) = response
+            .split_once("\r\n\r\n")
+            .ok_or_else(|| anyhow::anyhow!("not an HTTP response"))?;
+        anyhow::ensure!(head.starts_with("HTTP/1.1 200"), "metrics answered {head}");
+        Ok(body.to_owned())
     }
 
     /// The service's Redis namespace prefix.

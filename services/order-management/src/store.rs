@@ -257,48 +257,32 @@ pub async fn lapsed_orders(
 // ---------------------------------------------------------------------------------------------
 // Placement attempts
 
-/// Records the attempt for a key (once; later calls find the first one's order id).
-pub async fn record_attempt(
+/// Takes the key's lease for `lease`: records the attempt on first use (with `candidate` as
+/// its order id), or takes over when no other try holds the lease and no order committed.
+/// Returns the order id and this try's number, or `None` when the key is busy or settled.
+pub async fn take_lease(
     pool: &PgPool,
     scope: &str,
     key: &str,
     candidate: Uuid,
     coupon_codes: &[String],
     channel_id: &str,
-) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO placement_attempts (scope, key, order_id, coupon_codes, channel_id)
-         VALUES ($1, $2, $3, $4, $5)
-         ON CONFLICT DO NOTHING",
+    lease: std::time::Duration,
+) -> Result<Option<(Uuid, i32)>> {
+    let row = sqlx::query(
+        "INSERT INTO placement_attempts AS a
+             (scope, key, order_id, coupon_codes, channel_id, tries, lease_until)
+         VALUES ($1, $2, $3, $4, $5, 1, now() + $6 * interval '1 millisecond')
+         ON CONFLICT (scope, key) DO UPDATE
+             SET tries = a.tries + 1, lease_until = EXCLUDED.lease_until, released_at = NULL
+             WHERE a.settled_at IS NULL AND (a.lease_until IS NULL OR a.lease_until < now())
+         RETURNING order_id, tries",
     )
     .bind(scope)
     .bind(key)
     .bind(candidate)
     .bind(coupon_codes)
     .bind(channel_id)
-    .execute(pool)
-    .await?;
-    Ok(())
-}
-
-/// Takes the key's lease for `lease` when no other try holds it and no order committed:
-/// the order id and this try's number.
-pub async fn take_lease(
-    pool: &PgPool,
-    scope: &str,
-    key: &str,
-    lease: std::time::Duration,
-) -> Result<Option<(Uuid, i32)>> {
-    let row = sqlx::query(
-        "UPDATE placement_attempts
-         SET tries = tries + 1, lease_until = now() + $3 * interval '1 millisecond',
-             released_at = NULL
-         WHERE scope = $1 AND key = $2 AND settled_at IS NULL
-           AND (lease_until IS NULL OR lease_until < now())
-         RETURNING order_id, tries",
-    )
-    .bind(scope)
-    .bind(key)
     .bind(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX))
     .fetch_optional(pool)
     .await?;

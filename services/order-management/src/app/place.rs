@@ -79,23 +79,25 @@ impl App {
     pub async fn place(&self, input: PlaceInput, actor: &str) -> Result<PlaceOrderResponse> {
         let scope = format!("PlaceOrder/{}", input.channel_id);
         let key = input.idempotency_key.as_str();
-        store::record_attempt(
-            &self.pool,
-            &scope,
-            key,
-            Uuid::now_v7(),
-            &input.coupon_codes,
-            &input.channel_id,
-        )
-        .await?;
         // One try at a time per key: a concurrent retry waits for the first one's reply.
         let waiting_since = Instant::now();
         let (order_id, attempt) = loop {
+            if let Some(lease) = store::take_lease(
+                &self.pool,
+                &scope,
+                key,
+                Uuid::now_v7(),
+                &input.coupon_codes,
+                &input.channel_id,
+                LEASE,
+            )
+            .await?
+            {
+                break lease;
+            }
+            // Busy or done: an earlier call's reply, once it committed.
             if let Some(reply) = self.replay(&scope, &input).await? {
                 return Ok(reply);
-            }
-            if let Some(lease) = store::take_lease(&self.pool, &scope, key, LEASE).await? {
-                break lease;
             }
             if waiting_since.elapsed() > LEASE {
                 return Err(Error::Aborted(
@@ -268,11 +270,12 @@ impl App {
         held: &mut Held,
     ) -> Result<Placed> {
         let now = Utc::now();
-        let channel = self
-            .upstreams
-            .channel(&input.channel_id, "channel_id")
-            .await?;
-        let customer = self.resolve(&input.customer).await?;
+        // Independent look-ups run side by side: the channel with the customer, then the tier
+        // with the coupons, then the quote with the sourcing decision.
+        let (channel, customer) = tokio::try_join!(
+            self.upstreams.channel(&input.channel_id, "channel_id"),
+            self.resolve(&input.customer),
+        )?;
         let customer_id = customer.as_ref().map(|c| c.id.clone()).unwrap_or_default();
         if customer.as_ref().is_some_and(|c| c.erased) {
             return Err(Error::precondition(
@@ -281,35 +284,65 @@ impl App {
                 "the customer's data was erased; they cannot order under this record",
             ));
         }
-        let tier = match &customer {
-            Some(c) => self.upstreams.tier(&c.id).await?,
-            None => String::new(),
-        };
-        let coupons = self
-            .check_coupons(&input.coupon_codes, &customer_id, &input.channel_id)
-            .await?;
-        let quote = call!(
-            "catalog",
-            self.upstreams.quotes.clone(),
-            quote,
-            catalog::QuoteRequest {
-                channel_id: input.channel_id.clone(),
-                customer_tier: tier.clone(),
-                customer_id: customer_id.clone(),
-                lines: input
-                    .lines
-                    .iter()
-                    .enumerate()
-                    .map(|(i, l)| catalog::QuoteLineInput {
-                        sku_id: l.sku_id.clone(),
-                        quantity: i32::try_from(l.quantity).unwrap_or(i32::MAX),
-                        line_ref: i.to_string(),
-                    })
-                    .collect(),
-                coupons: coupons.iter().map(|(_, e)| e.clone()).collect(),
-                priced_at: ts(now),
-            }
+        let (tier, coupons) = tokio::try_join!(
+            async {
+                match &customer {
+                    Some(c) => self.upstreams.tier(&c.id).await,
+                    None => Ok(String::new()),
+                }
+            },
+            self.check_coupons(&input.coupon_codes, &customer_id, &input.channel_id),
         )?;
+        let quoting = async {
+            call!(
+                "catalog",
+                self.upstreams.quotes.clone(),
+                quote,
+                catalog::QuoteRequest {
+                    channel_id: input.channel_id.clone(),
+                    customer_tier: tier.clone(),
+                    customer_id: customer_id.clone(),
+                    lines: input
+                        .lines
+                        .iter()
+                        .enumerate()
+                        .map(|(i, l)| catalog::QuoteLineInput {
+                            sku_id: l.sku_id.clone(),
+                            quantity: i32::try_from(l.quantity).unwrap_or(i32::MAX),
+                            line_ref: i.to_string(),
+                        })
+                        .collect(),
+                    coupons: coupons.iter().map(|(_, e)| e.clone()).collect(),
+                    priced_at: ts(now),
+                }
+            )
+        };
+        let subject = if customer_id.is_empty() {
+            order_id.to_string()
+        } else {
+            customer_id.clone()
+        };
+        let sourcing = async {
+            let (strategy, experiment) = {
+                let mut conn = self.pool.acquire().await?;
+                self.strategy_for(&mut conn, &input.channel_id, &subject)
+                    .await?
+            };
+            self.source(
+                &input.channel_id,
+                &input.lines,
+                &input.delivery,
+                strategy,
+                experiment,
+                &HashMap::new(),
+            )
+            .await
+        };
+        // The quote's refusals (unknown or unlisted SKUs) come first: they explain a sourcing
+        // failure too.
+        let (quote, sourced) = tokio::join!(quoting, sourcing);
+        let quote = quote?;
+        let sourced = sourced?;
         if let Some(code) = quote.unapplied_coupon_codes.first() {
             let index = input
                 .coupon_codes
@@ -331,27 +364,6 @@ impl App {
         if let Some(payment) = &input.payment {
             check_payment(payment, due, &currency)?;
         }
-
-        let subject = if customer_id.is_empty() {
-            order_id.to_string()
-        } else {
-            customer_id.clone()
-        };
-        let (strategy, experiment) = {
-            let mut conn = self.pool.acquire().await?;
-            self.strategy_for(&mut conn, &input.channel_id, &subject)
-                .await?
-        };
-        let sourced = self
-            .source(
-                &input.channel_id,
-                &input.lines,
-                &input.delivery,
-                strategy,
-                experiment,
-                &HashMap::new(),
-            )
-            .await?;
 
         // Stock held for every line or none; the key makes a retry get the same hold.
         let hold_for = self.settings.payment_window + std::time::Duration::from_secs(300);

@@ -3,8 +3,6 @@
 
 use std::sync::Arc;
 
-use omni_proto::omni::orders::v1 as pb;
-
 use crate::support::*;
 
 #[tokio::test]
@@ -134,5 +132,4 @@ async fn a_failure_after_reserving_leaves_no_stock_held() {
     let placed = w.place(request).await.expect("placed after the fault");
     assert_eq!(placed.coupons[0].code, code);
     assert_eq!(w.level(&w.warehouse, &w.tee_l).await, (5, 2));
-    let _ = pb::OrderStatus::PendingPayment;
 }

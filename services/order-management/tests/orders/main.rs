@@ -3,5 +3,6 @@
 
 mod concurrency;
 mod journeys;
+mod metrics;
 mod rejections;
 mod support;

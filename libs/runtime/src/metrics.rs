@@ -1,0 +1,397 @@
+//! Prometheus metrics, served by every service on its own port (`GET /metrics`).
+//!
+//! Each [`crate::server::Host`] owns one [`Metrics`] (several services may share a process in
+//! tests and benchmarks, each with its own registry and port):
+//!
+//! - `omni_rpc_requests_total{method,code}` and `omni_rpc_duration_seconds{method}`: every RPC,
+//!   by the gRPC status it ended with, recorded by a tower layer in front of the routes (the
+//!   status of a call that fails mid-stream is recorded as OK: the layer sees headers only);
+//! - `omni_dependency_up{dependency}`: Postgres and Redis as the health watcher last saw them;
+//! - `omni_db_pool_connections{state}`: the pool's idle and in-use connections;
+//! - `omni_outbox_backlog`: events committed but not yet relayed to Redis;
+//! - `omni_consumer_lag{group,stream}` and `omni_consumer_pending{group,stream}`: entries of
+//!   a stream this service's consumer group has not read yet, and read but not acknowledged;
+//! - whatever a service registers itself through [`Metrics::registry`].
+//!
+//! The scrape-time figures (pool, backlog, lag) are read when Prometheus asks, so an idle
+//! service does no work for them.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use http_body_util::Full;
+use hyper::body::Bytes;
+use prometheus::{
+    Encoder as _, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::redis::Redis;
+
+/// One service's metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    service: &'static str,
+    registry: Registry,
+    rpc_requests: IntCounterVec,
+    rpc_duration: HistogramVec,
+    dependency_up: IntGaugeVec,
+    pool_connections: IntGaugeVec,
+    outbox_backlog: IntGauge,
+    consumer_lag: IntGaugeVec,
+    consumer_pending: IntGaugeVec,
+}
+
+fn registered<C: prometheus::core::Collector + Clone + 'static>(
+    registry: &Registry,
+    collector: C,
+) -> C {
+    // Names are fixed and distinct, so registration cannot clash.
+    let _ = registry.register(Box::new(collector.clone()));
+    collector
+}
+
+impl Metrics {
+    pub fn new(service: &'static str) -> Arc<Self> {
+        let registry = Registry::new();
+        let opts = |name: &str, help: &str| Opts::new(name, help);
+        Arc::new(Self {
+            service,
+            rpc_requests: registered(
+                &registry,
+                IntCounterVec::new(
+                    opts(
+                        "omni_rpc_requests_total",
+                        "RPCs handled, by method and gRPC status.",
+                    ),
+                    &["method", "code"],
+                )
+                .expect("valid metric"),
+            ),
+            rpc_duration: registered(
+                &registry,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "omni_rpc_duration_seconds",
+                        "RPC latency until the response starts.",
+                    )
+                    .buckets(vec![
+                        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                        5.0, 10.0,
+                    ]),
+                    &["method"],
+                )
+                .expect("valid metric"),
+            ),
+            dependency_up: registered(
+                &registry,
+                IntGaugeVec::new(
+                    opts(
+                        "omni_dependency_up",
+                        "1 while the dependency answers the health watcher.",
+                    ),
+                    &["dependency"],
+                )
+                .expect("valid metric"),
+            ),
+            pool_connections: registered(
+                &registry,
+                IntGaugeVec::new(
+                    opts(
+                        "omni_db_pool_connections",
+                        "Postgres pool connections by state.",
+                    ),
+                    &["state"],
+                )
+                .expect("valid metric"),
+            ),
+            outbox_backlog: registered(
+                &registry,
+                IntGauge::new(
+                    "omni_outbox_backlog",
+                    "Events committed, not yet relayed to Redis.",
+                )
+                .expect("valid metric"),
+            ),
+            consumer_lag: registered(
+                &registry,
+                IntGaugeVec::new(
+                    opts(
+                        "omni_consumer_lag",
+                        "Stream entries the consumer group has not read yet.",
+                    ),
+                    &["group", "stream"],
+                )
+                .expect("valid metric"),
+            ),
+            consumer_pending: registered(
+                &registry,
+                IntGaugeVec::new(
+                    opts(
+                        "omni_consumer_pending",
+                        "Entries read by the group, not yet acknowledged.",
+                    ),
+                    &["group", "stream"],
+                )
+                .expect("valid metric"),
+            ),
+            registry,
+        })
+    }
+
+    /// The registry, for a service's own metrics (e.g. inventory's hot-gate decisions).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    pub fn set_dependency_up(&self, dependency: &str, up: bool) {
+        self.dependency_up
+            .with_label_values(&[dependency])
+            .set(i64::from(up));
+    }
+
+    fn observe_rpc(&self, method: &str, code: &str, started: Instant) {
+        self.rpc_requests.with_label_values(&[method, code]).inc();
+        self.rpc_duration
+            .with_label_values(&[method])
+            .observe(started.elapsed().as_secs_f64());
+    }
+
+    /// Reads the scrape-time figures, then renders everything in the text format.
+    pub async fn render(&self, pool: &PgPool, redis: &Redis) -> String {
+        let size = i64::from(pool.size());
+        let idle = i64::try_from(pool.num_idle()).unwrap_or(i64::MAX);
+        self.pool_connections.with_label_values(&["idle"]).set(idle);
+        self.pool_connections
+            .with_label_values(&["in_use"])
+            .set(size - idle);
+        match sqlx::query_scalar::<_, i64>("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+            .fetch_one(pool)
+            .await
+        {
+            Ok(n) => self.outbox_backlog.set(n),
+            Err(e) => tracing::debug!(error = %e, "outbox backlog not read"),
+        }
+        for (group, source) in consumers_of(self.service, redis) {
+            let stream = redis.event_stream(&source);
+            match group_info(redis, &stream, &group).await {
+                Ok(Some((lag, pending))) => {
+                    self.consumer_lag
+                        .with_label_values(&[group.as_str(), stream.as_str()])
+                        .set(lag);
+                    self.consumer_pending
+                        .with_label_values(&[group.as_str(), stream.as_str()])
+                        .set(pending);
+                }
+                Ok(None) => {}
+                Err(e) => tracing::debug!(error = %e, "consumer lag not read"),
+            }
+        }
+        let mut out = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::warn!(error = %e, "metrics not encoded");
+        }
+        String::from_utf8(out).unwrap_or_default()
+    }
+
+    /// Serves `GET /metrics` on `listener` until `shutdown`.
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        pool: PgPool,
+        redis: Redis,
+        shutdown: CancellationToken,
+    ) {
+        loop {
+            let accepted = tokio::select! {
+                () = shutdown.cancelled() => return,
+                accepted = listener.accept() => accepted,
+            };
+            let Ok((stream, _)) = accepted else { continue };
+            let (metrics, pool, redis) = (self.clone(), pool.clone(), redis.clone());
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    move |request: hyper::Request<hyper::body::Incoming>| {
+                        let (metrics, pool, redis) = (metrics.clone(), pool.clone(), redis.clone());
+                        async move {
+                            let response = if request.uri().path() == "/metrics" {
+                                hyper::Response::builder()
+                                    .header("content-type", "text/plain; version=0.0.4")
+                                    .body(Full::new(Bytes::from(
+                                        metrics.render(&pool, &redis).await,
+                                    )))
+                            } else {
+                                hyper::Response::builder().status(404).body(Full::new(
+                                    Bytes::from_static(b"metrics are at /metrics\n"),
+                                ))
+                            };
+                            Ok::<_, Infallible>(response.unwrap_or_default())
+                        }
+                    },
+                );
+                let io = hyper_util::rt::TokioIo::new(stream);
+                if let Err(e) = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(io, service)
+                    .await
+                {
+                    tracing::debug!(error = %e, "metrics connection ended");
+                }
+            });
+        }
+    }
+}
+
+/// `lag` (Redis 7+; unread entries) and `pending` of a consumer group on a stream.
+async fn group_info(
+    redis: &Redis,
+    stream: &str,
+    group: &str,
+) -> redis::RedisResult<Option<(i64, i64)>> {
+    let groups: Vec<std::collections::HashMap<String, redis::Value>> = redis::cmd("XINFO")
+        .arg("GROUPS")
+        .arg(stream)
+        .query_async(&mut redis.conn())
+        .await?;
+    let number = |v: Option<&redis::Value>| match v {
+        Some(redis::Value::Int(n)) => *n,
+        _ => 0,
+    };
+    Ok(groups.iter().find_map(|g| {
+        let name = match g.get("name") {
+            Some(redis::Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
+            Some(redis::Value::SimpleString(s)) => s.clone(),
+            _ => return None,
+        };
+        (name == group).then(|| (number(g.get("lag")), number(g.get("pending"))))
+    }))
+}
+
+/// Consumer groups started in this process: (Redis namespace, group, source). A service's
+/// group is named after the service.
+type ConsumerTable = Mutex<Vec<(String, String, String)>>;
+
+fn consumer_table() -> &'static ConsumerTable {
+    static TABLE: OnceLock<ConsumerTable> = OnceLock::new();
+    TABLE.get_or_init(Mutex::default)
+}
+
+/// Records that `group` consumes `sources` for the service whose Redis namespace is `redis`
+/// (called by [`crate::consumer::Consumer`]), so the service's scrape can report its lag.
+pub fn register_consumer(group: &str, sources: &[String], redis: &Redis) {
+    if let Ok(mut table) = consumer_table().lock() {
+        for source in sources {
+            let entry = (redis.key(""), group.to_owned(), source.clone());
+            if !table.contains(&entry) {
+                table.push(entry);
+            }
+        }
+    }
+}
+
+fn consumers_of(service: &str, redis: &Redis) -> Vec<(String, String)> {
+    let prefix = redis.key("");
+    consumer_table()
+        .lock()
+        .map(|table| {
+            table
+                .iter()
+                .filter(|(p, group, _)| *p == prefix && group == service)
+                .map(|(_, group, source)| (group.clone(), source.clone()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The gRPC status name of a numeric code, as the metrics label it.
+fn code_name(code: i32) -> &'static str {
+    match code {
+        0 => "OK",
+        1 => "CANCELLED",
+        2 => "UNKNOWN",
+        3 => "INVALID_ARGUMENT",
+        4 => "DEADLINE_EXCEEDED",
+        5 => "NOT_FOUND",
+        6 => "ALREADY_EXISTS",
+        7 => "PERMISSION_DENIED",
+        8 => "RESOURCE_EXHAUSTED",
+        9 => "FAILED_PRECONDITION",
+        10 => "ABORTED",
+        11 => "OUT_OF_RANGE",
+        12 => "UNIMPLEMENTED",
+        13 => "INTERNAL",
+        14 => "UNAVAILABLE",
+        15 => "DATA_LOSS",
+        16 => "UNAUTHENTICATED",
+        _ => "UNKNOWN",
+    }
+}
+
+/// Counts and times every RPC of the routes it wraps (health and reflection excluded).
+#[derive(Clone, Debug)]
+pub struct RpcMetricsLayer(pub Arc<Metrics>);
+
+impl<S> tower::Layer<S> for RpcMetricsLayer {
+    type Service = RpcMetrics<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RpcMetrics {
+            inner,
+            metrics: self.0.clone(),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct RpcMetrics<S> {
+    inner: S,
+    metrics: Arc<Metrics>,
+}
+
+impl<S, B, RB> tower::Service<http::Request<B>> for RpcMetrics<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<RB>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let path = request.uri().path();
+        let measured =
+            !(path.starts_with("/grpc.health.") || path.starts_with("/grpc.reflection."));
+        let method = path.trim_start_matches('/').to_owned();
+        let started = Instant::now();
+        let metrics = self.metrics.clone();
+        let future = self.inner.call(request);
+        Box::pin(async move {
+            let response = future.await;
+            if measured {
+                // A call that fails before its first message answers with the status in the
+                // headers; a successful unary call sends OK in the trailers.
+                let code = match &response {
+                    Ok(r) => r
+                        .headers()
+                        .get("grpc-status")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse().ok())
+                        .map_or("OK", code_name),
+                    Err(_) => "UNKNOWN",
+                };
+                metrics.observe_rpc(&method, code, started);
+            }
+            response
+        })
+    }
+}
