@@ -416,6 +416,9 @@ pub struct Shop {
     pub identity: Service,
     pub catalog: Service,
     pub inventory: Service,
+    /// The link order-management reaches inventory through; cut it to make inventory
+    /// unreachable from order-management alone.
+    pub inventory_link: TcpProxy,
     pub crm: Service,
     pub performance: Service,
     pub orders: Service,
@@ -447,12 +450,13 @@ impl Shop {
         let inventory = inventory_with(common("inventory").await?).await?;
         let crm = crm_with(common("crm").await?).await?;
         let performance = performance_with(common("performance").await?).await?;
+        let inventory_link = TcpProxy::start(inventory.addr).await?;
         let orders = order_management_with(
             common("orders").await?,
             order_management::Upstreams {
                 identity: identity.url(),
                 catalog: catalog.url(),
-                inventory: inventory.url(),
+                inventory: format!("http://{}", inventory_link.addr()),
                 crm: crm.url(),
                 performance: performance.url(),
                 call_timeout: Duration::from_secs(10),
@@ -464,6 +468,7 @@ impl Shop {
             identity,
             catalog,
             inventory,
+            inventory_link,
             crm,
             performance,
             orders,

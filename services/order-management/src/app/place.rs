@@ -366,7 +366,10 @@ impl App {
         }
 
         // Stock held for every line or none; the key makes a retry get the same hold.
-        let hold_for = self.settings.payment_window + std::time::Duration::from_secs(300);
+        // A little longer than the payment window, so the sweeper cancels an unpaid order
+        // before its hold ends; a hold whose order never committed expires by itself.
+        let window = self.settings.payment_window;
+        let hold_for = window + window.min(std::time::Duration::from_secs(300));
         let reservation = call!(
             "inventory",
             self.upstreams.reservations.clone(),
