@@ -68,7 +68,7 @@ fn main() -> anyhow::Result<()> {
                 "usage: omni-bench flash-sale [--flood-units 1000] [--flood-attempts 50000] \
                  [--sustained-units 100000] [--buyers 64] [--hot-only]\n       omni-bench availability \
                  [--seconds 10] [--concurrency 64] [--skus 50]\n       omni-bench orders \
-                 [--seconds 20] [--concurrency 32] [--skus 40] [--customers 500] [--pool 32]"
+                 [--seconds 20] [--concurrency 32] [--skus 40] [--customers 500] [--pool 32] [--external]"
             )),
         };
         telemetry.shutdown();

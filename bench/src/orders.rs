@@ -3,6 +3,11 @@
 //! availability, then Reserve), and the order, its lines and its event committed in Postgres —
 //! every service in this process on the machine's cores, as one node would run them.
 //!
+//! With `--external`, the services are not started here: the bench calls the ones at
+//! `OMNI_IDENTITY_URL`, `OMNI_CATALOG_URL`, `OMNI_INVENTORY_URL` and `OMNI_ORDERS_URL` with
+//! tokens signed by the key in `OMNI_SIGNING_KEY_FILE` (how `scripts/bench memory` loads
+//! services running as their own processes).
+//!
 //! Seeds an e-shop, a warehouse and four ship-from-stores with geo points, `--skus` SKUs with
 //! deep stock, `--customers` customers; then `--concurrency` clients place orders of one to
 //! three lines shipped to random addresses around Lyon for `--seconds`.
@@ -23,7 +28,8 @@ use omni_proto::omni::inventory::v1::location_service_client::LocationServiceCli
 use omni_proto::omni::inventory::v1::stock_service_client::StockServiceClient;
 use omni_proto::omni::orders::v1 as pb;
 use omni_proto::omni::orders::v1::order_service_client::OrderServiceClient;
-use omni_runtime::auth::Role;
+use omni_runtime::auth::{Principal, PrincipalKind, Role, Scope, TokenSigner};
+use omni_runtime::client::{self, AuthChannel, TokenSource};
 use omni_testkit::{OrderClocks, Shop};
 use uuid::Uuid;
 
@@ -67,15 +73,68 @@ impl Dice {
     }
 }
 
+/// Admin channels to the services the bench seeds through, and the channel app it orders as.
+struct Endpoints {
+    identity: AuthChannel,
+    catalog: AuthChannel,
+    inventory: AuthChannel,
+    orders: AuthChannel,
+}
+
+impl Endpoints {
+    fn in_process(shop: &Shop) -> Self {
+        Self {
+            identity: shop.identity.admin(),
+            catalog: shop.catalog.admin(),
+            inventory: shop.inventory.admin(),
+            orders: shop.orders.as_roles(&[Role::ChannelApp]),
+        }
+    }
+
+    fn external() -> anyhow::Result<Self> {
+        let var = |name: &str| {
+            std::env::var(name).map_err(|_| anyhow::anyhow!("{name} is required with --external"))
+        };
+        let pem = std::fs::read_to_string(var("OMNI_SIGNING_KEY_FILE")?)?;
+        let signer = TokenSigner::from_private_pem(&pem, Duration::from_secs(3600))?;
+        let token = |roles: &[Role]| -> anyhow::Result<TokenSource> {
+            let principal = Principal {
+                id: Uuid::now_v7().to_string(),
+                kind: PrincipalKind::Staff,
+                name: "omni-bench".to_owned(),
+                roles: roles.to_vec(),
+                scope: Scope::default(),
+                on_behalf_of: None,
+            };
+            Ok(TokenSource::Static(Arc::from(
+                signer.sign(&principal)?.0.as_str(),
+            )))
+        };
+        let channel = |url: &str, roles: &[Role]| -> anyhow::Result<AuthChannel> {
+            Ok(client::authenticated(
+                client::channel(url, Duration::from_secs(5), Duration::from_secs(30))?,
+                token(roles)?,
+                Duration::from_secs(30),
+            ))
+        };
+        Ok(Self {
+            identity: channel(&var("OMNI_IDENTITY_URL")?, &[Role::Admin])?,
+            catalog: channel(&var("OMNI_CATALOG_URL")?, &[Role::Admin])?,
+            inventory: channel(&var("OMNI_INVENTORY_URL")?, &[Role::Admin])?,
+            orders: channel(&var("OMNI_ORDERS_URL")?, &[Role::ChannelApp])?,
+        })
+    }
+}
+
 struct Seeded {
     channel: String,
     skus: Vec<String>,
     customers: Vec<String>,
 }
 
-async fn seed(shop: &Shop, skus: usize, customers: usize) -> anyhow::Result<Seeded> {
-    let mut locations = LocationServiceClient::new(shop.inventory.admin());
-    let mut stock = StockServiceClient::new(shop.inventory.admin());
+async fn seed(at: &Endpoints, skus: usize, customers: usize) -> anyhow::Result<Seeded> {
+    let mut locations = LocationServiceClient::new(at.inventory.clone());
+    let mut stock = StockServiceClient::new(at.inventory.clone());
     let places = [
         ("WH-01", inv::LocationKind::Warehouse, 45.64, 5.11),
         ("LYS-01", inv::LocationKind::Store, 45.764, 4.8357),
@@ -116,7 +175,7 @@ async fn seed(shop: &Shop, skus: usize, customers: usize) -> anyhow::Result<Seed
             .ok_or_else(|| anyhow::anyhow!("no location"))?;
         location_ids.push(location.id);
     }
-    let channel = ChannelServiceClient::new(shop.catalog.admin())
+    let channel = ChannelServiceClient::new(at.catalog.clone())
         .create_channel(cat::CreateChannelRequest {
             idempotency_key: String::new(),
             channel: Some(cat::Channel {
@@ -132,7 +191,7 @@ async fn seed(shop: &Shop, skus: usize, customers: usize) -> anyhow::Result<Seed
         .channel
         .ok_or_else(|| anyhow::anyhow!("no channel"))?
         .id;
-    let mut products = ProductServiceClient::new(shop.catalog.admin());
+    let mut products = ProductServiceClient::new(at.catalog.clone());
     let category = products
         .create_category(cat::CreateCategoryRequest {
             idempotency_key: String::new(),
@@ -144,7 +203,7 @@ async fn seed(shop: &Shop, skus: usize, customers: usize) -> anyhow::Result<Seed
         .category
         .ok_or_else(|| anyhow::anyhow!("no category"))?
         .id;
-    let mut pricing = PricingServiceClient::new(shop.catalog.admin());
+    let mut pricing = PricingServiceClient::new(at.catalog.clone());
     let mut sku_ids = Vec::new();
     for n in 0..skus {
         let product = products
@@ -202,7 +261,7 @@ async fn seed(shop: &Shop, skus: usize, customers: usize) -> anyhow::Result<Seed
         }
         sku_ids.push(sku);
     }
-    let mut identity = IdentityServiceClient::new(shop.identity.admin());
+    let mut identity = IdentityServiceClient::new(at.identity.clone());
     let mut customer_ids = Vec::new();
     for n in 0..customers {
         let customer = identity
@@ -236,11 +295,18 @@ pub async fn orders(args: &Args) -> anyhow::Result<()> {
     let skus = args.get("--skus", 40)?;
     let customers = args.get("--customers", 500)?;
     let pool = u32::try_from(args.get("--pool", 32)?)?;
-    println!("starting identity, catalog, inventory, crm, performance and order-management");
-    let shop = Shop::start_tuned(OrderClocks::default(), pool).await?;
+    // Kept alive for the run when the services run in this process.
+    let (_shop, endpoints) = if args.flag("--external") {
+        (None, Endpoints::external()?)
+    } else {
+        println!("starting identity, catalog, inventory, crm, performance and order-management");
+        let shop = Shop::start_tuned(OrderClocks::default(), pool).await?;
+        let endpoints = Endpoints::in_process(&shop);
+        (Some(shop), endpoints)
+    };
     println!("seeding {skus} SKUs in 5 locations and {customers} customers");
-    let seeded = Arc::new(seed(&shop, skus, customers).await?);
-    let client = OrderServiceClient::new(shop.orders.as_roles(&[Role::ChannelApp]));
+    let seeded = Arc::new(seed(&endpoints, skus, customers).await?);
+    let client = OrderServiceClient::new(endpoints.orders.clone());
 
     // Warm-up: connections, caches, prepared statements.
     let mut warm = client.clone();
