@@ -71,6 +71,37 @@ pub async fn claim<Q: Message, R: Message + Default>(
     Ok(Claim::Replay(reply))
 }
 
+/// The reply stored for `key` by a call that committed, without claiming anything: for a
+/// caller that waits on another call holding the key. A key used with a different request is
+/// `INVALID_ARGUMENT` on `field`.
+pub async fn lookup<Q: Message, R: Message + Default>(
+    conn: &mut PgConnection,
+    scope: &str,
+    field: &str,
+    key: &str,
+    request: &Q,
+) -> Result<Option<R>> {
+    let stored: Option<(Vec<u8>, Vec<u8>)> = sqlx::query_as(
+        "SELECT request, response FROM idempotency_keys WHERE scope = $1 AND key = $2",
+    )
+    .bind(scope)
+    .bind(key)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some((stored_request, response)) = stored else {
+        return Ok(None);
+    };
+    if stored_request != request.encode_to_vec() {
+        return Err(Error::invalid(
+            field,
+            "was already used with a different request",
+        ));
+    }
+    R::decode(response.as_slice())
+        .map(Some)
+        .map_err(|e| Error::Internal(anyhow::anyhow!("stored reply does not decode: {e}")))
+}
+
 /// Stores the reply for a key claimed [`Claim::Fresh`] in this transaction.
 pub async fn complete<R: Message>(
     conn: &mut PgConnection,

@@ -1,5 +1,4 @@
 //! The gRPC surface of crm: validates requests, checks roles and maps rows to the contract.
-//! Methods not built yet answer `UNIMPLEMENTED`.
 
 use std::collections::BTreeMap;
 
@@ -10,12 +9,14 @@ use omni_proto::omni::crm::v1::customer_view_service_server::CustomerViewService
 use omni_proto::omni::crm::v1::loyalty_service_server::LoyaltyService;
 use omni_runtime::Error;
 use omni_runtime::auth::{self, Principal, Role};
+use omni_runtime::error::Violations;
 use omni_runtime::outbox::Outbox;
+use omni_runtime::paging;
 use sqlx::PgPool;
 use tonic::{Request, Response, Status};
 
 use crate::store::{self, EntryRow, OrderRow};
-use crate::tiers;
+use crate::{associates, engagement, facts, idem, rfm, segments, tickets, tiers};
 
 const READERS: &[Role] = &[
     Role::Admin,
@@ -31,6 +32,8 @@ const REDEEMERS: &[Role] = &[
     Role::Service,
 ];
 const DEFAULT_ORDER_LIMIT: usize = 20;
+const MAX_LIMIT: i32 = 200;
+const ASSIGNERS: &[Role] = &[Role::Admin, Role::ChannelManager, Role::StoreAssociate];
 const MAX_REDEEM: i64 = 10_000_000;
 /// Order statuses that count as spend.
 const CANCELLED: i32 = 8;
@@ -67,6 +70,10 @@ pub(crate) fn ts(t: DateTime<Utc>) -> prost_types::Timestamp {
     omni_runtime::time::timestamp(t)
 }
 
+pub(crate) fn from_ts(t: Option<&prost_types::Timestamp>) -> Option<DateTime<Utc>> {
+    t.and_then(|t| DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32))
+}
+
 fn money(minor_units: i64, currency: &str) -> Money {
     Money {
         minor_units,
@@ -97,18 +104,22 @@ fn net(o: &OrderRow) -> i64 {
     }
 }
 
-fn unimplemented<T>(what: &str) -> Reply<T> {
-    Err(Status::unimplemented(format!(
-        "{what} is not available yet"
-    )))
-}
-
 impl Grpc {
     async fn view(&self, req: pb::GetCustomerViewRequest) -> Result<pb::CustomerView, Error> {
         let asked = customer_id(&req.customer_id)?;
-        if req.order_limit < 0 {
-            return Err(Error::invalid("order_limit", "must not be negative"));
+        let mut v = Violations::new();
+        if !(0..=MAX_LIMIT).contains(&req.order_limit) {
+            v.add("order_limit", format!("between 0 and {MAX_LIMIT}"));
         }
+        if !(0..=MAX_LIMIT).contains(&req.interaction_limit) {
+            v.add("interaction_limit", format!("between 0 and {MAX_LIMIT}"));
+        }
+        v.finish()?;
+        let interaction_limit = if req.interaction_limit == 0 {
+            DEFAULT_ORDER_LIMIT as i64
+        } else {
+            i64::from(req.interaction_limit)
+        };
         // One snapshot for every read, so orders and balance agree even while events land.
         let mut conn = self.pool.begin().await?;
         sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
@@ -120,6 +131,30 @@ impl Grpc {
         };
         let orders = store::orders(&mut conn, &id).await?;
         let balance = store::balance(&mut conn, &id).await?;
+        let now = Utc::now();
+        let base = facts::base(&mut conn).await?;
+        let scores = rfm::scores(&base);
+        let order_facts: Vec<facts::OrderFact> = orders
+            .iter()
+            .filter(|o| o.status != CANCELLED)
+            .map(|o| facts::OrderFact {
+                customer_id: id.clone(),
+                order_id: o.order_id.clone(),
+                channel_id: o.channel_id.clone(),
+                channel_kind: o.channel_kind,
+                store_id: o.store_id.clone(),
+                placed_at: o.placed_at,
+                net_minor: net(o),
+            })
+            .collect();
+        let rules = tiers::load(&mut conn).await?;
+        let (score, lifecycle, tier) =
+            facts::derived(&id, &base, &scores, &order_facts, &rules, now);
+        let segments = segments::of_customer(&mut conn, &id).await?;
+        let open_tickets = tickets::open_of(&mut conn, &id).await?;
+        let interactions = engagement::recent(&mut conn, &id, interaction_limit).await?;
+        let associate = associates::assignment(&mut conn, &id).await?;
+        let opt_ins = store::opt_ins(&mut conn, &id).await?;
         conn.commit().await?;
         let currency = orders
             .first()
@@ -166,7 +201,7 @@ impl Grpc {
                 name: c.name,
                 phone: c.phone,
                 email: c.email,
-                marketing_opt_ins: Vec::new(),
+                marketing_opt_ins: opt_ins,
                 erased,
                 registered_at: c.registered_at.map(ts),
             }),
@@ -193,17 +228,103 @@ impl Grpc {
                 })
                 .collect(),
             points_balance: balance,
-            tier: tiers::tier_for(tiers::rolling_spend(&orders, Utc::now(), CANCELLED))
-                .0
-                .to_owned(),
-            ..Default::default()
+            tier,
+            rfm: Some(pb::RfmScore {
+                recency: score.recency,
+                frequency: score.frequency,
+                monetary: score.monetary,
+                computed_at: Some(ts(now)),
+            }),
+            lifecycle_stage: lifecycle,
+            segments,
+            open_tickets,
+            recent_interactions: interactions,
+            associate: associate.as_ref().map(associates::assignment_pb),
         })
+    }
+
+    async fn adjust(
+        &self,
+        req: pb::AdjustPointsRequest,
+    ) -> Result<pb::AdjustPointsResponse, Error> {
+        const SCOPE: &str = "crm.adjust_points";
+        let id = customer_id(&req.customer_id)?;
+        let mut v = Violations::new();
+        if req.points == 0 || req.points.abs() > MAX_REDEEM {
+            v.add(
+                "points",
+                format!("non-zero, at most {MAX_REDEEM} either way"),
+            );
+        }
+        if req.reason.trim().is_empty() || req.reason.len() > 500 {
+            v.add("reason", "1 to 500 characters: why the correction");
+        }
+        v.finish()?;
+        let mut tx = self.pool.begin().await?;
+        if let Some(reply) = idem::replay(&mut tx, SCOPE, &req.idempotency_key, &req).await? {
+            return Ok(reply);
+        }
+        let id = store::resolve(&mut tx, &id).await?;
+        if store::customer(&mut tx, &id).await?.is_none() {
+            return Err(Error::not_found(format!("customer {id}")));
+        }
+        let Some(row) = store::adjust(&mut tx, &id, req.points, req.reason.trim()).await? else {
+            return Err(Error::precondition(
+                "POINTS_BALANCE",
+                format!("customer/{id}"),
+                "the correction would take the balance below zero",
+            ));
+        };
+        let reply = pb::AdjustPointsResponse {
+            entry: Some(entry(row)),
+        };
+        idem::remember(&mut tx, SCOPE, &req.idempotency_key, &reply).await?;
+        tx.commit().await?;
+        Ok(reply)
+    }
+
+    async fn cancel_redemption(
+        &self,
+        req: pb::CancelPointsRedemptionRequest,
+    ) -> Result<pb::CancelPointsRedemptionResponse, Error> {
+        const SCOPE: &str = "crm.cancel_points_redemption";
+        let entry_id: uuid::Uuid = req
+            .entry_id
+            .trim()
+            .parse()
+            .map_err(|_| Error::invalid("entry_id", "must be a UUID"))?;
+        let mut tx = self.pool.begin().await?;
+        if let Some(reply) = idem::replay(&mut tx, SCOPE, &req.idempotency_key, &req).await? {
+            return Ok(reply);
+        }
+        let Some(redeemed) = store::entry_for_update(&mut tx, entry_id).await? else {
+            return Err(Error::not_found(format!("points entry {entry_id}")));
+        };
+        if redeemed.kind != store::KIND_REDEEM {
+            return Err(Error::precondition(
+                "POINTS_ENTRY_KIND",
+                format!("points_entry/{entry_id}"),
+                "only a redemption can be cancelled",
+            ));
+        }
+        // Cancelling twice gives the points back once: the second call sees the first.
+        let row = match store::cancellation_of(&mut tx, entry_id).await? {
+            Some(done) => done,
+            None => store::cancel_redemption(&mut tx, &redeemed, req.reason.trim()).await?,
+        };
+        let reply = pb::CancelPointsRedemptionResponse {
+            entry: Some(entry(row)),
+        };
+        idem::remember(&mut tx, SCOPE, &req.idempotency_key, &reply).await?;
+        tx.commit().await?;
+        Ok(reply)
     }
 
     async fn redeem(
         &self,
         req: pb::RedeemPointsRequest,
     ) -> Result<pb::RedeemPointsResponse, Error> {
+        const SCOPE: &str = "crm.redeem_points";
         let id = customer_id(&req.customer_id)?;
         if req.points <= 0 || req.points > MAX_REDEEM {
             return Err(Error::invalid(
@@ -212,6 +333,9 @@ impl Grpc {
             ));
         }
         let mut tx = self.pool.begin().await?;
+        if let Some(reply) = idem::replay(&mut tx, SCOPE, &req.idempotency_key, &req).await? {
+            return Ok(reply);
+        }
         let id = store::resolve(&mut tx, &id).await?;
         if store::customer(&mut tx, &id).await?.is_none() {
             return Err(Error::not_found(format!("customer {id}")));
@@ -225,16 +349,17 @@ impl Grpc {
                 "the points balance does not cover this redemption",
             ));
         };
-        tx.commit().await?;
-        tracing::info!(
-            points = req.points,
-            balance_after = row.balance_after,
-            "points redeemed"
-        );
-        Ok(pb::RedeemPointsResponse {
+        let balance_after = row.balance_after;
+        let rules = tiers::load(&mut tx).await?;
+        let reply = pb::RedeemPointsResponse {
             entry: Some(entry(row)),
-            value: None,
-        })
+            value: (rules.point_value > 0)
+                .then(|| money(req.points * rules.point_value, &rules.currency)),
+        };
+        idem::remember(&mut tx, SCOPE, &req.idempotency_key, &reply).await?;
+        tx.commit().await?;
+        tracing::info!(points = req.points, balance_after, "points redeemed");
+        Ok(reply)
     }
 }
 
@@ -253,16 +378,21 @@ impl CustomerViewService for Grpc {
 
     async fn assign_associate(
         &self,
-        _request: Request<pb::AssignAssociateRequest>,
+        request: Request<pb::AssignAssociateRequest>,
     ) -> Reply<pb::AssignAssociateResponse> {
-        unimplemented("AssignAssociate")
+        let who = caller(&request, ASSIGNERS)?;
+        let assignment = Grpc::assign_associate(self, &who, request.into_inner()).await?;
+        Ok(Response::new(pb::AssignAssociateResponse { assignment }))
     }
 
     async fn list_associate_customers(
         &self,
-        _request: Request<pb::ListAssociateCustomersRequest>,
+        request: Request<pb::ListAssociateCustomersRequest>,
     ) -> Reply<pb::ListAssociateCustomersResponse> {
-        unimplemented("ListAssociateCustomers")
+        let who = caller(&request, ASSIGNERS)?;
+        Ok(Response::new(
+            self.associate_customers(&who, request.into_inner()).await?,
+        ))
     }
 }
 
@@ -285,13 +415,14 @@ impl LoyaltyService for Grpc {
         }
         let balance = store::balance(&mut conn, &id).await?;
         let orders = store::orders(&mut conn, &id).await?;
+        let rules = tiers::load(&mut conn).await?;
         conn.commit().await.map_err(Error::from)?;
         let currency = orders
             .first()
             .map(|o| o.currency.clone())
             .unwrap_or_default();
-        let spend = tiers::rolling_spend(&orders, Utc::now(), CANCELLED);
-        let (tier, next) = tiers::tier_for(spend);
+        let spend = rules.rolling_spend(&orders, Utc::now(), CANCELLED);
+        let (tier, next) = rules.tier_for(spend);
         Ok(Response::new(pb::GetLoyaltyAccountResponse {
             account: Some(pb::LoyaltyAccount {
                 customer_id: id,
@@ -307,9 +438,31 @@ impl LoyaltyService for Grpc {
 
     async fn list_points_entries(
         &self,
-        _request: Request<pb::ListPointsEntriesRequest>,
+        request: Request<pb::ListPointsEntriesRequest>,
     ) -> Reply<pb::ListPointsEntriesResponse> {
-        unimplemented("ListPointsEntries")
+        caller(&request, READERS)?;
+        let req = request.into_inner();
+        let asked = customer_id(&req.customer_id)?;
+        let size = paging::page_size(req.page_size)?;
+        let before = paging::decode_token(&req.page_token)?
+            .map(|t| t.parse::<uuid::Uuid>())
+            .transpose()
+            .map_err(|_| Error::invalid("page_token", "is not a token this service issued"))?
+            .unwrap_or(uuid::Uuid::max());
+        let mut conn = self.pool.acquire().await.map_err(Error::from)?;
+        let id = store::resolve(&mut conn, &asked).await?;
+        if store::customer(&mut conn, &id).await?.is_none() {
+            return Err(Error::not_found(format!("customer {asked}")).into());
+        }
+        let rows = store::entries(&mut conn, &id, before, size).await?;
+        Ok(Response::new(pb::ListPointsEntriesResponse {
+            next_page_token: paging::next_token(
+                rows.len(),
+                size,
+                rows.last().map(|r| r.id.to_string()),
+            ),
+            entries: rows.into_iter().map(entry).collect(),
+        }))
     }
 
     async fn redeem_points(
@@ -322,16 +475,20 @@ impl LoyaltyService for Grpc {
 
     async fn cancel_points_redemption(
         &self,
-        _request: Request<pb::CancelPointsRedemptionRequest>,
+        request: Request<pb::CancelPointsRedemptionRequest>,
     ) -> Reply<pb::CancelPointsRedemptionResponse> {
-        unimplemented("CancelPointsRedemption")
+        caller(&request, REDEEMERS)?;
+        Ok(Response::new(
+            self.cancel_redemption(request.into_inner()).await?,
+        ))
     }
 
     async fn adjust_points(
         &self,
-        _request: Request<pb::AdjustPointsRequest>,
+        request: Request<pb::AdjustPointsRequest>,
     ) -> Reply<pb::AdjustPointsResponse> {
-        unimplemented("AdjustPoints")
+        caller(&request, &[Role::Admin])?;
+        Ok(Response::new(self.adjust(request.into_inner()).await?))
     }
 
     async fn get_loyalty_rules(
@@ -339,29 +496,27 @@ impl LoyaltyService for Grpc {
         request: Request<pb::GetLoyaltyRulesRequest>,
     ) -> Reply<pb::GetLoyaltyRulesResponse> {
         caller(&request, READERS)?;
+        let mut conn = self.pool.acquire().await.map_err(Error::from)?;
+        let rules = tiers::load(&mut conn).await?;
         Ok(Response::new(pb::GetLoyaltyRulesResponse {
-            rules: Some(pb::LoyaltyRules {
-                points_per_unit: 1,
-                point_value: None,
-                tier_window_days: tiers::WINDOW_DAYS as i32,
-                tiers: tiers::TIERS
-                    .iter()
-                    .map(|(code, name, min, bps)| pb::Tier {
-                        code: (*code).to_owned(),
-                        name: (*name).to_owned(),
-                        min_rolling_spend: Some(money(*min, "")),
-                        earn_multiplier_bps: *bps,
-                    })
-                    .collect(),
-                updated_at: None,
-            }),
+            rules: Some(rules.to_pb()),
         }))
     }
 
     async fn set_loyalty_rules(
         &self,
-        _request: Request<pb::SetLoyaltyRulesRequest>,
+        request: Request<pb::SetLoyaltyRulesRequest>,
     ) -> Reply<pb::SetLoyaltyRulesResponse> {
-        unimplemented("SetLoyaltyRules")
+        caller(&request, &[Role::Admin])?;
+        let Some(asked) = request.into_inner().rules else {
+            return Err(Error::invalid("rules", "required").into());
+        };
+        let rules = tiers::Rules::from_pb(&asked)?;
+        let mut conn = self.pool.acquire().await.map_err(Error::from)?;
+        let saved = tiers::save(&mut conn, &rules).await?;
+        tracing::info!(tiers = saved.tiers.len(), "loyalty rules replaced");
+        Ok(Response::new(pb::SetLoyaltyRulesResponse {
+            rules: Some(saved.to_pb()),
+        }))
     }
 }

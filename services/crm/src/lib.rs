@@ -1,22 +1,44 @@
 //! The crm service: one view of each customer across channels, fed by identity and order
-//! events, a points ledger that never goes negative, and coupons redeemed once across all
-//! channels.
+//! events; service tickets, feedback and interactions; a points ledger that never goes
+//! negative; RFM, lifecycle and rule-based segments; coupons redeemed once across all
+//! channels; campaigns and triggered offers under one consent and frequency policy; and
+//! suggestions for store associates.
 //!
-//! Layers: [`grpc`] validates and maps the contract, [`events`] applies consumed events inside
-//! the consumer's transaction, [`store`] talks to Postgres.
+//! Layers: the gRPC modules ([`grpc`], [`tickets`], [`engagement`], [`segments`],
+//! [`coupons`], [`campaigns`], [`offers`], [`recommend`], [`associates`]) validate and map the
+//! contract; [`events`] applies consumed events inside the consumer's transaction; the pure
+//! rules ([`rfm`], [`segment_rule`], [`contact`], [`tiers`]) decide without I/O; [`store`] and
+//! [`facts`] talk to Postgres.
 
+pub mod associates;
+pub mod campaigns;
 pub mod config;
+pub mod contact;
 pub mod coupons;
+pub mod engagement;
 pub mod events;
+pub mod facts;
 pub mod grpc;
+pub mod idem;
+pub mod offers;
+pub mod recommend;
+pub mod rfm;
+pub mod segment_rule;
+pub mod segments;
 pub mod store;
+pub mod tickets;
 pub mod tiers;
 
 use std::sync::Arc;
 
+use omni_proto::omni::crm::v1::campaign_service_server::CampaignServiceServer;
 use omni_proto::omni::crm::v1::coupon_service_server::CouponServiceServer;
 use omni_proto::omni::crm::v1::customer_view_service_server::CustomerViewServiceServer;
+use omni_proto::omni::crm::v1::engagement_service_server::EngagementServiceServer;
 use omni_proto::omni::crm::v1::loyalty_service_server::LoyaltyServiceServer;
+use omni_proto::omni::crm::v1::recommendation_service_server::RecommendationServiceServer;
+use omni_proto::omni::crm::v1::segment_service_server::SegmentServiceServer;
+use omni_proto::omni::crm::v1::ticket_service_server::TicketServiceServer;
 use omni_runtime::auth::{ServerAuth, TokenVerifier};
 use omni_runtime::consumer::{Consumer, ConsumerConfig};
 use omni_runtime::outbox::Outbox;
@@ -44,6 +66,11 @@ pub async fn run(
             "omni.crm.v1.CustomerViewService",
             "omni.crm.v1.LoyaltyService",
             "omni.crm.v1.CouponService",
+            "omni.crm.v1.TicketService",
+            "omni.crm.v1.EngagementService",
+            "omni.crm.v1.SegmentService",
+            "omni.crm.v1.CampaignService",
+            "omni.crm.v1.RecommendationService",
         ],
         &config.common,
         listener,
@@ -59,6 +86,7 @@ pub async fn run(
     )?);
     let outbox = Outbox::new(SERVICE_NAME);
     let grpc = grpc::Grpc::new(pool.clone(), outbox.clone());
+    let handler = events::Events { grpc: grpc.clone() };
     let auth = ServerAuth::new(verifier, host.readiness());
     let routes = Routes::new(CustomerViewServiceServer::with_interceptor(
         grpc.clone(),
@@ -68,7 +96,30 @@ pub async fn run(
         grpc.clone(),
         auth.clone(),
     ))
-    .add_service(CouponServiceServer::with_interceptor(grpc, auth));
+    .add_service(CouponServiceServer::with_interceptor(
+        grpc.clone(),
+        auth.clone(),
+    ))
+    .add_service(TicketServiceServer::with_interceptor(
+        grpc.clone(),
+        auth.clone(),
+    ))
+    .add_service(EngagementServiceServer::with_interceptor(
+        grpc.clone(),
+        auth.clone(),
+    ))
+    .add_service(SegmentServiceServer::with_interceptor(
+        grpc.clone(),
+        auth.clone(),
+    ))
+    .add_service(CampaignServiceServer::with_interceptor(
+        grpc.clone(),
+        auth.clone(),
+    ))
+    .add_service(RecommendationServiceServer::with_interceptor(
+        grpc.clone(),
+        auth,
+    ));
 
     let startup = {
         let (pool, redis) = (pool.clone(), redis.clone());
@@ -80,10 +131,10 @@ pub async fn run(
                     .run(shutdown.clone()),
             );
             let consumer = Consumer::new(
-                ConsumerConfig::new(SERVICE_NAME, &["identity", "orders"]),
+                ConsumerConfig::new(SERVICE_NAME, &["identity", "orders", "catalog"]),
                 pool,
                 redis,
-                Arc::new(events::Events),
+                Arc::new(handler),
             )?;
             tokio::spawn(consumer.run(shutdown));
             Ok(())

@@ -9,6 +9,8 @@ use uuid::Uuid;
 pub const KIND_EARN: i32 = 1;
 pub const KIND_RETURN_REVERSAL: i32 = 2;
 pub const KIND_REDEEM: i32 = 3;
+pub const KIND_REDEMPTION_CANCELLED: i32 = 4;
+pub const KIND_ADJUSTMENT: i32 = 5;
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct CustomerRow {
@@ -71,11 +73,13 @@ async fn ensure_customer(conn: &mut PgConnection, customer_id: &str) -> Result<(
 pub async fn register(conn: &mut PgConnection, r: &CustomerRegistered) -> Result<(), Error> {
     // An order may have arrived first and created a bare row; registration fills it in.
     sqlx::query(
-        "INSERT INTO customers (customer_id, member_number, name, phone, email, registered_at)
-         VALUES ($1, $2, $3, $4, $5, now())
+        "INSERT INTO customers (customer_id, member_number, name, phone, email, registered_at,
+             registered_channel_kind)
+         VALUES ($1, $2, $3, $4, $5, now(), $6)
          ON CONFLICT (customer_id) DO UPDATE SET member_number = EXCLUDED.member_number,
              name = EXCLUDED.name, phone = EXCLUDED.phone, email = EXCLUDED.email,
-             registered_at = COALESCE(customers.registered_at, EXCLUDED.registered_at)
+             registered_at = COALESCE(customers.registered_at, EXCLUDED.registered_at),
+             registered_channel_kind = EXCLUDED.registered_channel_kind
          WHERE NOT customers.erased",
     )
     .bind(&r.customer_id)
@@ -83,6 +87,7 @@ pub async fn register(conn: &mut PgConnection, r: &CustomerRegistered) -> Result
     .bind(&r.name)
     .bind(&r.phone)
     .bind(&r.email)
+    .bind(r.channel_kind)
     .execute(conn)
     .await?;
     Ok(())
@@ -100,11 +105,51 @@ pub async fn merge(conn: &mut PgConnection, survivor: &str, merged: &str) -> Res
         .bind(merged)
         .execute(&mut *conn)
         .await?;
-    sqlx::query("UPDATE coupons SET customer_id = $1 WHERE customer_id = $2")
+    // Plain re-keys: every row of the merged customer now belongs to the survivor.
+    for table in [
+        "coupons",
+        "order_lines",
+        "tickets",
+        "feedback",
+        "interactions",
+        "deliveries",
+    ] {
+        // The table names are the constants above, never input.
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE {table} SET customer_id = $1 WHERE customer_id = $2"
+        )))
         .bind(survivor)
         .bind(merged)
         .execute(&mut *conn)
         .await?;
+    }
+    // Where both have a row the survivor's own stands.
+    sqlx::query(
+        "INSERT INTO consents (customer_id, channel_kind, opt_in, updated_at)
+         SELECT $1, channel_kind, opt_in, updated_at FROM consents WHERE customer_id = $2
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(survivor)
+    .bind(merged)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query(
+        "INSERT INTO associates (customer_id, associate_id, store_id, assigned_at)
+         SELECT $1, associate_id, store_id, assigned_at FROM associates WHERE customer_id = $2
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(survivor)
+    .bind(merged)
+    .execute(&mut *conn)
+    .await?;
+    for table in ["consents", "associates", "segment_members"] {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DELETE FROM {table} WHERE customer_id = $1"
+        )))
+        .bind(merged)
+        .execute(&mut *conn)
+        .await?;
+    }
     sqlx::query("UPDATE points_entries SET customer_id = $1 WHERE customer_id = $2")
         .bind(survivor)
         .bind(merged)
@@ -134,9 +179,85 @@ pub async fn erase(conn: &mut PgConnection, customer_id: &str) -> Result<(), Err
          WHERE customer_id = $1",
     )
     .bind(customer_id)
+    .execute(&mut *conn)
+    .await?;
+    // Free text may carry personal data too.
+    sqlx::query("UPDATE feedback SET comment = '' WHERE customer_id = $1")
+        .bind(customer_id)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("UPDATE interactions SET note = '' WHERE customer_id = $1")
+        .bind(customer_id)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("UPDATE tickets SET description = '' WHERE customer_id = $1")
+        .bind(customer_id)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query(
+        "UPDATE ticket_notes SET body = '' WHERE ticket_id IN
+             (SELECT id FROM tickets WHERE customer_id = $1)",
+    )
+    .bind(customer_id)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("UPDATE consents SET opt_in = false, updated_at = now() WHERE customer_id = $1")
+        .bind(customer_id)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Records a consent change from identity.
+pub async fn set_consent(
+    conn: &mut PgConnection,
+    customer_id: &str,
+    channel_kind: i32,
+    opt_in: bool,
+) -> Result<(), Error> {
+    ensure_customer(conn, customer_id).await?;
+    sqlx::query(
+        "INSERT INTO consents (customer_id, channel_kind, opt_in) VALUES ($1, $2, $3)
+         ON CONFLICT (customer_id, channel_kind) DO UPDATE SET opt_in = EXCLUDED.opt_in,
+             updated_at = now()",
+    )
+    .bind(customer_id)
+    .bind(channel_kind)
+    .bind(opt_in)
     .execute(conn)
     .await?;
     Ok(())
+}
+
+/// Learns (or corrects) the kind of a catalog channel.
+pub async fn upsert_channel(
+    conn: &mut PgConnection,
+    channel_id: &str,
+    kind: i32,
+) -> Result<(), Error> {
+    if channel_id.is_empty() || kind == 0 {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO channels (channel_id, kind) VALUES ($1, $2)
+         ON CONFLICT (channel_id) DO UPDATE SET kind = EXCLUDED.kind
+         WHERE channels.kind <> EXCLUDED.kind",
+    )
+    .bind(channel_id)
+    .bind(kind)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The channel kinds of the marketing consents a customer gave.
+pub async fn opt_ins(conn: &mut PgConnection, customer_id: &str) -> Result<Vec<i32>, Error> {
+    Ok(sqlx::query_scalar(
+        "SELECT channel_kind FROM consents WHERE customer_id = $1 AND opt_in ORDER BY channel_kind",
+    )
+    .bind(customer_id)
+    .fetch_all(conn)
+    .await?)
 }
 
 pub async fn upsert_order(
@@ -174,8 +295,28 @@ pub async fn upsert_order(
     .bind(&total.currency)
     .bind(items)
     .bind(placed_at)
-    .execute(conn)
+    .execute(&mut *conn)
     .await?;
+    for line in &facts.lines {
+        sqlx::query(
+            "INSERT INTO order_lines (order_id, line_id, customer_id, sku_id, product_id,
+                 category_id, quantity, net_minor)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+             ON CONFLICT (order_id, line_id) DO UPDATE SET quantity = EXCLUDED.quantity,
+                 net_minor = EXCLUDED.net_minor",
+        )
+        .bind(&facts.order_id)
+        .bind(&line.line_id)
+        .bind(customer_id)
+        .bind(&line.sku_id)
+        .bind(&line.product_id)
+        .bind(&line.category_id)
+        .bind(line.quantity)
+        .bind(line.net_amount.as_ref().map_or(0, |m| m.minor_units))
+        .execute(&mut *conn)
+        .await?;
+    }
+    upsert_channel(conn, &facts.channel_id, facts.channel_kind).await?;
     Ok(())
 }
 
@@ -225,7 +366,9 @@ async fn entry(
     Ok(sqlx::query_as(
         "INSERT INTO points_entries (id, customer_id, kind, points, balance_after, channel_id,
              order_id, return_id)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING *",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+         RETURNING id, customer_id, kind, points, balance_after, channel_id, order_id, return_id,
+             reason, created_at",
     )
     .bind(Uuid::now_v7())
     .bind(customer_id)
@@ -381,4 +524,111 @@ pub async fn balance(conn: &mut PgConnection, customer_id: &str) -> Result<i64, 
             .fetch_optional(conn)
             .await?;
     Ok(balance.unwrap_or(0))
+}
+
+/// Applies a signed manual correction; `None` when it would take the balance below zero.
+pub async fn adjust(
+    conn: &mut PgConnection,
+    customer_id: &str,
+    points: i64,
+    reason: &str,
+) -> Result<Option<EntryRow>, Error> {
+    sqlx::query("INSERT INTO loyalty_accounts (customer_id) VALUES ($1) ON CONFLICT DO NOTHING")
+        .bind(customer_id)
+        .execute(&mut *conn)
+        .await?;
+    let after: Option<i64> = sqlx::query_scalar(
+        "UPDATE loyalty_accounts SET balance = balance + $2
+         WHERE customer_id = $1 AND balance + $2 >= 0 RETURNING balance",
+    )
+    .bind(customer_id)
+    .bind(points)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(after) = after else {
+        return Ok(None);
+    };
+    let row = sqlx::query_as(
+        "INSERT INTO points_entries (id, customer_id, kind, points, balance_after, reason)
+         VALUES ($1, $2, $3, $4, $5, $6) RETURNING *",
+    )
+    .bind(Uuid::now_v7())
+    .bind(customer_id)
+    .bind(KIND_ADJUSTMENT)
+    .bind(points)
+    .bind(after)
+    .bind(reason)
+    .fetch_one(conn)
+    .await?;
+    Ok(Some(row))
+}
+
+/// A points entry by id, locked for the transaction.
+pub async fn entry_for_update(
+    conn: &mut PgConnection,
+    id: Uuid,
+) -> Result<Option<EntryRow>, Error> {
+    Ok(
+        sqlx::query_as("SELECT * FROM points_entries WHERE id = $1 FOR UPDATE")
+            .bind(id)
+            .fetch_optional(conn)
+            .await?,
+    )
+}
+
+/// The entry that already gave back the redemption `redeem_id`, if any.
+pub async fn cancellation_of(
+    conn: &mut PgConnection,
+    redeem_id: Uuid,
+) -> Result<Option<EntryRow>, Error> {
+    Ok(
+        sqlx::query_as("SELECT * FROM points_entries WHERE cancels_entry_id = $1")
+            .bind(redeem_id)
+            .fetch_optional(conn)
+            .await?,
+    )
+}
+
+/// Gives back the points of the redemption `redeemed`.
+pub async fn cancel_redemption(
+    conn: &mut PgConnection,
+    redeemed: &EntryRow,
+    reason: &str,
+) -> Result<EntryRow, Error> {
+    let points = -redeemed.points;
+    let balance = add_balance(conn, &redeemed.customer_id, points).await?;
+    Ok(sqlx::query_as(
+        "INSERT INTO points_entries (id, customer_id, kind, points, balance_after, channel_id,
+             order_id, reason, cancels_entry_id)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING *",
+    )
+    .bind(Uuid::now_v7())
+    .bind(&redeemed.customer_id)
+    .bind(KIND_REDEMPTION_CANCELLED)
+    .bind(points)
+    .bind(balance)
+    .bind(&redeemed.channel_id)
+    .bind(&redeemed.order_id)
+    .bind(reason)
+    .bind(redeemed.id)
+    .fetch_one(conn)
+    .await?)
+}
+
+/// A customer's ledger, newest first, before the entry `before`.
+pub async fn entries(
+    conn: &mut PgConnection,
+    customer_id: &str,
+    before: Uuid,
+    limit: i64,
+) -> Result<Vec<EntryRow>, Error> {
+    Ok(sqlx::query_as(
+        "SELECT * FROM points_entries WHERE customer_id = $1 AND id < $2
+         ORDER BY id DESC LIMIT $3",
+    )
+    .bind(customer_id)
+    .bind(before)
+    .bind(limit)
+    .fetch_all(conn)
+    .await?)
 }

@@ -1,44 +1,245 @@
-//! Loyalty tiers by rolling net spend: the tier follows the orders as they arrive, because it is
-//! computed from them on every read.
+//! Loyalty rules: the earn rate, what a point is worth and the tier ladder by rolling net
+//! spend. The tier follows the orders as they arrive, because it is computed from them on
+//! every read. Rules are the built-in ones until an admin replaces them (`SetLoyaltyRules`);
+//! they are stored as one row and read where needed.
 
 use chrono::{DateTime, Duration, Utc};
+use omni_proto::common::Money;
+use omni_proto::omni::crm::v1 as pb;
+use omni_runtime::Error;
+use omni_runtime::error::Violations;
+use prost::Message;
+use sqlx::PgConnection;
 
 use crate::store::OrderRow;
 
-/// Days of spend a tier looks back on.
+/// Days of spend a tier looks back on unless the rules say otherwise.
 pub const WINDOW_DAYS: i64 = 365;
 
-/// (code, name, minimum rolling net spend in minor units, earn multiplier in basis points),
-/// lowest first. Every tier earns at the base rate until rules become configurable.
+/// The built-in ladder: (code, name, minimum rolling net spend in minor units, earn multiplier
+/// in basis points), lowest first. Every tier earns at the base rate.
 pub const TIERS: &[(&str, &str, i64, i32)] = &[
     ("member", "Member", 0, 10_000),
     ("silver", "Silver", 50_000, 10_000),
     ("gold", "Gold", 200_000, 10_000),
 ];
 
-/// Net spend of non-cancelled orders placed within the window before `now`.
-pub fn rolling_spend(orders: &[OrderRow], now: DateTime<Utc>, cancelled: i32) -> i64 {
-    let since = now - Duration::days(WINDOW_DAYS);
-    orders
-        .iter()
-        .filter(|o| o.status != cancelled && o.placed_at >= since)
-        .map(|o| o.total_minor - o.refunded_minor)
-        .sum()
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tier {
+    pub code: String,
+    pub name: String,
+    pub min_spend: i64,
+    pub earn_bps: i32,
 }
 
-/// The tier a rolling spend reaches, and the next one with the spend still missing.
-pub fn tier_for(spend: i64) -> (&'static str, Option<(&'static str, i64)>) {
-    let mut current = TIERS[0].0;
-    let mut next = None;
-    for (code, _, min, _) in TIERS {
-        if spend >= *min {
-            current = code;
-        } else {
-            next = Some((*code, min - spend));
-            break;
+/// The loyalty rules in force.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rules {
+    /// Points per whole currency unit, before the tier multiplier.
+    pub points_per_unit: i64,
+    /// What one point is worth when redeemed, in minor units (0: not stated).
+    pub point_value: i64,
+    pub currency: String,
+    pub window_days: i64,
+    /// Ascending by `min_spend`.
+    pub tiers: Vec<Tier>,
+    pub updated_at: Option<DateTime<Utc>>,
+}
+
+impl Default for Rules {
+    fn default() -> Self {
+        Self {
+            points_per_unit: 1,
+            point_value: 0,
+            currency: String::new(),
+            window_days: WINDOW_DAYS,
+            tiers: TIERS
+                .iter()
+                .map(|(code, name, min, bps)| Tier {
+                    code: (*code).to_owned(),
+                    name: (*name).to_owned(),
+                    min_spend: *min,
+                    earn_bps: *bps,
+                })
+                .collect(),
+            updated_at: None,
         }
     }
-    (current, next)
+}
+
+impl Rules {
+    /// Net spend of non-cancelled orders placed within the window before `now`.
+    pub fn rolling_spend(&self, orders: &[OrderRow], now: DateTime<Utc>, cancelled: i32) -> i64 {
+        let since = now - Duration::days(self.window_days);
+        orders
+            .iter()
+            .filter(|o| o.status != cancelled && o.placed_at >= since)
+            .map(|o| o.total_minor - o.refunded_minor)
+            .sum()
+    }
+
+    /// The tier a rolling spend reaches ("" below the first), and the next one with the spend
+    /// still missing.
+    pub fn tier_for(&self, spend: i64) -> (&str, Option<(&str, i64)>) {
+        let mut current = "";
+        let mut next = None;
+        for t in &self.tiers {
+            if spend >= t.min_spend {
+                current = &t.code;
+            } else {
+                next = Some((t.code.as_str(), t.min_spend - spend));
+                break;
+            }
+        }
+        (current, next)
+    }
+
+    /// Points earned by `net_minor` of spend for a customer in `tier`.
+    pub fn points_for(&self, net_minor: i64, tier: &str) -> i64 {
+        let bps = self
+            .tiers
+            .iter()
+            .find(|t| t.code == tier)
+            .map_or(10_000, |t| i64::from(t.earn_bps));
+        (net_minor / 100) * self.points_per_unit * bps / 10_000
+    }
+
+    pub fn to_pb(&self) -> pb::LoyaltyRules {
+        pb::LoyaltyRules {
+            points_per_unit: self.points_per_unit as i32,
+            point_value: (self.point_value > 0).then(|| Money {
+                minor_units: self.point_value,
+                currency: self.currency.clone(),
+            }),
+            tier_window_days: self.window_days as i32,
+            tiers: self
+                .tiers
+                .iter()
+                .map(|t| pb::Tier {
+                    code: t.code.clone(),
+                    name: t.name.clone(),
+                    min_rolling_spend: Some(Money {
+                        minor_units: t.min_spend,
+                        currency: self.currency.clone(),
+                    }),
+                    earn_multiplier_bps: t.earn_bps,
+                })
+                .collect(),
+            updated_at: self.updated_at.map(crate::grpc::ts),
+        }
+    }
+
+    /// Validated rules from the contract; violations name `rules.*` fields.
+    pub fn from_pb(r: &pb::LoyaltyRules) -> Result<Self, Error> {
+        let mut v = Violations::new();
+        if !(0..=1_000).contains(&r.points_per_unit) {
+            v.add("rules.points_per_unit", "between 0 and 1000");
+        }
+        let point_value = r.point_value.as_ref().map_or(0, |m| m.minor_units);
+        if point_value < 0 {
+            v.add("rules.point_value", "must not be negative");
+        }
+        let window = if r.tier_window_days == 0 {
+            WINDOW_DAYS
+        } else {
+            i64::from(r.tier_window_days)
+        };
+        if !(1..=3_650).contains(&window) {
+            v.add("rules.tier_window_days", "0 (365) or 1 to 3650");
+        }
+        if r.tiers.is_empty() || r.tiers.len() > 20 {
+            v.add("rules.tiers", "1 to 20 tiers");
+        }
+        let mut tiers: Vec<Tier> = Vec::with_capacity(r.tiers.len());
+        for (i, t) in r.tiers.iter().enumerate() {
+            let code = t.code.trim();
+            if code.is_empty()
+                || code.len() > 32
+                || !code
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+            {
+                v.add(format!("rules.tiers[{i}].code"), "1 to 32 of a-z, 0-9, _");
+            }
+            if tiers.iter().any(|x| x.code == code) {
+                v.add(format!("rules.tiers[{i}].code"), "used twice");
+            }
+            let min = t.min_rolling_spend.as_ref().map_or(0, |m| m.minor_units);
+            if min < 0 {
+                v.add(
+                    format!("rules.tiers[{i}].min_rolling_spend"),
+                    "must not be negative",
+                );
+            }
+            if tiers.last().is_some_and(|p| p.min_spend >= min) {
+                v.add(
+                    format!("rules.tiers[{i}].min_rolling_spend"),
+                    "tiers must ascend by minimum spend",
+                );
+            }
+            if !(0..=100_000).contains(&t.earn_multiplier_bps) {
+                v.add(
+                    format!("rules.tiers[{i}].earn_multiplier_bps"),
+                    "between 0 and 100000",
+                );
+            }
+            tiers.push(Tier {
+                code: code.to_owned(),
+                name: if t.name.trim().is_empty() {
+                    code.to_owned()
+                } else {
+                    t.name.trim().to_owned()
+                },
+                min_spend: min,
+                earn_bps: t.earn_multiplier_bps,
+            });
+        }
+        v.finish()?;
+        Ok(Self {
+            points_per_unit: i64::from(r.points_per_unit),
+            point_value,
+            currency: r
+                .point_value
+                .as_ref()
+                .map(|m| m.currency.clone())
+                .unwrap_or_default(),
+            window_days: window,
+            tiers,
+            updated_at: None,
+        })
+    }
+}
+
+/// The rules in force: the stored ones, else the built-in ones.
+pub async fn load(conn: &mut PgConnection) -> Result<Rules, Error> {
+    let row: Option<(Vec<u8>, DateTime<Utc>)> =
+        sqlx::query_as("SELECT rules, updated_at FROM loyalty_rules")
+            .fetch_optional(conn)
+            .await?;
+    let Some((bytes, updated_at)) = row else {
+        return Ok(Rules::default());
+    };
+    let stored = pb::LoyaltyRules::decode(bytes.as_slice())
+        .map_err(|e| Error::Internal(anyhow::anyhow!("stored loyalty rules do not decode: {e}")))?;
+    let mut rules = Rules::from_pb(&stored)?;
+    rules.updated_at = Some(updated_at);
+    Ok(rules)
+}
+
+/// Replaces the rules; tiers follow at once, as they are computed on read.
+pub async fn save(conn: &mut PgConnection, rules: &Rules) -> Result<Rules, Error> {
+    let updated_at: DateTime<Utc> = sqlx::query_scalar(
+        "INSERT INTO loyalty_rules (id, rules) VALUES (true, $1)
+         ON CONFLICT (id) DO UPDATE SET rules = EXCLUDED.rules, updated_at = now()
+         RETURNING updated_at",
+    )
+    .bind(rules.to_pb().encode_to_vec())
+    .fetch_one(conn)
+    .await?;
+    Ok(Rules {
+        updated_at: Some(updated_at),
+        ..rules.clone()
+    })
 }
 
 #[cfg(test)]
@@ -47,9 +248,30 @@ mod tests {
 
     #[test]
     fn tiers_follow_spend_thresholds() {
-        assert_eq!(tier_for(0), ("member", Some(("silver", 50_000))));
-        assert_eq!(tier_for(49_999), ("member", Some(("silver", 1))));
-        assert_eq!(tier_for(50_000), ("silver", Some(("gold", 150_000))));
-        assert_eq!(tier_for(250_000), ("gold", None));
+        let r = Rules::default();
+        assert_eq!(r.tier_for(0), ("member", Some(("silver", 50_000))));
+        assert_eq!(r.tier_for(49_999), ("member", Some(("silver", 1))));
+        assert_eq!(r.tier_for(50_000), ("silver", Some(("gold", 150_000))));
+        assert_eq!(r.tier_for(250_000), ("gold", None));
+    }
+
+    #[test]
+    fn points_follow_the_rate_and_the_tier_multiplier() {
+        let mut r = Rules::default();
+        assert_eq!(r.points_for(12_345, "gold"), 123);
+        r.points_per_unit = 2;
+        r.tiers[2].earn_bps = 15_000;
+        assert_eq!(r.points_for(10_000, "gold"), 300);
+        assert_eq!(r.points_for(10_000, "member"), 200);
+    }
+
+    #[test]
+    fn a_descending_ladder_is_refused() {
+        let mut p = Rules::default().to_pb();
+        p.tiers.swap(1, 2);
+        let Err(Error::InvalidArgument(v)) = Rules::from_pb(&p) else {
+            panic!("accepted a descending ladder");
+        };
+        assert_eq!(v[0].field, "rules.tiers[2].min_rolling_spend");
     }
 }

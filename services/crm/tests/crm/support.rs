@@ -133,6 +133,88 @@ impl World {
     }
 }
 
+impl World {
+    /// Sets a marketing consent in the real identity service; crm hears of it by event.
+    pub async fn consent(&self, customer_id: &str, kind: ChannelKind, opt_in: bool) {
+        self.identity_client()
+            .set_consent(idpb::SetConsentRequest {
+                customer_id: customer_id.into(),
+                channel_kind: kind as i32,
+                marketing_opt_in: opt_in,
+            })
+            .await
+            .expect("set consent");
+    }
+
+    /// Every event crm has published to its stream so far.
+    pub async fn crm_events(&self) -> Vec<omni_proto::events::Event> {
+        use prost::Message;
+        let redis = Redis::new(&omni_testkit::redis_url(), self.crm.redis_prefix()).expect("redis");
+        let entries: Vec<(String, Vec<Vec<u8>>)> = redis::cmd("XRANGE")
+            .arg(redis.event_stream("crm"))
+            .arg("-")
+            .arg("+")
+            .query_async(&mut redis.conn())
+            .await
+            .expect("xrange");
+        entries
+            .into_iter()
+            .filter_map(|(_, fields)| fields.get(1).cloned())
+            .map(|payload| {
+                omni_proto::events::Event::decode(payload.as_slice()).expect("event decodes")
+            })
+            .collect()
+    }
+
+    /// crm's events once `done` holds for them, polling up to ten seconds.
+    pub async fn crm_events_when(
+        &self,
+        done: impl Fn(&[omni_proto::events::Event]) -> bool,
+    ) -> Vec<omni_proto::events::Event> {
+        for _ in 0..500 {
+            let events = self.crm_events().await;
+            if done(&events) {
+                return events;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("crm's stream never reached the expected state");
+    }
+}
+
+/// An order placed `days_ago` with one line per (product, category), each worth `total` split
+/// evenly.
+pub fn order_at(
+    customer_id: &str,
+    channel_id: &str,
+    kind: ChannelKind,
+    total: i64,
+    days_ago: i64,
+    lines: &[(&str, &str)],
+) -> OrderFacts {
+    let mut o = order(customer_id, channel_id, kind, total);
+    let at = std::time::SystemTime::now()
+        - std::time::Duration::from_secs(u64::try_from(days_ago).expect("days") * 86_400);
+    o.placed_at = Some(at.into());
+    if !lines.is_empty() {
+        let share = total / lines.len() as i64;
+        o.lines = lines
+            .iter()
+            .enumerate()
+            .map(|(i, (product, category))| OrderLineFacts {
+                line_id: format!("l{i}"),
+                sku_id: format!("{product}-sku"),
+                product_id: (*product).into(),
+                category_id: (*category).into(),
+                quantity: 1,
+                net_amount: eur(share),
+                ..Default::default()
+            })
+            .collect();
+    }
+    o
+}
+
 pub fn eur(minor_units: i64) -> Option<Money> {
     Some(Money {
         minor_units,

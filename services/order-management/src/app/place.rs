@@ -130,25 +130,22 @@ impl App {
         }
     }
 
-    /// The reply of an earlier call with this key that committed, if any.
+    /// The reply of an earlier call with this key that committed, if any (read only: the
+    /// waiting retries never hold the key's row).
     async fn replay(&self, scope: &str, input: &PlaceInput) -> Result<Option<PlaceOrderResponse>> {
-        let mut tx = self.pool.begin().await?;
-        let claim = idempotency::claim::<_, PlaceOrderResponse>(
-            &mut tx,
+        let mut conn = self.pool.acquire().await?;
+        let stored = idempotency::lookup::<_, PlaceOrderResponse>(
+            &mut conn,
             scope,
             "idempotency_key",
             &input.idempotency_key,
             &input.request,
         )
         .await?;
-        tx.rollback().await?;
-        Ok(match claim {
-            Claim::Replay(mut reply) => {
-                reply.created = false;
-                Some(reply)
-            }
-            Claim::Fresh => None,
-        })
+        Ok(stored.map(|mut reply| {
+            reply.created = false;
+            reply
+        }))
     }
 
     /// Gives back what a failed placement held. Failures here are logged: the stock hold

@@ -1,0 +1,560 @@
+//! The segment rule language: parsed into an expression, evaluated against a customer's
+//! [`Facts`]. Pure, so it is unit-tested here.
+//!
+//! ```text
+//! rule      := or
+//! or        := and ("or" and)*
+//! and       := unary ("and" unary)*
+//! unary     := "not" unary | "(" or ")" | bought | compare
+//! bought    := "bought" "(" [arg ("," arg)*] ")"
+//! arg       := name "=" value          category, product, sku, channel, channel_kind, store
+//!                                      (strings), within_days, min_orders (numbers)
+//! compare   := field op value          lifecycle, tier (= or != a string);
+//!                                      rfm.recency, rfm.frequency, rfm.monetary, order_count,
+//!                                      total_spend (minor units) against a number
+//! op        := "=" | "!=" | "<" | "<=" | ">" | ">="
+//! ```
+//!
+//! e.g. `bought(category = "c-123", within_days = 30) and not bought(channel_kind = "store")`.
+
+use std::collections::HashSet;
+
+use chrono::{DateTime, Duration, Utc};
+
+use crate::facts::Facts;
+use crate::rfm;
+
+/// Where and why a rule does not parse; `column` is 1-based.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParseError {
+    pub column: usize,
+    pub message: String,
+}
+
+impl std::fmt::Display for ParseError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "column {}: {}", self.column, self.message)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Eq,
+    Ne,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+}
+
+impl Op {
+    fn holds<T: PartialOrd>(self, left: T, right: T) -> bool {
+        match self {
+            Op::Eq => left == right,
+            Op::Ne => left != right,
+            Op::Lt => left < right,
+            Op::Le => left <= right,
+            Op::Gt => left > right,
+            Op::Ge => left >= right,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NumField {
+    Recency,
+    Frequency,
+    Monetary,
+    OrderCount,
+    TotalSpend,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TextField {
+    Lifecycle,
+    Tier,
+}
+
+/// What `bought(...)` matches; unset fields match anything.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Bought {
+    pub category: Option<String>,
+    pub product: Option<String>,
+    pub sku: Option<String>,
+    pub channel: Option<String>,
+    pub channel_kind: Option<i32>,
+    pub store: Option<String>,
+    pub within_days: Option<i64>,
+    pub min_orders: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Expr {
+    Or(Box<Expr>, Box<Expr>),
+    And(Box<Expr>, Box<Expr>),
+    Not(Box<Expr>),
+    Bought(Bought),
+    Num(NumField, Op, i64),
+    Text(TextField, Op, String),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Token {
+    Ident(String),
+    Str(String),
+    Num(i64),
+    Open,
+    Close,
+    Comma,
+    Op(Op),
+}
+
+/// The channel kind named in a rule, numbered as `omni.common.v1.ChannelKind`.
+pub fn channel_kind(name: &str) -> Option<i32> {
+    match name {
+        "e_shop" | "eshop" | "online" => Some(1),
+        "store" => Some(2),
+        "livestream" => Some(3),
+        "social" => Some(4),
+        "associate" => Some(5),
+        "marketplace" => Some(6),
+        _ => None,
+    }
+}
+
+fn tokenize(src: &str) -> Result<Vec<(usize, Token)>, ParseError> {
+    let chars: Vec<char> = src.chars().collect();
+    let mut out = Vec::new();
+    let mut i = 0;
+    let err = |column: usize, message: &str| ParseError {
+        column,
+        message: message.to_owned(),
+    };
+    while i < chars.len() {
+        let c = chars[i];
+        let column = i + 1;
+        match c {
+            c if c.is_whitespace() => i += 1,
+            '(' => {
+                out.push((column, Token::Open));
+                i += 1;
+            }
+            ')' => {
+                out.push((column, Token::Close));
+                i += 1;
+            }
+            ',' => {
+                out.push((column, Token::Comma));
+                i += 1;
+            }
+            '=' => {
+                out.push((column, Token::Op(Op::Eq)));
+                i += if chars.get(i + 1) == Some(&'=') { 2 } else { 1 };
+            }
+            '!' | '<' | '>' => {
+                let eq = chars.get(i + 1) == Some(&'=');
+                let op = match (c, eq) {
+                    ('!', true) => Op::Ne,
+                    ('<', false) => Op::Lt,
+                    ('<', true) => Op::Le,
+                    ('>', false) => Op::Gt,
+                    ('>', true) => Op::Ge,
+                    _ => return Err(err(column, "expected != ")),
+                };
+                out.push((column, Token::Op(op)));
+                i += if eq { 2 } else { 1 };
+            }
+            '"' => {
+                let start = i + 1;
+                let Some(len) = chars[start..].iter().position(|&c| c == '"') else {
+                    return Err(err(column, "unterminated string"));
+                };
+                out.push((
+                    column,
+                    Token::Str(chars[start..start + len].iter().collect()),
+                ));
+                i = start + len + 1;
+            }
+            c if c.is_ascii_digit() || c == '-' => {
+                let start = i;
+                i += 1;
+                while i < chars.len() && chars[i].is_ascii_digit() {
+                    i += 1;
+                }
+                let text: String = chars[start..i].iter().collect();
+                let n = text
+                    .parse()
+                    .map_err(|_| err(column, "expected a whole number"))?;
+                out.push((column, Token::Num(n)));
+            }
+            c if c.is_ascii_alphabetic() || c == '_' => {
+                let start = i;
+                while i < chars.len()
+                    && (chars[i].is_ascii_alphanumeric() || chars[i] == '_' || chars[i] == '.')
+                {
+                    i += 1;
+                }
+                out.push((column, Token::Ident(chars[start..i].iter().collect())));
+            }
+            other => return Err(err(column, &format!("unexpected character '{other}'"))),
+        }
+    }
+    Ok(out)
+}
+
+struct Parser {
+    tokens: Vec<(usize, Token)>,
+    pos: usize,
+    end: usize,
+}
+
+impl Parser {
+    fn column(&self) -> usize {
+        self.tokens.get(self.pos).map_or(self.end, |(c, _)| *c)
+    }
+
+    fn fail<T>(&self, message: impl Into<String>) -> Result<T, ParseError> {
+        Err(ParseError {
+            column: self.column(),
+            message: message.into(),
+        })
+    }
+
+    fn peek(&self) -> Option<&Token> {
+        self.tokens.get(self.pos).map(|(_, t)| t)
+    }
+
+    fn next(&mut self) -> Option<Token> {
+        let t = self.tokens.get(self.pos).map(|(_, t)| t.clone());
+        self.pos += 1;
+        t
+    }
+
+    fn keyword(&mut self, word: &str) -> bool {
+        if matches!(self.peek(), Some(Token::Ident(w)) if w == word) {
+            self.pos += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn expect(&mut self, token: Token, what: &str) -> Result<(), ParseError> {
+        if self.peek() == Some(&token) {
+            self.pos += 1;
+            Ok(())
+        } else {
+            self.fail(format!("expected {what}"))
+        }
+    }
+
+    fn or(&mut self) -> Result<Expr, ParseError> {
+        let mut left = self.and()?;
+        while self.keyword("or") {
+            left = Expr::Or(Box::new(left), Box::new(self.and()?));
+        }
+        Ok(left)
+    }
+
+    fn and(&mut self) -> Result<Expr, ParseError> {
+        let mut left = self.unary()?;
+        while self.keyword("and") {
+            left = Expr::And(Box::new(left), Box::new(self.unary()?));
+        }
+        Ok(left)
+    }
+
+    fn unary(&mut self) -> Result<Expr, ParseError> {
+        if self.keyword("not") {
+            return Ok(Expr::Not(Box::new(self.unary()?)));
+        }
+        if self.peek() == Some(&Token::Open) {
+            self.pos += 1;
+            let inner = self.or()?;
+            self.expect(Token::Close, "')'")?;
+            return Ok(inner);
+        }
+        let column = self.column();
+        match self.next() {
+            Some(Token::Ident(word)) if word == "bought" => self.bought(),
+            Some(Token::Ident(field)) => self.compare(&field, column),
+            _ => {
+                self.pos -= 1;
+                self.fail("expected bought(...), a field comparison, 'not' or '('")
+            }
+        }
+    }
+
+    fn bought(&mut self) -> Result<Expr, ParseError> {
+        self.expect(Token::Open, "'(' after bought")?;
+        let mut b = Bought {
+            min_orders: 1,
+            ..Default::default()
+        };
+        let mut seen = HashSet::new();
+        if self.peek() != Some(&Token::Close) {
+            loop {
+                let column = self.column();
+                let Some(Token::Ident(name)) = self.next() else {
+                    self.pos -= 1;
+                    return self.fail("expected an argument name");
+                };
+                if !seen.insert(name.clone()) {
+                    return Err(ParseError {
+                        column,
+                        message: format!("argument '{name}' given twice"),
+                    });
+                }
+                self.expect(Token::Op(Op::Eq), "'=' after the argument name")?;
+                let value_column = self.column();
+                let value = self.next();
+                let bad = |message: String| ParseError {
+                    column: value_column,
+                    message,
+                };
+                match (name.as_str(), value) {
+                    ("category", Some(Token::Str(s))) => b.category = Some(s),
+                    ("product", Some(Token::Str(s))) => b.product = Some(s),
+                    ("sku", Some(Token::Str(s))) => b.sku = Some(s),
+                    ("channel", Some(Token::Str(s))) => b.channel = Some(s),
+                    ("store", Some(Token::Str(s))) => b.store = Some(s),
+                    ("channel_kind", Some(Token::Str(s))) => {
+                        b.channel_kind = Some(channel_kind(&s).ok_or_else(|| {
+                            bad(format!(
+                                "unknown channel kind \"{s}\" (e_shop, store, livestream, social, associate, marketplace)"
+                            ))
+                        })?);
+                    }
+                    ("within_days", Some(Token::Num(n))) if n > 0 => b.within_days = Some(n),
+                    ("min_orders", Some(Token::Num(n))) if n > 0 => b.min_orders = n,
+                    ("within_days" | "min_orders", _) => {
+                        return Err(bad(format!("{name} takes a positive whole number")));
+                    }
+                    ("category" | "product" | "sku" | "channel" | "store" | "channel_kind", _) => {
+                        return Err(bad(format!("{name} takes a quoted string")));
+                    }
+                    _ => {
+                        return Err(ParseError {
+                            column,
+                            message: format!(
+                                "unknown argument '{name}' (category, product, sku, channel, channel_kind, store, within_days, min_orders)"
+                            ),
+                        });
+                    }
+                }
+                if self.peek() == Some(&Token::Comma) {
+                    self.pos += 1;
+                    continue;
+                }
+                break;
+            }
+        }
+        self.expect(Token::Close, "',' or ')'")?;
+        Ok(Expr::Bought(b))
+    }
+
+    fn compare(&mut self, field: &str, column: usize) -> Result<Expr, ParseError> {
+        let num = match field {
+            "rfm.recency" => Some(NumField::Recency),
+            "rfm.frequency" => Some(NumField::Frequency),
+            "rfm.monetary" => Some(NumField::Monetary),
+            "order_count" => Some(NumField::OrderCount),
+            "total_spend" => Some(NumField::TotalSpend),
+            _ => None,
+        };
+        let text = match field {
+            "lifecycle" => Some(TextField::Lifecycle),
+            "tier" => Some(TextField::Tier),
+            _ => None,
+        };
+        if num.is_none() && text.is_none() {
+            return Err(ParseError {
+                column,
+                message: format!(
+                    "unknown field '{field}' (lifecycle, tier, rfm.recency, rfm.frequency, rfm.monetary, order_count, total_spend, bought(...))"
+                ),
+            });
+        }
+        let Some(Token::Op(op)) = self.next() else {
+            self.pos -= 1;
+            return self.fail(format!("expected a comparison after '{field}'"));
+        };
+        let value_column = self.column();
+        match (num, text, self.next()) {
+            (Some(f), _, Some(Token::Num(n))) => Ok(Expr::Num(f, op, n)),
+            (_, Some(f), Some(Token::Str(s))) => {
+                if !matches!(op, Op::Eq | Op::Ne) {
+                    return Err(ParseError {
+                        column: value_column,
+                        message: format!("'{field}' compares with = or != only"),
+                    });
+                }
+                if f == TextField::Lifecycle
+                    && !["new", "active", "at_risk", "lapsed"].contains(&s.as_str())
+                {
+                    return Err(ParseError {
+                        column: value_column,
+                        message: format!(
+                            "unknown lifecycle stage \"{s}\" (new, active, at_risk, lapsed)"
+                        ),
+                    });
+                }
+                Ok(Expr::Text(f, op, s))
+            }
+            (Some(_), _, _) => Err(ParseError {
+                column: value_column,
+                message: format!("'{field}' compares with a whole number"),
+            }),
+            _ => Err(ParseError {
+                column: value_column,
+                message: format!("'{field}' compares with a quoted string"),
+            }),
+        }
+    }
+}
+
+/// Parses a rule; an empty rule or trailing input is an error.
+pub fn parse(src: &str) -> Result<Expr, ParseError> {
+    let tokens = tokenize(src)?;
+    let mut p = Parser {
+        tokens,
+        pos: 0,
+        end: src.chars().count() + 1,
+    };
+    if p.peek().is_none() {
+        return p.fail("the rule is empty");
+    }
+    let expr = p.or()?;
+    if p.peek().is_some() {
+        return p.fail("expected 'and', 'or' or the end of the rule");
+    }
+    Ok(expr)
+}
+
+impl Expr {
+    /// Whether the customer with these facts matches, at `now`.
+    pub fn matches(&self, f: &Facts, now: DateTime<Utc>) -> bool {
+        match self {
+            Expr::Or(a, b) => a.matches(f, now) || b.matches(f, now),
+            Expr::And(a, b) => a.matches(f, now) && b.matches(f, now),
+            Expr::Not(a) => !a.matches(f, now),
+            Expr::Bought(b) => bought(b, f, now),
+            Expr::Num(field, op, n) => {
+                let value = match field {
+                    NumField::Recency => i64::from(f.rfm.recency),
+                    NumField::Frequency => i64::from(f.rfm.frequency),
+                    NumField::Monetary => i64::from(f.rfm.monetary),
+                    NumField::OrderCount => f.orders.len() as i64,
+                    NumField::TotalSpend => f.total_spend,
+                };
+                op.holds(value, *n)
+            }
+            Expr::Text(field, op, s) => {
+                let value = match field {
+                    TextField::Lifecycle => rfm::lifecycle_name(f.lifecycle),
+                    TextField::Tier => f.tier.as_str(),
+                };
+                op.holds(value, s.as_str())
+            }
+        }
+    }
+}
+
+fn bought(b: &Bought, f: &Facts, now: DateTime<Utc>) -> bool {
+    let since = b.within_days.map(|d| now - Duration::days(d));
+    let orders: HashSet<&str> = f
+        .orders
+        .iter()
+        .filter(|o| {
+            since.is_none_or(|s| o.placed_at >= s)
+                && b.channel.as_ref().is_none_or(|c| &o.channel_id == c)
+                && b.channel_kind.is_none_or(|k| o.channel_kind == k)
+                && b.store.as_ref().is_none_or(|s| &o.store_id == s)
+        })
+        .map(|o| o.order_id.as_str())
+        .collect();
+    let by_line = b.category.is_some() || b.product.is_some() || b.sku.is_some();
+    let count = if by_line {
+        f.lines
+            .iter()
+            .filter(|l| {
+                orders.contains(l.order_id.as_str())
+                    && b.category.as_ref().is_none_or(|c| &l.category_id == c)
+                    && b.product.as_ref().is_none_or(|p| &l.product_id == p)
+                    && b.sku.as_ref().is_none_or(|s| &l.sku_id == s)
+            })
+            .map(|l| l.order_id.as_str())
+            .collect::<HashSet<_>>()
+            .len()
+    } else {
+        orders.len()
+    };
+    count as i64 >= b.min_orders
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::facts::{LineFact, OrderFact};
+
+    fn facts(now: DateTime<Utc>) -> Facts {
+        let order = |id: &str, kind: i32, days: i64| OrderFact {
+            customer_id: "c".into(),
+            order_id: id.into(),
+            channel_id: format!("ch-{kind}"),
+            channel_kind: kind,
+            store_id: String::new(),
+            placed_at: now - Duration::days(days),
+            net_minor: 1_000,
+        };
+        let line = |order: &str, category: &str| LineFact {
+            customer_id: "c".into(),
+            order_id: order.into(),
+            sku_id: "s".into(),
+            product_id: "p".into(),
+            category_id: category.into(),
+        };
+        Facts {
+            customer_id: "c".into(),
+            orders: vec![order("o1", 1, 10), order("o2", 1, 60)],
+            lines: vec![line("o1", "shoes"), line("o2", "bags")],
+            lifecycle: rfm::ACTIVE,
+            tier: "silver".into(),
+            total_spend: 2_000,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_documented_examples_parse_and_evaluate() {
+        let now = Utc::now();
+        let f = facts(now);
+        let rule = parse(
+            r#"bought(category = "shoes", within_days = 30) and not bought(channel_kind = "store")"#,
+        )
+        .unwrap();
+        assert!(rule.matches(&f, now));
+        let rule = parse(r#"bought(category = "bags", within_days = 30)"#).unwrap();
+        assert!(!rule.matches(&f, now));
+        let rule =
+            parse(r#"lifecycle = "active" and (tier != "gold" or order_count >= 5)"#).unwrap();
+        assert!(rule.matches(&f, now));
+        assert!(parse("bought(min_orders = 2)").unwrap().matches(&f, now));
+        assert!(!parse("bought(min_orders = 3)").unwrap().matches(&f, now));
+        assert!(parse("total_spend > 1999").unwrap().matches(&f, now));
+    }
+
+    #[test]
+    fn bad_rules_say_where() {
+        let col = |src: &str| parse(src).unwrap_err().column;
+        assert_eq!(col(""), 1);
+        assert_eq!(col("bought(colour = \"red\")"), 8);
+        assert_eq!(col("lifecycle = \"sleepy\""), 13);
+        assert_eq!(col("tier = \"gold\" and"), 18);
+        assert_eq!(col("bought(within_days = \"x\")"), 22);
+        assert_eq!(col("spend > 3"), 1);
+        assert_eq!(col("(tier = \"gold\""), 15);
+        assert_eq!(col("tier = \"gold"), 8);
+        assert!(parse("rfm.monetary >= 4 or lifecycle = \"at_risk\"").is_ok());
+    }
+}
