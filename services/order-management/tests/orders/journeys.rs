@@ -782,3 +782,72 @@ async fn watching_an_order_streams_each_status_change() {
         ]
     );
 }
+
+#[tokio::test]
+async fn a_pickup_past_its_promise_is_overdue_and_marked_late() {
+    // A promise of zero minutes: late as soon as it is paid.
+    let w = World::start_with(OrderClocks {
+        pickup_promise: Duration::ZERO,
+        ..OrderClocks::default()
+    })
+    .await;
+    w.receive(&w.lyon, &w.mug, 1).await;
+    let order = w
+        .place(w.request(
+            &w.eshop,
+            vec![line(&w.mug, 1)],
+            at_store(pb::DeliveryKind::Pickup, &w.lyon),
+        ))
+        .await
+        .expect("placed");
+    let paid = w.pay(&order).await;
+    let mut store = w.fulfilment(&w.lyon);
+    eventually(async || {
+        let queue = store
+            .list_pickup_queue(pb::ListPickupQueueRequest {
+                store_id: w.lyon.clone(),
+                ..Default::default()
+            })
+            .await
+            .expect("queue")
+            .into_inner();
+        queue.overdue_count == 1
+            && queue.entries[0].state() == pb::PickupQueueState::Overdue
+            && queue.entries[0].order_id == paid.id
+    })
+    .await;
+    store
+        .start_picking(pb::StartPickingRequest {
+            order_id: paid.id.clone(),
+            fulfilment_id: String::new(),
+        })
+        .await
+        .expect("picking");
+    let ready = store
+        .mark_ready_for_pickup(pb::MarkReadyForPickupRequest {
+            order_id: paid.id.clone(),
+        })
+        .await
+        .expect("ready")
+        .into_inner()
+        .order
+        .unwrap();
+    assert!(
+        !ready.pickup.unwrap().ready_within_promise,
+        "the promise was missed"
+    );
+    // Waiting for the customer now, no longer overdue.
+    let queue = store
+        .list_pickup_queue(pb::ListPickupQueueRequest {
+            store_id: w.lyon.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("queue")
+        .into_inner();
+    assert_eq!(queue.overdue_count, 0);
+    assert_eq!(
+        queue.entries[0].state(),
+        pb::PickupQueueState::AwaitingCustomer
+    );
+}
