@@ -350,6 +350,21 @@ fn page_key(at: Option<&prost_types::Timestamp>, id: &str) -> Option<String> {
     time(at).map(|t| format!("{}|{id}", t.to_rfc3339()))
 }
 
+/// Cuts `rows` (read with one extra) to the page and returns the token of the next page, made
+/// from the last row kept by `key`.
+fn paginate<T>(rows: &mut Vec<T>, limit: i64, key: impl Fn(&T) -> Option<String>) -> String {
+    let more = rows.len() as i64 > limit;
+    rows.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+    if more {
+        rows.last()
+            .and_then(key)
+            .map(|k| paging::encode_token(&k))
+            .unwrap_or_default()
+    } else {
+        String::new()
+    }
+}
+
 #[tonic::async_trait]
 impl OrderService for Grpc {
     async fn place_order(
@@ -532,17 +547,9 @@ impl OrderService for Grpc {
         let mut orders = store::list_orders(&self.app.pool, &filter)
             .await
             .map_err(Status::from)?;
-        let more = orders.len() as i64 > limit;
-        orders.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
-        let next_page_token = if more {
-            orders
-                .last()
-                .and_then(|o| page_key(o.placed_at.as_ref(), &o.id))
-                .map(|k| paging::encode_token(&k))
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let next_page_token = paginate(&mut orders, limit, |o| {
+            page_key(o.placed_at.as_ref(), &o.id)
+        });
         let orders = orders.into_iter().filter(|o| sees(&principal, o)).collect();
         Ok(Response::new(pb::ListOrdersResponse {
             orders,
@@ -1054,17 +1061,9 @@ impl ReturnService for Grpc {
         let mut returns = store::list_returns(&self.app.pool, &filter)
             .await
             .map_err(Status::from)?;
-        let more = returns.len() as i64 > limit;
-        returns.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
-        let next_page_token = if more {
-            returns
-                .last()
-                .and_then(|x| page_key(x.created_at.as_ref(), &x.id))
-                .map(|k| paging::encode_token(&k))
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let next_page_token = paginate(&mut returns, limit, |x| {
+            page_key(x.created_at.as_ref(), &x.id)
+        });
         Ok(Response::new(pb::ListReturnsResponse {
             returns,
             next_page_token,
@@ -1136,16 +1135,7 @@ impl SourcingService for Grpc {
         let mut configs = store::list_sourcing_configs(&self.app.pool, after.as_deref(), limit + 1)
             .await
             .map_err(Status::from)?;
-        let more = configs.len() as i64 > limit;
-        configs.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
-        let next_page_token = if more {
-            configs
-                .last()
-                .map(|c| paging::encode_token(&c.channel_id))
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let next_page_token = paginate(&mut configs, limit, |c| Some(c.channel_id.clone()));
         Ok(Response::new(pb::ListSourcingConfigsResponse {
             configs,
             next_page_token,

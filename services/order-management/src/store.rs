@@ -127,19 +127,20 @@ pub struct StoredOrder {
     pub credit_minor: i64,
 }
 
+fn stored(row: &sqlx::postgres::PgRow) -> Result<StoredOrder> {
+    Ok(StoredOrder {
+        order: decode(row.get::<&[u8], _>("doc"))?,
+        credit_minor: row.get("credit_minor"),
+    })
+}
+
 /// The order, locked until the transaction ends.
 pub async fn lock_order(conn: &mut PgConnection, id: Uuid) -> Result<Option<StoredOrder>> {
     let row = sqlx::query("SELECT doc, credit_minor FROM orders WHERE id = $1 FOR UPDATE")
         .bind(id)
         .fetch_optional(conn)
         .await?;
-    row.map(|r| {
-        Ok(StoredOrder {
-            order: decode(r.get::<&[u8], _>("doc"))?,
-            credit_minor: r.get("credit_minor"),
-        })
-    })
-    .transpose()
+    row.as_ref().map(stored).transpose()
 }
 
 pub async fn get_order(pool: &PgPool, id: Uuid) -> Result<Option<StoredOrder>> {
@@ -147,13 +148,7 @@ pub async fn get_order(pool: &PgPool, id: Uuid) -> Result<Option<StoredOrder>> {
         .bind(id)
         .fetch_optional(pool)
         .await?;
-    row.map(|r| {
-        Ok(StoredOrder {
-            order: decode(r.get::<&[u8], _>("doc"))?,
-            credit_minor: r.get("credit_minor"),
-        })
-    })
-    .transpose()
+    row.as_ref().map(stored).transpose()
 }
 
 pub async fn order_id_by_number(pool: &PgPool, number: &str) -> Result<Option<Uuid>> {
@@ -244,14 +239,7 @@ pub async fn lapsed_orders(
     .bind(limit)
     .fetch_all(conn)
     .await?;
-    rows.iter()
-        .map(|r| {
-            Ok(StoredOrder {
-                order: decode(r.get::<&[u8], _>("doc"))?,
-                credit_minor: r.get("credit_minor"),
-            })
-        })
-        .collect()
+    rows.iter().map(stored).collect()
 }
 
 // ---------------------------------------------------------------------------------------------

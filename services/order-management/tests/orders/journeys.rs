@@ -851,3 +851,81 @@ async fn a_pickup_past_its_promise_is_overdue_and_marked_late() {
         pb::PickupQueueState::AwaitingCustomer
     );
 }
+
+#[tokio::test]
+async fn orders_list_per_customer_across_channels_and_per_store_for_its_staff() {
+    let w = World::start().await;
+    // Shipped from the warehouse, then picked up at Lyon.
+    w.receive(&w.warehouse, &w.mug, 10).await;
+    let mut placed = Vec::new();
+    for (channel, delivery) in [
+        (&w.eshop, ship_to(home_lyon_south())),
+        (&w.livestream, ship_to(home_lyon_south())),
+    ] {
+        placed.push(
+            w.place(w.request(channel, vec![line(&w.mug, 1)], delivery))
+                .await
+                .expect("placed"),
+        );
+    }
+    w.receive(&w.lyon, &w.mug, 10).await;
+    placed.push(
+        w.place(w.request(
+            &w.eshop,
+            vec![line(&w.mug, 1)],
+            at_store(pb::DeliveryKind::Pickup, &w.lyon),
+        ))
+        .await
+        .expect("placed"),
+    );
+    let customer = placed[0].customer_id.clone();
+    assert!(
+        placed.iter().all(|o| o.customer_id == customer),
+        "one customer across channels"
+    );
+
+    let page = |token: String, client: &mut pb::order_service_client::OrderServiceClient<_>| {
+        let request = pb::ListOrdersRequest {
+            customer_id: customer.clone(),
+            page_size: 2,
+            page_token: token,
+            ..Default::default()
+        };
+        let mut client = client.clone();
+        async move {
+            client
+                .list_orders(request)
+                .await
+                .expect("list")
+                .into_inner()
+        }
+    };
+    let mut admin = w.orders_admin();
+    let first = page(String::new(), &mut admin).await;
+    assert_eq!(first.orders.len(), 2);
+    assert!(!first.next_page_token.is_empty());
+    let second = page(first.next_page_token.clone(), &mut admin).await;
+    assert_eq!(second.orders.len(), 1);
+    assert!(second.next_page_token.is_empty());
+    let listed: Vec<String> = first
+        .orders
+        .iter()
+        .chain(&second.orders)
+        .map(|o| o.id.clone())
+        .collect();
+    let newest_first: Vec<String> = placed.iter().rev().map(|o| o.id.clone()).collect();
+    assert_eq!(listed, newest_first);
+
+    // A Lyon associate sees the order picked up at Lyon only.
+    let mut lyon = w.orders_at(&w.lyon);
+    let at_lyon = page(String::new(), &mut lyon).await;
+    assert_eq!(at_lyon.orders.len(), 1);
+    assert_eq!(at_lyon.orders[0].id, placed[2].id);
+    let hidden = lyon
+        .get_order(pb::GetOrderRequest {
+            key: Some(pb::get_order_request::Key::OrderId(placed[0].id.clone())),
+        })
+        .await
+        .expect_err("shipped from the warehouse");
+    assert_eq!(hidden.code(), tonic::Code::PermissionDenied);
+}
