@@ -5,6 +5,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use chrono::{Datelike as _, NaiveDate};
 use omni_proto::omni::inventory::v1 as pb;
 use omni_proto::omni::inventory::v1::availability_service_server::AvailabilityService;
 use omni_proto::omni::inventory::v1::location_service_server::LocationService;
@@ -650,10 +651,104 @@ impl StockService for Grpc {
         request: Request<pb::ListInventoryValuesRequest>,
     ) -> Reply<pb::ListInventoryValuesResponse> {
         caller(&request, &[Role::Admin, Role::Analyst, Role::Service])?;
-        Err(Status::unimplemented(
-            "inventory values need unit costs from the catalog, which inventory does not receive yet",
-        ))
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let days = value_days(&mut v, req.days.as_ref());
+        let locations: Vec<Uuid> = req
+            .location_ids
+            .iter()
+            .enumerate()
+            .filter_map(|(i, id)| v.check(&format!("location_ids[{i}]"), parse_id(id)))
+            .collect();
+        let size = v.check(
+            "page_size",
+            paging::page_size(req.page_size).map_err(|_| "must not be negative".to_owned()),
+        );
+        let after = match paging::decode_token(&req.page_token) {
+            Ok(None) => None,
+            Ok(Some(key)) => {
+                let parsed = key.split_once('/').and_then(|(d, l)| {
+                    Some((d.parse::<NaiveDate>().ok()?, Uuid::parse_str(l).ok()?))
+                });
+                if parsed.is_none() {
+                    v.add("page_token", "not a token this call returned");
+                }
+                parsed
+            }
+            Err(_) => {
+                v.add("page_token", "not a token this call returned");
+                None
+            }
+        };
+        v.finish()?;
+        let (Some((first, last)), Some(size)) = (days, size) else {
+            return Err(Error::invalid("days", "required").into());
+        };
+        let rows =
+            crate::valuation::values(&self.app.pool, first, last, &locations, after, size).await?;
+        Ok(Response::new(pb::ListInventoryValuesResponse {
+            next_page_token: paging::next_token(
+                rows.len(),
+                size,
+                rows.last().map(|r| format!("{}/{}", r.day, r.location_id)),
+            ),
+            values: rows
+                .iter()
+                .map(|r| pb::InventoryValue {
+                    location_id: r.location_id.to_string(),
+                    day: Some(omni_proto::common::Date {
+                        year: r.day.year(),
+                        month: i32::try_from(r.day.month()).unwrap_or_default(),
+                        day: i32::try_from(r.day.day()).unwrap_or_default(),
+                    }),
+                    units: r.units,
+                    value: Some(omni_proto::common::Money {
+                        minor_units: r.value,
+                        currency: r.currency.clone(),
+                    }),
+                })
+                .collect(),
+        }))
     }
+}
+
+/// Longest range of days one ListInventoryValues call may ask for.
+const MAX_VALUE_DAYS: i64 = 366;
+
+/// The days of a ListInventoryValues request: both ends required, in order, at most a year.
+fn value_days(
+    v: &mut Violations,
+    range: Option<&omni_proto::common::DateRange>,
+) -> Option<(NaiveDate, NaiveDate)> {
+    let date = |field: &str, d: Option<&omni_proto::common::Date>, v: &mut Violations| {
+        let parsed = d.and_then(|d| {
+            NaiveDate::from_ymd_opt(
+                d.year,
+                u32::try_from(d.month).ok()?,
+                u32::try_from(d.day).ok()?,
+            )
+        });
+        if parsed.is_none() {
+            v.add(field, "a valid date is required");
+        }
+        parsed
+    };
+    let Some(range) = range else {
+        v.add("days", "required");
+        return None;
+    };
+    let start = date("days.start", range.start.as_ref(), v);
+    let end = date("days.end", range.end.as_ref(), v);
+    let (start, end) = (start?, end?);
+    if end < start {
+        v.add("days.end", "is before days.start");
+        return None;
+    }
+    if (end - start).num_days() + 1 > MAX_VALUE_DAYS {
+        v.add("days", format!("at most {MAX_VALUE_DAYS} days"));
+        return None;
+    }
+    Some((start, end))
 }
 
 type WatchStream =

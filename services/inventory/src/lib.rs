@@ -4,7 +4,8 @@
 //!
 //! Layers: [`grpc`] validates and maps the contract, [`app`] runs each use case in one
 //! transaction and writes snapshots through to Redis, [`domain`] decides without I/O,
-//! [`store`] talks to Postgres and [`cache`] to Redis.
+//! [`store`] talks to Postgres and [`cache`] to Redis; [`valuation`] values stock at the unit
+//! costs it learns from catalog events.
 
 pub mod app;
 pub mod cache;
@@ -13,6 +14,7 @@ pub mod convert;
 pub mod domain;
 pub mod grpc;
 pub mod store;
+pub mod valuation;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,6 +25,7 @@ use omni_proto::omni::inventory::v1::reservation_service_server::ReservationServ
 use omni_proto::omni::inventory::v1::stock_service_server::StockServiceServer;
 use omni_proto::omni::inventory::v1::transfer_service_server::TransferServiceServer;
 use omni_runtime::auth::{ServerAuth, TokenVerifier};
+use omni_runtime::consumer::{Consumer, ConsumerConfig};
 use omni_runtime::outbox::Outbox;
 use omni_runtime::redis::Redis;
 use omni_runtime::server::Host;
@@ -37,7 +40,7 @@ pub const SERVICE_NAME: &str = "inventory";
 pub const MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// Serves inventory on `listener` until `shutdown` is cancelled; background work (outbox relay,
-/// reservation expiry, cache retries, change notifications) stops with it.
+/// catalog cost events, reservation expiry, cache retries, change notifications) stops with it.
 pub async fn run(
     config: Config,
     listener: TcpListener,
@@ -101,9 +104,17 @@ pub async fn run(
             omni_runtime::db::migrate(&pool, MIGRATOR, &shutdown).await?;
             tokio::spawn(
                 outbox
-                    .relay(pool, redis.clone(), config.common.outbox_poll)
+                    .relay(pool.clone(), redis.clone(), config.common.outbox_poll)
                     .run(shutdown.clone()),
             );
+            // Unit costs from the catalog, for inventory values.
+            let costs = Consumer::new(
+                ConsumerConfig::new(SERVICE_NAME, valuation::SOURCES),
+                pool,
+                redis.clone(),
+                Arc::new(valuation::Costs),
+            )?;
+            tokio::spawn(costs.run(shutdown.clone()));
             tokio::spawn(
                 app.clone()
                     .expire_loop(config.expiry_interval, shutdown.clone()),

@@ -155,7 +155,8 @@ impl Handler for Facts {
             }
             Payload::ChannelChanged(e) => {
                 sales = false;
-                store::upsert_channel(conn, &e.channel_id, e.kind, &e.name).await?;
+                store::register_channel(conn, &e.channel_id, e.kind, &e.name, &e.store_location_id)
+                    .await?;
             }
             Payload::FeedbackRecorded(e) => {
                 sales = false;

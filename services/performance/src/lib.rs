@@ -1,7 +1,8 @@
 //! The performance service: sales performance per channel, store and associate. Order, return,
 //! catalog, crm and inventory events become facts; daily rollups move with them in the same
 //! transaction, so KPI reports never scan raw facts (a rebuild from facts checks them);
-//! traffic and spend are recorded here; linked scorecards are evaluated on the KPIs.
+//! traffic and spend are recorded here; inventory values are read from inventory
+//! ([`inventory_feed`]); linked scorecards are evaluated on the KPIs.
 //!
 //! A/B experiments assign subjects deterministically and are analysed with a two-proportion
 //! z-test or Welch's t-test.
@@ -17,17 +18,22 @@ pub mod events;
 pub mod experiment_store;
 pub mod experiments;
 pub mod grpc;
+pub mod inventory_feed;
+pub mod spans;
 pub mod stats;
 pub mod store;
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use omni_proto::omni::inventory::v1::stock_service_client::StockServiceClient;
 use omni_proto::omni::performance::v1::attribution_service_server::AttributionServiceServer;
 use omni_proto::omni::performance::v1::experiment_service_server::ExperimentServiceServer;
 use omni_proto::omni::performance::v1::input_service_server::InputServiceServer;
 use omni_proto::omni::performance::v1::kpi_service_server::KpiServiceServer;
 use omni_proto::omni::performance::v1::scorecard_service_server::ScorecardServiceServer;
 use omni_runtime::auth::{ServerAuth, TokenVerifier};
+use omni_runtime::client::{self, ServiceToken, TokenSource};
 use omni_runtime::consumer::{Consumer, ConsumerConfig};
 use omni_runtime::outbox::Outbox;
 use omni_runtime::redis::Redis;
@@ -36,15 +42,59 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
 
-pub use crate::config::Config;
+pub use crate::config::{Config, Process};
+pub use crate::inventory_feed::InventoryFeed;
 
 pub const SERVICE_NAME: &str = "performance";
 pub const MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// Serves performance on `listener` until `shutdown` is cancelled; the event consumer and the
-/// outbox relay stop with it.
+/// outbox relay stop with it. Inventory values arrive only as events.
 pub async fn run(
     config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    run_with(config, None, listener, shutdown).await
+}
+
+/// The process: [`run_with`] reading inventory values from inventory when configured, with
+/// this service's own token.
+pub async fn run_process(
+    process: Process,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let feed = match &process.inventory {
+        None => None,
+        Some(source) => {
+            let connect =
+                |url: &str| client::channel(url, Duration::from_secs(2), Duration::from_secs(30));
+            let token = match &source.credential {
+                config::Credential::Token(token) => {
+                    TokenSource::Static(Arc::from(token.expose().as_str()))
+                }
+                config::Credential::ApiKey { identity_url, key } => TokenSource::Service(
+                    ServiceToken::start(connect(identity_url)?, key.clone(), shutdown.clone()),
+                ),
+            };
+            Some(InventoryFeed {
+                client: StockServiceClient::new(client::authenticated(
+                    connect(&source.url)?,
+                    token,
+                    Duration::from_secs(30),
+                )),
+                every: source.every,
+            })
+        }
+    };
+    run_with(process.config, feed, listener, shutdown).await
+}
+
+/// Serves performance, and with `inventory` reads inventory values from it in the background.
+pub async fn run_with(
+    config: Config,
+    inventory: Option<InventoryFeed>,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -98,6 +148,7 @@ pub async fn run(
 
     let startup = {
         let (pool, redis) = (pool.clone(), redis.clone());
+        let pool_for_feed = pool.clone();
         async move {
             omni_runtime::db::migrate(&pool, MIGRATOR, &shutdown).await?;
             tokio::spawn(
@@ -111,6 +162,9 @@ pub async fn run(
                 redis,
                 Arc::new(facts),
             )?;
+            if let Some(feed) = inventory {
+                tokio::spawn(feed.run(pool_for_feed, config.currency.clone(), shutdown.clone()));
+            }
             tokio::spawn(consumer.run(shutdown));
             Ok(())
         }

@@ -4,9 +4,9 @@
 async fn main() -> std::process::ExitCode {
     omni_runtime::server::run_process(
         performance::SERVICE_NAME,
-        performance::Config::from_env,
-        |c| c.common.listen_addr,
-        performance::run,
+        performance::Process::from_env,
+        |p| p.config.common.listen_addr,
+        performance::run_process,
     )
     .await
 }

@@ -13,6 +13,7 @@ use omni_runtime::Result;
 use sqlx::{FromRow, PgConnection, PgPool};
 
 use crate::domain::{DayRange, Sums};
+use crate::spans;
 
 /// One order as the latest event described it.
 #[derive(Debug, Clone, PartialEq, Eq, FromRow)]
@@ -63,6 +64,24 @@ pub async fn upsert_channel(
     .bind(name)
     .execute(conn)
     .await?;
+    Ok(())
+}
+
+/// A channel as the catalog describes it, with the inventory location it sells from (empty:
+/// none, which unlinks a location linked before).
+pub async fn register_channel(
+    conn: &mut PgConnection,
+    channel_id: &str,
+    kind: i32,
+    name: &str,
+    location_id: &str,
+) -> Result<()> {
+    upsert_channel(conn, channel_id, kind, name).await?;
+    sqlx::query("UPDATE channels SET location_id = $2 WHERE channel_id = $1")
+        .bind(channel_id)
+        .bind(location_id)
+        .execute(conn)
+        .await?;
     Ok(())
 }
 
@@ -214,6 +233,24 @@ async fn customer_day(
 /// Records an order's latest facts and moves its contribution (and, when its customer's first
 /// order changes, theirs) in the rollups.
 pub async fn apply_order(conn: &mut PgConnection, new: &OrderRow) -> Result<()> {
+    let old_customer: Option<String> =
+        sqlx::query_scalar("SELECT customer_id FROM order_facts WHERE order_id = $1")
+            .bind(&new.order_id)
+            .fetch_optional(&mut *conn)
+            .await?;
+    let customers = spans::snapshot(
+        conn,
+        &[
+            old_customer.as_deref().unwrap_or_default(),
+            &new.customer_id,
+        ],
+    )
+    .await?;
+    apply_order_facts(conn, new).await?;
+    customers.settle(conn).await
+}
+
+async fn apply_order_facts(conn: &mut PgConnection, new: &OrderRow) -> Result<()> {
     let old = order(conn, &new.order_id).await?;
     let mut row = new.clone();
     if let Some((old_row, old_first)) = &old {
@@ -356,6 +393,7 @@ pub async fn apply_return(conn: &mut PgConnection, r: &ReturnRow) -> Result<()> 
         ),
         None => (String::new(), String::new(), r.customer_id.clone(), false),
     };
+    let customers = spans::snapshot(conn, &[&customer]).await?;
     let inserted = sqlx::query(
         "INSERT INTO return_facts (return_id, order_id, channel_id, store_id, associate_id, \
            customer_id, day, refund, cost, repeat) \
@@ -378,6 +416,7 @@ pub async fn apply_return(conn: &mut PgConnection, r: &ReturnRow) -> Result<()> 
     if !inserted {
         return Ok(());
     }
+    customers.settle(conn).await?;
     sqlx::query(
         "INSERT INTO daily_rollups (day, channel_id, store_id, associate_id, returns, cogs, \
            repeat_net_sales) VALUES ($1, $2, $3, $4, $5, $6, $7) \
@@ -749,7 +788,7 @@ pub struct Selection {
 
 /// The sums of every row of a report (and nothing for rows without any figure).
 pub async fn report_sums(pool: &PgPool, sel: &Selection) -> Result<BTreeMap<Key, Sums>> {
-    let (with, rollups, cdays, customers_rel) = sel.source.relations();
+    let (with, rollups, _, _) = sel.source.relations();
     let d = sel.dimension;
     let mut rows: BTreeMap<Key, Sums> = BTreeMap::new();
     let filter = |c: &str, s: &str| {
@@ -806,69 +845,19 @@ pub async fn report_sums(pool: &PgPool, sel: &Selection) -> Result<BTreeMap<Key,
         s.pickup_hits += a.pickup_hits;
     }
 
-    // Distinct buying customers and those with two orders or more.
-    let sql = format!(
-        "{with}SELECT k1, k2, k3, count(*)::bigint AS customers, \
-           (count(*) FILTER (WHERE n >= 2))::bigint AS repeat_customers FROM ( \
-             SELECT {keys}, customer_id, sum(orders) AS n FROM {cdays} \
-             WHERE day BETWEEN $1 AND $2 AND {filter}{having} \
-             GROUP BY 1, 2, 3, customer_id HAVING sum(orders) > 0) x GROUP BY 1, 2, 3",
-        keys = d.keys("channel_id", "store_id", "associate_id"),
-        filter = filter("channel_id", "store_id"),
-        having = d.having("store_id", "associate_id"),
-    );
-    let customers: Vec<(String, String, String, i64, i64)> =
-        sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .bind(sel.range.start)
-            .bind(sel.range.end)
-            .bind(&sel.channels)
-            .bind(&sel.stores)
-            .fetch_all(pool)
-            .await?;
-    for (c, s, a, n, repeat) in customers {
-        let row = rows.entry((c, s, a)).or_default();
-        row.customers = n;
-        row.repeat_customers = repeat;
-    }
-
-    // The period's new customers, by where they were acquired: who ordered again within the
-    // period, and what they have bought to date.
-    let sql = format!(
-        "{ctes} SELECT {keys}, \
-           (count(*) FILTER (WHERE coalesce(r.n, 0) >= 2))::bigint AS repeating, \
-           coalesce(sum(r.net), 0)::bigint AS cohort_net \
-         FROM cohort c LEFT JOIN bought r ON r.customer_id = c.customer_id \
-         GROUP BY 1, 2, 3",
-        ctes = with_ctes(
-            &with,
-            &format!(
-                "cohort AS (SELECT * FROM {customers_rel} c \
-                   WHERE c.first_day BETWEEN $1 AND $2 AND {filter}{having}), \
-                 bought AS (SELECT d.customer_id, \
-                   sum(d.orders) FILTER (WHERE d.day >= $1) AS n, sum(d.net_sales) AS net \
-                   FROM {cdays} d JOIN cohort k ON k.customer_id = d.customer_id \
-                   WHERE d.day <= $2 GROUP BY 1)",
-                filter = filter("c.acquisition_channel_id", "c.acquisition_store_id"),
-                having = d.having("c.acquisition_store_id", "c.acquisition_associate_id"),
-            )
-        ),
-        keys = d.keys(
-            "c.acquisition_channel_id",
-            "c.acquisition_store_id",
-            "c.acquisition_associate_id"
-        ),
-    );
-    let cohorts: Vec<(String, String, String, i64, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-        .bind(sel.range.start)
-        .bind(sel.range.end)
-        .bind(&sel.channels)
-        .bind(&sel.stores)
-        .fetch_all(pool)
-        .await?;
-    for (c, s, a, repeating, net) in cohorts {
-        let row = rows.entry((c, s, a)).or_default();
-        row.new_customers_repeating = repeating;
-        row.cohort_net_sales = net;
+    // Distinct-customer figures: from the pair rollups when one stored key answers each row,
+    // otherwise (a union no key covers) from the customer days.
+    if let Some((level, collapse)) = distinct_level(sel) {
+        for (key, f) in spans::figures(pool, level, sel.range, &sel.channels, &sel.stores).await? {
+            let key = if collapse { Key::default() } else { key };
+            let row = rows.entry(key).or_default();
+            row.customers += f.customers;
+            row.repeat_customers += f.repeat_customers;
+            row.new_customers_repeating += f.new_customers_repeating;
+            row.cohort_net_sales += f.cohort_net_sales;
+        }
+    } else {
+        distinct_from_customer_days(pool, sel, &mut rows).await?;
     }
 
     // Traffic and spend are per channel: they belong to channel rows and the total.
@@ -934,8 +923,9 @@ pub async fn report_sums(pool: &PgPool, sel: &Selection) -> Result<BTreeMap<Key,
         }
     }
 
-    // Average inventory value: per store for store rows; over every location for the total
-    // (the mean over days of that day's summed value).
+    // Average inventory value (the mean over days of the day's summed value): per store for
+    // store rows, over the locations channels sell from for channel rows, over every location
+    // (or the filtered channels' or stores') for the total.
     match d {
         Dimension::Store => {
             let values: Vec<(String, i64)> = sqlx::query_as(
@@ -953,13 +943,42 @@ pub async fn report_sums(pool: &PgPool, sel: &Selection) -> Result<BTreeMap<Key,
                     .map(|(_, v)| *v);
             }
         }
-        Dimension::Total if sel.channels.is_empty() && sel.stores.is_empty() => {
-            let value: Option<i64> = sqlx::query_scalar(
-                "SELECT round(avg(total))::bigint FROM (SELECT day, sum(value) AS total \
-                 FROM inventory_values WHERE day BETWEEN $1 AND $2 GROUP BY day) d",
+        Dimension::Channel => {
+            let values: Vec<(String, i64)> = sqlx::query_as(
+                "SELECT channel_id, round(avg(total))::bigint FROM ( \
+                   SELECT c.channel_id, v.day, sum(v.value) AS total \
+                   FROM channels c JOIN inventory_values v ON v.location_id = c.location_id \
+                   WHERE c.location_id <> '' AND v.day BETWEEN $1 AND $2 \
+                     AND (cardinality($3::text[]) = 0 OR c.channel_id = ANY($3)) \
+                     AND (cardinality($4::text[]) = 0 OR v.location_id = ANY($4)) \
+                   GROUP BY 1, 2) d GROUP BY 1",
             )
             .bind(sel.range.start)
             .bind(sel.range.end)
+            .bind(&sel.channels)
+            .bind(&sel.stores)
+            .fetch_all(pool)
+            .await?;
+            for (channel, value) in values {
+                rows.entry((channel, String::new(), String::new()))
+                    .or_default()
+                    .average_inventory_value = Some(value);
+            }
+        }
+        Dimension::Total => {
+            let value: Option<i64> = sqlx::query_scalar(
+                "SELECT round(avg(total))::bigint FROM (SELECT day, sum(value) AS total \
+                 FROM inventory_values WHERE day BETWEEN $1 AND $2 \
+                   AND (cardinality($3::text[]) = 0 OR location_id IN ( \
+                     SELECT location_id FROM channels WHERE channel_id = ANY($3) \
+                       AND location_id <> '')) \
+                   AND (cardinality($4::text[]) = 0 OR location_id = ANY($4)) \
+                 GROUP BY day) d",
+            )
+            .bind(sel.range.start)
+            .bind(sel.range.end)
+            .bind(&sel.channels)
+            .bind(&sel.stores)
             .fetch_one(pool)
             .await?;
             if value.is_some() {
@@ -968,9 +987,112 @@ pub async fn report_sums(pool: &PgPool, sel: &Selection) -> Result<BTreeMap<Key,
                     .average_inventory_value = value;
             }
         }
-        _ => {}
+        Dimension::Associate => {}
     }
     Ok(rows)
+}
+
+/// Distinct buying customers, those with two orders or more, and the period's new customers
+/// (who ordered again, what they bought to date), from customer days: for raw facts, and for
+/// rows that are unions of stored keys (several channels, some of a channel's stores).
+async fn distinct_from_customer_days(
+    pool: &PgPool,
+    sel: &Selection,
+    rows: &mut BTreeMap<Key, Sums>,
+) -> Result<()> {
+    let (with, _, cdays, customers_rel) = sel.source.relations();
+    let d = sel.dimension;
+    let filter = |c: &str, s: &str| {
+        format!(
+            "(cardinality($3::text[]) = 0 OR {c} = ANY($3)) \
+             AND (cardinality($4::text[]) = 0 OR {s} = ANY($4))"
+        )
+    };
+    // Distinct buying customers and those with two orders or more.
+    let sql = format!(
+        "{with}SELECT k1, k2, k3, count(*)::bigint AS customers, \
+           (count(*) FILTER (WHERE n >= 2))::bigint AS repeat_customers FROM ( \
+             SELECT {keys}, customer_id, sum(orders) AS n FROM {cdays} \
+             WHERE day BETWEEN $1 AND $2 AND {filter}{having} \
+             GROUP BY 1, 2, 3, customer_id HAVING sum(orders) > 0) x GROUP BY 1, 2, 3",
+        keys = d.keys("channel_id", "store_id", "associate_id"),
+        filter = filter("channel_id", "store_id"),
+        having = d.having("store_id", "associate_id"),
+    );
+    let customers: Vec<(String, String, String, i64, i64)> =
+        sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(sel.range.start)
+            .bind(sel.range.end)
+            .bind(&sel.channels)
+            .bind(&sel.stores)
+            .fetch_all(pool)
+            .await?;
+    for (c, s, a, n, repeat) in customers {
+        let row = rows.entry((c, s, a)).or_default();
+        row.customers = n;
+        row.repeat_customers = repeat;
+    }
+
+    // The period's new customers, by where they were acquired: who ordered again within the
+    // period, and what they have bought to date.
+    let sql = format!(
+        "{ctes} SELECT {keys}, \
+           (count(*) FILTER (WHERE coalesce(r.n, 0) >= 2))::bigint AS repeating, \
+           coalesce(sum(r.net), 0)::bigint AS cohort_net \
+         FROM cohort c LEFT JOIN bought r ON r.customer_id = c.customer_id \
+         GROUP BY 1, 2, 3",
+        ctes = with_ctes(
+            &with,
+            &format!(
+                "cohort AS (SELECT * FROM {customers_rel} c \
+                   WHERE c.first_day BETWEEN $1 AND $2 AND {filter}{having}), \
+                 bought AS (SELECT d.customer_id, \
+                   sum(d.orders) FILTER (WHERE d.day >= $1) AS n, sum(d.net_sales) AS net \
+                   FROM {cdays} d JOIN cohort k ON k.customer_id = d.customer_id \
+                   WHERE d.day <= $2 GROUP BY 1)",
+                filter = filter("c.acquisition_channel_id", "c.acquisition_store_id"),
+                having = d.having("c.acquisition_store_id", "c.acquisition_associate_id"),
+            )
+        ),
+        keys = d.keys(
+            "c.acquisition_channel_id",
+            "c.acquisition_store_id",
+            "c.acquisition_associate_id"
+        ),
+    );
+    let cohorts: Vec<(String, String, String, i64, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(sel.range.start)
+        .bind(sel.range.end)
+        .bind(&sel.channels)
+        .bind(&sel.stores)
+        .fetch_all(pool)
+        .await?;
+    for (c, s, a, repeating, net) in cohorts {
+        let row = rows.entry((c, s, a)).or_default();
+        row.new_customers_repeating = repeating;
+        row.cohort_net_sales = net;
+    }
+    Ok(())
+}
+
+/// The pair-rollup level whose keys are exactly a selection's rows, and whether they collapse
+/// into the one total row; `None` when a row would be a union of keys.
+fn distinct_level(sel: &Selection) -> Option<(spans::Level, bool)> {
+    if sel.source != Source::Rollups {
+        return None;
+    }
+    match sel.dimension {
+        Dimension::Channel if sel.stores.is_empty() => Some((spans::CHANNEL, false)),
+        Dimension::Store => Some((spans::STORE, false)),
+        Dimension::Associate => Some((spans::ASSOCIATE, false)),
+        Dimension::Total if sel.stores.is_empty() && sel.channels.is_empty() => {
+            Some((spans::TOTAL, false))
+        }
+        Dimension::Total if sel.stores.is_empty() && sel.channels.len() == 1 => {
+            Some((spans::CHANNEL, true))
+        }
+        _ => None,
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -984,7 +1106,7 @@ pub struct Rebuilt {
 }
 
 /// Recomputes customers, `daily_rollups` and `customer_days` (within `range`, or everywhere)
-/// from raw facts, counting rows that differed.
+/// and the pair rollups (everywhere) from raw facts, counting rows that differed.
 pub async fn rebuild(pool: &PgPool, range: Option<DayRange>) -> Result<Rebuilt> {
     let mut tx = pool.begin().await?;
     // Facts must not move underneath the recomputation.
@@ -1094,11 +1216,15 @@ pub async fn rebuild(pool: &PgPool, range: Option<DayRange>) -> Result<Rebuilt> 
     )))
     .execute(&mut *tx)
     .await?;
+    // Pairs span days, so they are recomputed whole whatever the range.
+    let (written_pairs, changed_pairs) = spans::rebuild(&mut tx).await?;
     tx.commit().await?;
     Ok(Rebuilt {
         facts_scanned,
-        rows_written: i64::try_from(written + written_days).unwrap_or(i64::MAX),
-        rows_changed: changed_rollups + changed_days,
+        rows_written: i64::try_from(written + written_days)
+            .unwrap_or(i64::MAX)
+            .saturating_add(written_pairs),
+        rows_changed: changed_rollups + changed_days + changed_pairs,
     })
 }
 
@@ -1358,6 +1484,7 @@ pub async fn merge_customer(conn: &mut PgConnection, merged: &str, survivor: &st
         day: NaiveDate,
         refund: i64,
     }
+    let customers = spans::snapshot(conn, &[merged, survivor]).await?;
     let returns: Vec<Returned> = sqlx::query_as(
         "UPDATE return_facts SET customer_id = $2 WHERE customer_id = $1 \
          RETURNING order_id, channel_id, store_id, associate_id, day, refund",
@@ -1366,6 +1493,7 @@ pub async fn merge_customer(conn: &mut PgConnection, merged: &str, survivor: &st
     .bind(survivor)
     .fetch_all(&mut *conn)
     .await?;
+    customers.settle(conn).await?;
     for r in returns {
         let at = OrderRow {
             order_id: r.order_id,

@@ -5,3 +5,4 @@ mod reservations;
 mod stock;
 mod support;
 mod transfers;
+mod values;

@@ -19,7 +19,8 @@ use crate::support::*;
 /// - O5 eshop, D, 03-04: 2000, cancelled (counts nowhere; D is not acquired).
 /// - O6 store S1, anonymous, 03-05: 1000, cost 400; pickup promised 10:30, ready 10:45.
 /// - R1 return of one unit of O1 on 03-06: refund 5000, unit cost 3000.
-/// - Traffic: eshop 100 visits on 03-01 and on 03-02, 1000 impressions, 50 interactions;
+/// - Traffic: eshop 100 visits on 03-01 and on 03-02, 1000 impressions, 50 interactions, a
+///   reach of 400 and 300;
 ///   live 10 visits on 03-03; the store channel none (zero visits).
 /// - Spend: eshop marketing 3000 (03-01) and operations 1000 (03-02), eshop marketing 4000
 ///   on 02-25; live marketing 500 (zero new customers).
@@ -137,10 +138,10 @@ pub async fn crafted(p: &mut Performance) {
         ],
     )
     .await;
-    for (channel, d, visits, impressions, interactions) in [
-        ("eshop", day(2026, 3, 1), 100, 600, 30),
-        ("eshop", day(2026, 3, 2), 100, 400, 20),
-        ("live", day(2026, 3, 3), 10, 0, 0),
+    for (channel, d, visits, impressions, interactions, reach) in [
+        ("eshop", day(2026, 3, 1), 100, 600, 30, 400),
+        ("eshop", day(2026, 3, 2), 100, 400, 20, 300),
+        ("live", day(2026, 3, 3), 10, 0, 0, 0),
     ] {
         p.inputs
             .record_traffic(pb::RecordTrafficRequest {
@@ -150,6 +151,7 @@ pub async fn crafted(p: &mut Performance) {
                     visits,
                     impressions,
                     interactions,
+                    reach,
                     ..Default::default()
                 }),
             })
@@ -232,6 +234,7 @@ fn check_channel_report(r: &pb::GetKpiReportResponse) {
     assert_eq!(e.impressions, 1_000);
     assert_eq!(e.interactions, 50);
     assert!(close(e.interaction_rate, 0.05));
+    assert_eq!(e.reach, 700);
     assert_eq!(minor(&e.marketing_spend), Some(3_000));
     assert_eq!(minor(&e.operations_spend), Some(1_000));
     assert!(close(e.channel_roi, 1.125));
@@ -284,6 +287,7 @@ fn check_channel_report(r: &pb::GetKpiReportResponse) {
     assert_eq!(t.customers, 3);
     assert!(close(t.repeat_purchase_rate, 1.0 / 3.0));
     assert_eq!(t.visits, 210);
+    assert_eq!(t.reach, 700);
     assert!(close(t.conversion_rate, 5.0 / 210.0));
     assert_eq!(minor(&t.customer_acquisition_cost), Some(1_750));
     assert!(close(t.sales_share, 1.0));
@@ -710,4 +714,54 @@ async fn a_customer_merge_moves_facts_to_the_survivor() {
         .expect("rebuild")
         .into_inner();
     assert_eq!(rebuilt.rollup_rows_changed, 0);
+}
+
+#[tokio::test]
+async fn a_channel_row_turns_over_the_stock_of_the_location_it_sells_from() {
+    let mut p = start().await;
+    crafted(&mut p).await;
+    // The catalog links the store channel to its inventory location S1 (valued 10000 on 03-01
+    // and 20000 on 03-05); e-shop and live sell from no location of their own.
+    let (kind, payload) = channel("store", ChannelKind::Store);
+    let payload = match payload {
+        omni_proto::events::event::Payload::ChannelChanged(mut c) => {
+            c.store_location_id = "S1".into();
+            c.created = false;
+            omni_proto::events::event::Payload::ChannelChanged(c)
+        }
+        other => other,
+    };
+    p.publish("catalog", vec![(kind, payload)]).await;
+    let r = p.report(march()).await;
+    let store = row(&r, "store").current.as_ref().expect("current");
+    // Cost of goods sold 3900 (O3 2500, O4 1000, O6 400) over 15000.
+    assert_eq!(minor(&store.average_inventory_value), Some(15_000));
+    assert!(close(store.inventory_turnover, 0.26));
+    let eshop = row(&r, "eshop").current.as_ref().expect("current");
+    assert_eq!(eshop.average_inventory_value, None);
+    assert_eq!(eshop.inventory_turnover, None);
+    // A total over the store channel alone turns over the same stock; rollups and the raw
+    // scan agree.
+    let only_store = pb::GetKpiReportRequest {
+        channel_ids: vec!["store".into()],
+        ..march()
+    };
+    let filtered = p.report(only_store.clone()).await;
+    let t = filtered
+        .total
+        .as_ref()
+        .and_then(|t| t.current.as_ref())
+        .expect("total");
+    assert!(close(t.inventory_turnover, 0.26));
+    let raw = p
+        .report(pb::GetKpiReportRequest {
+            source: pb::KpiSource::RawFacts as i32,
+            ..only_store
+        })
+        .await;
+    assert_eq!(raw.rows, filtered.rows);
+    assert_eq!(raw.total, filtered.total);
+    // The previous week had no valuation: no turnover rather than a division by zero.
+    let previous = row(&r, "store").previous.as_ref().expect("previous");
+    assert_eq!(previous.inventory_turnover, None);
 }

@@ -3,8 +3,10 @@
 
 mod attribution;
 mod bench;
+mod distinct;
 mod experiments;
 mod inputs;
+mod inventory;
 mod kpis;
 mod scorecards;
 mod support;

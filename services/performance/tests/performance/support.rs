@@ -35,6 +35,11 @@ pub struct Performance {
 }
 
 pub async fn start() -> Performance {
+    start_with(None).await
+}
+
+/// Performance, reading inventory values from `inventory` when given.
+pub async fn start_with(inventory: Option<performance::InventoryFeed>) -> Performance {
     let common = omni_testkit::common_config("performance")
         .await
         .expect("config");
@@ -43,7 +48,7 @@ pub async fn start() -> Performance {
         currency: CURRENCY.to_owned(),
     };
     let svc = Service::start("performance", common, move |listener, shutdown| {
-        performance::run(config, listener, shutdown)
+        performance::run_with(config, inventory, listener, shutdown)
     })
     .await
     .expect("performance starts");

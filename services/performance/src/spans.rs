@@ -1,0 +1,551 @@
+//! Distinct-customer rollups: what the KPIs that count customers (buying customers, customers
+//! with two orders or more, new customers who ordered again) and the cohort's net sales to date
+//! need, kept in rows whose number does not grow with orders and whose reads are bounded by the
+//! range's length.
+//!
+//! Each of these figures is a count (or sum) of *pairs of days* `(a, b)`, `a <= b`, lying
+//! inside the range (`a >= start` and `b <= end`), computed per customer and key (a channel,
+//! store or associate, or everything):
+//!
+//! - family 0, one pair `(d, d)` per order: the key's orders by known customers; for a customer
+//!   with `k` orders in the range, `k` pairs are inside.
+//! - family 1, consecutive orders `(o[i], o[i+1])` of the customer in the key: `k - 1` inside
+//!   (when `k >= 1`), so buying customers = family 0 - family 1.
+//! - family 2, orders two apart `(o[i], o[i+2])`: `k - 2` inside, so customers with two orders
+//!   or more = family 1 - family 2.
+//! - family 3, under the key the customer was acquired in, `(first order day, second order
+//!   day)`: inside exactly when a customer acquired in the range ordered again within it.
+//! - family 4, under the acquisition key, `(first order day, max(first, d))` weighted by the
+//!   customer's net sales on day `d` (any channel): the cohort's net sales to the range's end.
+//!
+//! A pair is stored four times, at four grains: month × month, day × month, month × day and
+//! day × day (`am`/`bm` always hold the months). Pairs inside `[s, e]` are exactly: month ×
+//! month rows with `a`'s month after `s`'s and `b`'s before `e`'s; day × month rows with `a` in
+//! `s`'s month, `a >= s`, `b`'s month before `e`'s; month × day rows with `a`'s month after
+//! `s`'s, `b` in `e`'s month, `b <= e`; day × day rows with `a` in `s`'s month and `b` in
+//! `e`'s. So a report reads at most months² + 2 × 31 × months + 31² rows per key and family,
+//! however many orders there are.
+//!
+//! A customer's pairs are a function of its own facts only: every change is applied as
+//! "compute the customer's pairs before, change the facts, compute them after, add the
+//! difference", under a per-customer advisory lock, and [`rebuild`] recomputes them all.
+
+use std::collections::{BTreeMap, HashMap};
+
+use chrono::{DateTime, Datelike, NaiveDate, Utc};
+use omni_runtime::Result;
+use sqlx::{FromRow, PgConnection};
+use tokio_stream::StreamExt as _;
+
+use crate::domain::DayRange;
+
+/// Which customers a key groups: every order (0), a channel's (1), a store's (2), an
+/// associate's (3). Matches the report dimensions total, channel, store, associate.
+pub type Level = i16;
+pub const TOTAL: Level = 0;
+pub const CHANNEL: Level = 1;
+pub const STORE: Level = 2;
+pub const ASSOCIATE: Level = 3;
+
+/// One stored row's identity.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RowKey {
+    pub level: Level,
+    pub grain: i16,
+    pub am: NaiveDate,
+    pub bm: NaiveDate,
+    pub a: NaiveDate,
+    pub b: NaiveDate,
+    pub family: i16,
+    pub channel_id: String,
+    pub store_id: String,
+    pub associate_id: String,
+}
+
+/// Row key → value (a count, or minor units for family 4).
+pub type Contributions = HashMap<RowKey, i64>;
+
+/// One not-cancelled order of a customer, as far as these rollups care.
+#[derive(Debug, Clone, PartialEq, Eq, FromRow)]
+pub struct CustomerOrder {
+    pub placed_at: DateTime<Utc>,
+    pub order_id: String,
+    pub day: NaiveDate,
+    pub channel_id: String,
+    pub store_id: String,
+    pub associate_id: String,
+    pub sales: i64,
+}
+
+/// A refund on a day.
+#[derive(Debug, Clone, PartialEq, Eq, FromRow)]
+pub struct CustomerReturn {
+    pub day: NaiveDate,
+    pub refund: i64,
+}
+
+fn month(d: NaiveDate) -> NaiveDate {
+    d.with_day(1).unwrap_or(d)
+}
+
+/// The keys an order (or an acquisition) with these dimensions falls under.
+fn keys<'a>(
+    channel: &'a str,
+    store: &'a str,
+    associate: &'a str,
+) -> Vec<(Level, &'a str, &'a str, &'a str)> {
+    let mut keys = vec![(TOTAL, "", "", ""), (CHANNEL, channel, "", "")];
+    if !store.is_empty() {
+        keys.push((STORE, channel, store, ""));
+    }
+    if !associate.is_empty() {
+        keys.push((ASSOCIATE, channel, store, associate));
+    }
+    keys
+}
+
+fn add_pair(
+    out: &mut Contributions,
+    (level, channel, store, associate): (Level, &str, &str, &str),
+    family: i16,
+    a: NaiveDate,
+    b: NaiveDate,
+    value: i64,
+) {
+    if value == 0 {
+        return;
+    }
+    let (am, bm) = (month(a), month(b));
+    for (grain, ka, kb) in [(0, am, bm), (1, a, bm), (2, am, b), (3, a, b)] {
+        *out.entry(RowKey {
+            level,
+            grain,
+            am,
+            bm,
+            a: ka,
+            b: kb,
+            family,
+            channel_id: channel.to_owned(),
+            store_id: store.to_owned(),
+            associate_id: associate.to_owned(),
+        })
+        .or_default() += value;
+    }
+}
+
+/// What one customer holds in the rollups, from its not-cancelled orders (any order) and its
+/// returns. Pure: the incremental path and the rebuild share it.
+pub fn contributions(
+    orders: &[CustomerOrder],
+    returns: &[CustomerReturn],
+    out: &mut Contributions,
+) {
+    let mut orders: Vec<&CustomerOrder> = orders.iter().collect();
+    orders.sort_by(|x, y| (x.placed_at, &x.order_id).cmp(&(y.placed_at, &y.order_id)));
+    let Some(first) = orders.first() else {
+        return;
+    };
+
+    // Families 0-2: per key, the customer's order days in order.
+    let mut days: BTreeMap<(Level, &str, &str, &str), Vec<NaiveDate>> = BTreeMap::new();
+    for o in &orders {
+        for key in keys(&o.channel_id, &o.store_id, &o.associate_id) {
+            days.entry(key).or_default().push(o.day);
+        }
+    }
+    for (key, mut ds) in days {
+        ds.sort();
+        for (i, d) in ds.iter().enumerate() {
+            add_pair(out, key, 0, *d, *d, 1);
+            if let Some(next) = ds.get(i + 1) {
+                add_pair(out, key, 1, *d, *next, 1);
+            }
+            if let Some(after) = ds.get(i + 2) {
+                add_pair(out, key, 2, *d, *after, 1);
+            }
+        }
+    }
+
+    // Families 3-4: under the acquisition's keys.
+    let acquired = keys(&first.channel_id, &first.store_id, &first.associate_id);
+    let mut order_days: Vec<NaiveDate> = orders.iter().map(|o| o.day).collect();
+    order_days.sort();
+    let mut net: BTreeMap<NaiveDate, i64> = BTreeMap::new();
+    for o in &orders {
+        *net.entry(o.day).or_default() += o.sales;
+    }
+    for r in returns {
+        *net.entry(r.day).or_default() -= r.refund;
+    }
+    for key in acquired {
+        if let Some(second) = order_days.get(1) {
+            add_pair(out, key, 3, first.day, *second, 1);
+        }
+        for (d, value) in &net {
+            add_pair(out, key, 4, first.day, first.day.max(*d), *value);
+        }
+    }
+}
+
+async fn customer_facts(
+    conn: &mut PgConnection,
+    customer_id: &str,
+) -> Result<(Vec<CustomerOrder>, Vec<CustomerReturn>)> {
+    let orders = sqlx::query_as(
+        "SELECT placed_at, order_id, day, channel_id, store_id, associate_id, sales \
+         FROM order_facts WHERE customer_id = $1 AND NOT cancelled",
+    )
+    .bind(customer_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    let returns = sqlx::query_as("SELECT day, refund FROM return_facts WHERE customer_id = $1")
+        .bind(customer_id)
+        .fetch_all(&mut *conn)
+        .await?;
+    Ok((orders, returns))
+}
+
+/// What some customers held before a change; [`Snapshot::settle`] after the change moves the
+/// rollups by the difference.
+#[derive(Debug)]
+pub struct Snapshot {
+    customers: Vec<String>,
+    before: Contributions,
+}
+
+/// Locks the customers (for the rest of the transaction, in a fixed order so two changes
+/// never wait on each other crosswise) and records what they hold now.
+pub async fn snapshot(conn: &mut PgConnection, customers: &[&str]) -> Result<Snapshot> {
+    let mut customers: Vec<String> = customers
+        .iter()
+        .filter(|c| !c.is_empty())
+        .map(|c| (*c).to_owned())
+        .collect();
+    customers.sort();
+    customers.dedup();
+    let mut before = Contributions::new();
+    for c in &customers {
+        sqlx::query(
+            "SELECT pg_advisory_xact_lock(hashtextextended('performance.customer:' || $1, 0))",
+        )
+        .bind(c)
+        .execute(&mut *conn)
+        .await?;
+        let (orders, returns) = customer_facts(conn, c).await?;
+        contributions(&orders, &returns, &mut before);
+    }
+    Ok(Snapshot { customers, before })
+}
+
+impl Snapshot {
+    /// Adds what the customers hold now minus what they held at the snapshot.
+    pub async fn settle(self, conn: &mut PgConnection) -> Result<()> {
+        let mut delta = Contributions::new();
+        for c in &self.customers {
+            let (orders, returns) = customer_facts(conn, c).await?;
+            contributions(&orders, &returns, &mut delta);
+        }
+        for (k, v) in self.before {
+            *delta.entry(k).or_default() -= v;
+        }
+        delta.retain(|_, v| *v != 0);
+        add(conn, delta).await
+    }
+}
+
+/// Column arrays for `UNNEST`, in key order (so concurrent writers lock rows in one order).
+#[derive(Default)]
+struct Columns {
+    level: Vec<i16>,
+    grain: Vec<i16>,
+    am: Vec<NaiveDate>,
+    bm: Vec<NaiveDate>,
+    a: Vec<NaiveDate>,
+    b: Vec<NaiveDate>,
+    family: Vec<i16>,
+    channel: Vec<String>,
+    store: Vec<String>,
+    associate: Vec<String>,
+    value: Vec<i64>,
+}
+
+impl Columns {
+    fn from_rows(rows: impl IntoIterator<Item = (RowKey, i64)>) -> Self {
+        let mut c = Columns::default();
+        for (k, v) in rows {
+            c.level.push(k.level);
+            c.grain.push(k.grain);
+            c.am.push(k.am);
+            c.bm.push(k.bm);
+            c.a.push(k.a);
+            c.b.push(k.b);
+            c.family.push(k.family);
+            c.channel.push(k.channel_id);
+            c.store.push(k.store_id);
+            c.associate.push(k.associate_id);
+            c.value.push(v);
+        }
+        c
+    }
+}
+
+const UNNEST: &str = "UNNEST($1::int2[], $2::int2[], $3::date[], $4::date[], $5::date[], \
+    $6::date[], $7::int2[], $8::text[], $9::text[], $10::text[], $11::int8[])";
+const KEY_COLUMNS: &str = "level, grain, am, bm, a, b, family, channel_id, store_id, associate_id";
+
+fn bind_columns<'q>(
+    q: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    c: &'q Columns,
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    q.bind(&c.level)
+        .bind(&c.grain)
+        .bind(&c.am)
+        .bind(&c.bm)
+        .bind(&c.a)
+        .bind(&c.b)
+        .bind(&c.family)
+        .bind(&c.channel)
+        .bind(&c.store)
+        .bind(&c.associate)
+        .bind(&c.value)
+}
+
+/// Adds `delta` to the stored rows; rows that reach zero are removed, as a rebuild would not
+/// write them.
+async fn add(conn: &mut PgConnection, delta: Contributions) -> Result<()> {
+    if delta.is_empty() {
+        return Ok(());
+    }
+    let mut rows: Vec<(RowKey, i64)> = delta.into_iter().collect();
+    rows.sort();
+    let columns = Columns::from_rows(rows);
+    bind_columns(
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO pair_rollups ({KEY_COLUMNS}, value) SELECT * FROM {UNNEST} \
+             ON CONFLICT ({KEY_COLUMNS}) DO UPDATE SET value = pair_rollups.value + excluded.value"
+        ))),
+        &columns,
+    )
+    .execute(&mut *conn)
+    .await?;
+    bind_columns(
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DELETE FROM pair_rollups p USING {UNNEST} AS d ({KEY_COLUMNS}, value) \
+             WHERE ({p}) = ({d}) AND p.value = 0",
+            p = prefixed("p"),
+            d = prefixed("d"),
+        ))),
+        &columns,
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+fn prefixed(p: &str) -> String {
+    KEY_COLUMNS
+        .split(", ")
+        .map(|c| format!("{p}.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The distinct-customer figures of one report row over one range.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Figures {
+    pub customers: i64,
+    pub repeat_customers: i64,
+    pub new_customers_repeating: i64,
+    pub cohort_net_sales: i64,
+}
+
+/// The figures per key of `level` over `range`, for the keys passing the channel and store
+/// filters (empty: every one). Keys without any figure are left out.
+pub async fn figures(
+    pool: &sqlx::PgPool,
+    level: Level,
+    range: DayRange,
+    channels: &[String],
+    stores: &[String],
+) -> Result<BTreeMap<(String, String, String), Figures>> {
+    let (s, e) = (range.start, range.end);
+    let (ms, me) = (month(s), month(e));
+    #[derive(FromRow)]
+    struct Row {
+        family: i16,
+        channel_id: String,
+        store_id: String,
+        associate_id: String,
+        value: i64,
+    }
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT family, channel_id, store_id, associate_id, sum(value)::bigint AS value FROM ( \
+           SELECT family, channel_id, store_id, associate_id, value FROM pair_rollups \
+             WHERE level = $1 AND grain = 0 AND am > $4 AND am < $5 AND bm < $5 \
+           UNION ALL \
+           SELECT family, channel_id, store_id, associate_id, value FROM pair_rollups \
+             WHERE level = $1 AND grain = 1 AND am = $4 AND bm < $5 AND a >= $2 \
+           UNION ALL \
+           SELECT family, channel_id, store_id, associate_id, value FROM pair_rollups \
+             WHERE level = $1 AND grain = 2 AND am > $4 AND am <= $5 AND bm = $5 AND b <= $3 \
+           UNION ALL \
+           SELECT family, channel_id, store_id, associate_id, value FROM pair_rollups \
+             WHERE level = $1 AND grain = 3 AND am = $4 AND bm = $5 AND a >= $2 AND b <= $3 \
+         ) p \
+         WHERE (cardinality($6::text[]) = 0 OR channel_id = ANY($6)) \
+           AND (cardinality($7::text[]) = 0 OR store_id = ANY($7)) \
+         GROUP BY 1, 2, 3, 4",
+    )
+    .bind(level)
+    .bind(s)
+    .bind(e)
+    .bind(ms)
+    .bind(me)
+    .bind(channels)
+    .bind(stores)
+    .fetch_all(pool)
+    .await?;
+    let mut sums: BTreeMap<(String, String, String), [i64; 5]> = BTreeMap::new();
+    for r in rows {
+        if let Some(slot) = sums
+            .entry((r.channel_id, r.store_id, r.associate_id))
+            .or_default()
+            .get_mut(usize::try_from(r.family).unwrap_or(usize::MAX))
+        {
+            *slot += r.value;
+        }
+    }
+    Ok(sums
+        .into_iter()
+        .map(|(k, f)| {
+            (
+                k,
+                Figures {
+                    customers: f[0] - f[1],
+                    repeat_customers: f[1] - f[2],
+                    new_customers_repeating: f[3],
+                    cohort_net_sales: f[4],
+                },
+            )
+        })
+        .filter(|(_, f)| *f != Figures::default())
+        .collect())
+}
+
+/// Recomputes every row from raw facts (inside the caller's transaction, which keeps facts
+/// still); returns (rows written, rows that differed).
+pub async fn rebuild(conn: &mut PgConnection) -> Result<(i64, i64)> {
+    let mut returns: HashMap<String, Vec<CustomerReturn>> = HashMap::new();
+    let rows: Vec<(String, NaiveDate, i64)> =
+        sqlx::query_as("SELECT customer_id, day, refund FROM return_facts WHERE customer_id <> ''")
+            .fetch_all(&mut *conn)
+            .await?;
+    for (customer, day, refund) in rows {
+        returns
+            .entry(customer)
+            .or_default()
+            .push(CustomerReturn { day, refund });
+    }
+
+    let mut rebuilt = Contributions::new();
+    {
+        #[derive(FromRow)]
+        struct Row {
+            customer_id: String,
+            #[sqlx(flatten)]
+            order: CustomerOrder,
+        }
+        let mut stream = sqlx::query_as::<_, Row>(
+            "SELECT customer_id, placed_at, order_id, day, channel_id, store_id, associate_id, \
+               sales FROM order_facts WHERE customer_id <> '' AND NOT cancelled \
+             ORDER BY customer_id",
+        )
+        .fetch(&mut *conn);
+        let mut current: Option<String> = None;
+        let mut orders: Vec<CustomerOrder> = Vec::new();
+        while let Some(row) = stream.next().await {
+            let row = row?;
+            if current.as_deref() != Some(row.customer_id.as_str()) {
+                if let Some(c) = current.take() {
+                    let r = returns.get(&c).map_or(&[][..], Vec::as_slice);
+                    contributions(&orders, r, &mut rebuilt);
+                }
+                orders.clear();
+                current = Some(row.customer_id);
+            }
+            orders.push(row.order);
+        }
+        if let Some(c) = current {
+            let r = returns.get(&c).map_or(&[][..], Vec::as_slice);
+            contributions(&orders, r, &mut rebuilt);
+        }
+    }
+    rebuilt.retain(|_, v| *v != 0);
+
+    let mut changed = 0_i64;
+    {
+        #[derive(FromRow)]
+        struct Stored {
+            level: i16,
+            grain: i16,
+            am: NaiveDate,
+            bm: NaiveDate,
+            a: NaiveDate,
+            b: NaiveDate,
+            family: i16,
+            channel_id: String,
+            store_id: String,
+            associate_id: String,
+            value: i64,
+        }
+        let mut seen = 0_i64;
+        let mut stream = sqlx::query_as::<_, Stored>(sqlx::AssertSqlSafe(format!(
+            "SELECT {KEY_COLUMNS}, value FROM pair_rollups"
+        )))
+        .fetch(&mut *conn);
+        while let Some(row) = stream.next().await {
+            let s = row?;
+            let key = RowKey {
+                level: s.level,
+                grain: s.grain,
+                am: s.am,
+                bm: s.bm,
+                a: s.a,
+                b: s.b,
+                family: s.family,
+                channel_id: s.channel_id,
+                store_id: s.store_id,
+                associate_id: s.associate_id,
+            };
+            match rebuilt.get(&key) {
+                Some(v) if *v == s.value => seen += 1,
+                Some(_) => {
+                    seen += 1;
+                    changed += 1;
+                }
+                None => changed += 1,
+            }
+        }
+        // Rows the rebuild has and the table lacked.
+        changed += i64::try_from(rebuilt.len()).unwrap_or(i64::MAX) - seen;
+    }
+
+    sqlx::query("DELETE FROM pair_rollups")
+        .execute(&mut *conn)
+        .await?;
+    let written = i64::try_from(rebuilt.len()).unwrap_or(i64::MAX);
+    let mut rows: Vec<(RowKey, i64)> = rebuilt.into_iter().collect();
+    rows.sort();
+    for chunk in rows.chunks(20_000) {
+        let columns = Columns::from_rows(chunk.iter().cloned());
+        bind_columns(
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "INSERT INTO pair_rollups ({KEY_COLUMNS}, value) SELECT * FROM {UNNEST}"
+            ))),
+            &columns,
+        )
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok((written, changed))
+}
