@@ -35,6 +35,16 @@ use tokio_util::sync::CancellationToken;
 
 use crate::redis::Redis;
 
+/// A labelled counter a service keeps for its own events.
+#[derive(Clone, Debug)]
+pub struct Counter(IntCounterVec);
+
+impl Counter {
+    pub fn inc(&self, labels: &[&str]) {
+        self.0.with_label_values(labels).inc();
+    }
+}
+
 /// One service's metrics.
 #[derive(Debug)]
 pub struct Metrics {
@@ -149,6 +159,13 @@ impl Metrics {
     /// The registry, for a service's own metrics (e.g. inventory's hot-gate decisions).
     pub fn registry(&self) -> &Registry {
         &self.registry
+    }
+
+    /// A counter of the service's own, labelled by `labels`, registered on its page.
+    pub fn counter(&self, name: &str, help: &str, labels: &[&str]) -> anyhow::Result<Counter> {
+        let counter = IntCounterVec::new(Opts::new(name, help), labels)?;
+        self.registry.register(Box::new(counter.clone()))?;
+        Ok(Counter(counter))
     }
 
     pub fn set_dependency_up(&self, dependency: &str, up: bool) {

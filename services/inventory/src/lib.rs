@@ -76,6 +76,12 @@ pub async fn run(
             default_ttl: config.default_ttl,
             hot_detect_concurrency: config.hot_detect_concurrency,
             hot_detect_for: Duration::from_secs(15 * 60),
+            gate_decisions: host.metrics().counter(
+                "omni_inventory_hot_gate_total",
+                "Hot-SKU admission gate decisions: admitted, refused (sold out in Redis), retry \
+                 (an admitted key seen again), unreachable (Postgres decided alone).",
+                &["decision"],
+            )?,
         },
     );
     let grpc = grpc::Grpc::new(app.clone());

@@ -48,6 +48,8 @@ pub struct Settings {
     pub hot_detect_concurrency: usize,
     /// How long a detected hot mark lasts.
     pub hot_detect_for: Duration,
+    /// The hot gate's decisions (`omni_inventory_hot_gate_total{decision}`).
+    pub gate_decisions: omni_runtime::metrics::Counter,
 }
 
 pub struct App {

@@ -100,19 +100,25 @@ impl App {
             .await
             {
                 Ok(Gate::Admitted) => {
+                    self.settings.gate_decisions.inc(&["admitted"]);
                     hot[i] = true;
                     admitted.push((line.sku.clone(), line.quantity));
                 }
                 Ok(Gate::Refused(left)) => {
+                    self.settings.gate_decisions.inc(&["refused"]);
                     self.refund(&admitted).await;
                     return Err(shortage_error(vec![shortage(
                         i,
                         format!("requested {}, available {}", line.quantity, left.max(0)),
                     )]));
                 }
-                Ok(Gate::Retry) => hot[i] = true,
+                Ok(Gate::Retry) => {
+                    self.settings.gate_decisions.inc(&["retry"]);
+                    hot[i] = true;
+                }
                 Ok(Gate::Unknown) => {}
                 Err(e) => {
+                    self.settings.gate_decisions.inc(&["unreachable"]);
                     tracing::warn!(error = %e, "hot gate unreachable; postgres decides alone")
                 }
             }

@@ -93,3 +93,55 @@ async fn services_serve_rpc_dependency_outbox_and_consumer_metrics() {
     .await;
     assert!(!order.id.is_empty());
 }
+
+#[tokio::test]
+async fn inventory_counts_its_hot_gate_decisions() {
+    use omni_proto::omni::inventory::v1 as inv;
+    use omni_proto::omni::inventory::v1::reservation_service_client::ReservationServiceClient;
+    use omni_proto::omni::inventory::v1::stock_service_client::StockServiceClient;
+
+    let w = World::start().await;
+    w.receive(&w.warehouse, &w.tee_s, 2).await;
+    StockServiceClient::new(w.shop.inventory.admin())
+        .set_hot_sku(inv::SetHotSkuRequest {
+            sku_id: w.tee_s.clone(),
+            hot: true,
+            reason: "livestream".into(),
+            until: None,
+        })
+        .await
+        .expect("hot");
+    let mut reservations = ReservationServiceClient::new(w.shop.inventory.admin());
+    let mut outcomes = Vec::new();
+    for _ in 0..3 {
+        let reserved = reservations
+            .reserve(inv::ReserveRequest {
+                idempotency_key: key(),
+                lines: vec![inv::ReserveLine {
+                    sku_id: w.tee_s.clone(),
+                    quantity: 1,
+                    location_ids: Vec::new(),
+                }],
+                ..Default::default()
+            })
+            .await;
+        outcomes.push(reserved.is_ok());
+    }
+    assert_eq!(outcomes, [true, true, false], "two units, three buyers");
+    let page = w.shop.inventory.scrape().await.expect("scrape inventory");
+    assert_eq!(
+        sample(
+            &page,
+            r#"omni_inventory_hot_gate_total{decision="admitted"}"#
+        ),
+        Some(2.0),
+        "{page}"
+    );
+    assert_eq!(
+        sample(
+            &page,
+            r#"omni_inventory_hot_gate_total{decision="refused"}"#
+        ),
+        Some(1.0)
+    );
+}
