@@ -237,6 +237,7 @@ impl<H: Handler> Consumer<H> {
             event.id = %event.id,
             event.r#type = %event.r#type,
             trace_id = tracing::field::Empty,
+            span_id = tracing::field::Empty,
         );
         crate::telemetry::adopt_parent(
             &span,

@@ -243,6 +243,7 @@ pub fn rpc_span(service: &'static str, request: &http::Request<()>) -> tracing::
         service,
         principal = tracing::field::Empty,
         trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
     );
     crate::telemetry::adopt_parent(
         &span,

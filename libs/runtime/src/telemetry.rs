@@ -93,14 +93,16 @@ pub fn current_trace_id() -> String {
 }
 
 /// Makes `cx` the parent of `span` and records its trace id on the span's `trace_id` field,
-/// which the span must declare (`trace_id = tracing::field::Empty`).
+/// which the span must declare (`trace_id = tracing::field::Empty`), and its own span id on
+/// `span_id` when declared, so every log line inside it names both.
 pub fn adopt_parent(span: &tracing::Span, cx: Context) {
     if cx.span().span_context().is_valid() {
         // Only fails when the span is disabled, and then there is nothing to adopt into.
         let _ = span.set_parent(cx);
     }
-    let trace_id = span.context().span().span_context().trace_id();
-    span.record("trace_id", tracing::field::display(trace_id));
+    let context = span.context().span().span_context().clone();
+    span.record("trace_id", tracing::field::display(context.trace_id()));
+    span.record("span_id", tracing::field::display(context.span_id()));
 }
 
 /// The trace context carried by incoming HTTP/2 headers (gRPC metadata).
@@ -159,5 +161,67 @@ impl Injector for MetadataInjector<'_> {
         ) {
             self.0.insert(key, value);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use tracing::field::{Field, Visit};
+    use tracing_subscriber::layer::Context as LayerContext;
+
+    use super::*;
+
+    /// Keeps the values recorded on spans, by field name.
+    #[derive(Clone, Default)]
+    struct Recorded(Arc<Mutex<Vec<(String, String)>>>);
+
+    impl Visit for Recorded {
+        fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+            if let Ok(mut seen) = self.0.lock() {
+                seen.push((field.name().to_owned(), format!("{value:?}")));
+            }
+        }
+    }
+
+    impl<S: tracing::Subscriber> Layer<S> for Recorded {
+        fn on_record(
+            &self,
+            _span: &tracing::span::Id,
+            values: &tracing::span::Record<'_>,
+            _ctx: LayerContext<'_, S>,
+        ) {
+            values.record(&mut self.clone());
+        }
+    }
+
+    #[test]
+    fn spans_carry_their_trace_and_span_ids_for_the_logs() {
+        let provider = SdkTracerProvider::builder().build();
+        let recorded = Recorded::default();
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")))
+            .with(recorded.clone());
+        tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!(
+                "grpc.request",
+                trace_id = tracing::field::Empty,
+                span_id = tracing::field::Empty,
+            );
+            adopt_parent(&span, Context::new());
+            let context = span.context().span().span_context().clone();
+            let seen = recorded.0.lock().map(|s| s.clone()).unwrap_or_default();
+            let value = |name: &str| {
+                seen.iter()
+                    .find(|(field, _)| field == name)
+                    .map(|(_, v)| v.clone())
+                    .unwrap_or_default()
+            };
+            assert_eq!(value("trace_id"), context.trace_id().to_string());
+            assert_eq!(value("span_id"), context.span_id().to_string());
+            assert_eq!(value("trace_id").len(), 32);
+            assert_eq!(value("span_id").len(), 16);
+        });
     }
 }
