@@ -19,7 +19,18 @@ async fn a_hundred_buyers_for_the_last_ten_units_make_exactly_ten_orders() {
                 ship_to(home_villeurbanne()),
             );
             request.customer = by_phone(&format!("+33 6 00 00 {:02} {:02}", i / 100, i % 100));
-            w.place(request).await
+            // As a channel would: an overloaded service (UNAVAILABLE) is retried with the
+            // same idempotency key, which never places a second order.
+            let mut tries = 0;
+            loop {
+                match w.place(request.clone()).await {
+                    Err(status) if status.code() == tonic::Code::Unavailable && tries < 100 => {
+                        tries += 1;
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    }
+                    placed => break placed,
+                }
+            }
         }));
     }
     let mut placed = 0;
