@@ -547,7 +547,14 @@ pub fn describe(o: &pb::Order) -> String {
             label(o.channel_kind().as_str_name(), "CHANNEL_KIND_"),
         )
         .add("customer", or_dash(&o.customer_id))
-        .add("placed", time(o.placed_at.as_ref()));
+        .add(
+            "placed",
+            if o.imported {
+                format!("{} (imported)", time(o.placed_at.as_ref()))
+            } else {
+                time(o.placed_at.as_ref())
+            },
+        );
     if let Some(d) = &o.delivery {
         fields.add(
             "delivery",

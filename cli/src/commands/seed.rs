@@ -1,12 +1,15 @@
 //! `omni seed`: a realistic demo dataset through the public APIs - three cities with two stores
 //! each and a warehouse, every kind of channel, 200 SKUs listed everywhere and in stock,
-//! 5,000 customers known in different channels, 50,000 orders taken in every channel and
-//! carried through to hand-over or delivery, some returned in stores, and 180 days of traffic
-//! and marketing spend per channel. `--scale` shrinks the counts (tests use a small fraction).
+//! 5,000 customers known in different channels, 50,000 orders over the last 180 days in every
+//! channel, some returned in stores, and 180 days of traffic and marketing spend per channel.
+//! `--scale` shrinks the counts (tests use a small fraction).
 //!
-//! Orders go through order-management like any channel's (so identity, catalog, inventory, crm
-//! and performance all see them). The contracts take no placement date, so orders are dated
-//! when they are seeded; the 180 days are in the traffic and spend inputs only.
+//! The 180 days of orders are history: they go through order-management's `ImportOrders`
+//! (priced by catalog as of their day, published with their own dates, so crm and performance
+//! see half a year), in batches, which is what makes 50,000 of them a matter of minutes. Today's
+//! orders (one in 250) are placed live through `PlaceOrder` and carried through payment,
+//! picking, hand-over or delivery and returns, as any channel's would be, so stock moves and
+//! today's sales show up.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -27,6 +30,7 @@ use omni_proto::omni::orders::v1::return_service_client::ReturnServiceClient;
 use omni_proto::omni::performance::v1 as perf;
 use omni_proto::omni::performance::v1::input_service_client::InputServiceClient;
 use omni_runtime::client::AuthChannel;
+use omni_runtime::time::timestamp;
 use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
 use serde_json::json;
@@ -38,11 +42,13 @@ use crate::config::Service;
 use crate::ctx::{Ctx, key};
 use crate::render::{CliError, CliResult, Fields, Output, code_name};
 
+/// One order in this many is placed live today; the rest are the 180 days of history.
+const LIVE_SHARE: usize = 250;
+
 #[derive(Debug, Args)]
 pub struct SeedArgs {
     /// Multiplies the SKU, customer and order counts (1 = 200 SKUs, 5,000 customers, 50,000
-    /// orders). Orders go at the services' pace (about 7/s on debug builds on two cores): try
-    /// 0.05 first.
+    /// orders, of which 200 are placed live today).
     #[arg(long, default_value_t = 1.0)]
     scale: f64,
     /// Calls in flight at once.
@@ -175,10 +181,20 @@ pub async fn run(ctx: &Ctx, args: SeedArgs, out: &mut dyn Write) -> CliResult<Ou
         out,
         "  {days} days of traffic and spend recorded per channel"
     )?;
+    let live_count = order_count.div_ceil(LIVE_SHARE);
+    let past = history(
+        ctx,
+        &data,
+        &tag,
+        order_count - live_count,
+        args.random_seed,
+        &mut *out,
+    )
+    .await?;
     let tally = orders(
         ctx,
         Arc::new(data),
-        order_count,
+        live_count,
         concurrency,
         args.random_seed,
         &mut *out,
@@ -188,13 +204,17 @@ pub async fn run(ctx: &Ctx, args: SeedArgs, out: &mut dyn Write) -> CliResult<Ou
     let failed: usize = tally.failed.values().sum();
     let mut fields = Fields::new();
     fields
-        .add("orders placed", tally.placed.to_string())
-        .add("completed", tally.completed.to_string())
-        .add("returned", tally.returns.to_string())
-        .add("failed", failed.to_string())
+        .add("orders imported (180 days)", past.imported.to_string())
+        .add("  completed", past.completed.to_string())
+        .add("  cancelled", past.cancelled.to_string())
+        .add("  returned", past.returned.to_string())
+        .add("orders placed today", tally.placed.to_string())
+        .add("  completed", tally.completed.to_string())
+        .add("  returned", tally.returns.to_string())
+        .add("  failed", failed.to_string())
         .add("took", format!("{:.0} s", started.elapsed().as_secs_f64()));
     for (code, n) in &tally.failed {
-        fields.add(&format!("  {code}"), n.to_string());
+        fields.add(&format!("    {code}"), n.to_string());
     }
     if let Some(e) = &tally.first_error {
         fields.add("first failure", e.trim());
@@ -207,6 +227,10 @@ pub async fn run(ctx: &Ctx, args: SeedArgs, out: &mut dyn Write) -> CliResult<Ou
             "customers": customer_count,
             "orders": {
                 "asked": order_count,
+                "imported": past.imported,
+                "importedCompleted": past.completed,
+                "importedCancelled": past.cancelled,
+                "importedReturns": past.returned,
                 "placed": tally.placed,
                 "completed": tally.completed,
                 "returned": tally.returns,
@@ -627,17 +651,216 @@ async fn orders(
             },
             _ = ticker.tick() => {
                 let done = finished.load(Ordering::Relaxed);
-                progress(out, done, count, started)?;
+                progress(out, "today", done, count, started)?;
             }
         }
     }
-    progress(out, count, count, started)?;
+    progress(out, "today", count, count, started)?;
     writeln!(out)?;
     let tally = std::mem::take(&mut *tally.lock().await);
     Ok(tally)
 }
 
-fn progress(out: &mut dyn Write, done: usize, total: usize, started: Instant) -> CliResult<()> {
+/// What the history import brought in.
+#[derive(Debug, Default)]
+struct History {
+    imported: usize,
+    completed: usize,
+    cancelled: usize,
+    returned: usize,
+}
+
+/// Orders per ImportOrders call (the contract's maximum) and calls in flight.
+const IMPORT_BATCH: usize = 500;
+const IMPORTS_IN_FLIGHT: usize = 2;
+
+/// `count` orders over the 180 days before today, imported in batches with their own dates.
+async fn history(
+    ctx: &Ctx,
+    data: &Dataset,
+    tag: &str,
+    count: usize,
+    seed: u64,
+    out: &mut dyn Write,
+) -> CliResult<History> {
+    let now = chrono::Utc::now();
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x4157_0000);
+    let mut tally = History::default();
+    let mut orders = Vec::with_capacity(count);
+    for i in 0..count {
+        let order = historical_order(data, &mut rng, &format!("seed-{tag}-{i}"), now).map_err(
+            |status| CliError::Status {
+                service: "order-management",
+                status,
+            },
+        )?;
+        if order.status() == pb::OrderStatus::Cancelled {
+            tally.cancelled += 1;
+        } else {
+            tally.completed += 1;
+        }
+        tally.returned += order.returns.len();
+        orders.push(order);
+    }
+    let batches: Vec<Vec<pb::HistoricalOrder>> =
+        orders.chunks(IMPORT_BATCH).map(<[_]>::to_vec).collect();
+    let batches = Arc::new(Mutex::new(batches));
+    let done = Arc::new(AtomicUsize::new(0));
+    let mut tasks = JoinSet::new();
+    for _ in 0..IMPORTS_IN_FLIGHT {
+        let (batches, done) = (batches.clone(), done.clone());
+        let mut client = OrderServiceClient::new(ctx.authed(Service::Orders)?);
+        tasks.spawn(async move {
+            loop {
+                let next = batches.lock().await.pop();
+                let Some(orders) = next else {
+                    return Ok::<_, tonic::Status>(());
+                };
+                let n = orders.len();
+                client
+                    .import_orders(pb::ImportOrdersRequest { orders })
+                    .await?;
+                done.fetch_add(n, Ordering::Relaxed);
+            }
+        });
+    }
+    let mut ticker = tokio::time::interval(std::time::Duration::from_secs(1));
+    let started = Instant::now();
+    loop {
+        tokio::select! {
+            joined = tasks.join_next() => match joined {
+                Some(result) => result
+                    .map_err(|e| CliError::Other(e.into()))?
+                    .map_err(|status| CliError::Status { service: "order-management", status })?,
+                None => break,
+            },
+            _ = ticker.tick() => {
+                progress(out, "history", done.load(Ordering::Relaxed), count, started)?;
+            }
+        }
+    }
+    progress(out, "history", count, count, started)?;
+    writeln!(out)?;
+    tally.imported = count;
+    Ok(tally)
+}
+
+/// One order of the last 180 days, closed by now: handed over, carried out or delivered (a
+/// few cancelled), some returned later in a store.
+fn historical_order(
+    data: &Dataset,
+    rng: &mut StdRng,
+    reference: &str,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<pb::HistoricalOrder, tonic::Status> {
+    use chrono::Duration as Span;
+    let d = draft(data, rng)?;
+    let latest = now - Span::minutes(1);
+    // Business grows: later days see more orders. Shops open 9:00 to 20:00 (UTC here).
+    // Today and the 179 days before it make the 180 (today's orders are placed live).
+    let days_ago = 1 + (178.0 * rng.gen_range(0.0f64..1.0).powf(1.3)).round() as i64;
+    let placed = (now - Span::days(days_ago))
+        .date_naive()
+        .and_hms_opt(9, 0, 0)
+        .map(|t| t.and_utc())
+        .unwrap_or(now)
+        + Span::seconds(rng.gen_range(0..11 * 3600));
+    let cancelled = d.route != Route::CarryOut && rng.gen_bool(0.03);
+    let mut ready_at = None;
+    let closed = match d.route {
+        Route::CarryOut => placed + Span::minutes(2),
+        _ if cancelled => placed + Span::hours(rng.gen_range(1..48)),
+        Route::Pickup => {
+            // Most stores are ready within the 30-minute promise; some are late.
+            let slowest = if rng.gen_bool(0.85) { 30 } else { 90 };
+            let ready = placed + Span::minutes(rng.gen_range(8..slowest));
+            ready_at = Some(ready.min(latest));
+            ready + Span::hours(rng.gen_range(1..30))
+        }
+        Route::Ship => placed + Span::hours(rng.gen_range(20..120)),
+    }
+    .min(latest);
+    let ready_at = ready_at.map(|r: chrono::DateTime<chrono::Utc>| r.min(closed));
+    let shipping_stores: Vec<&inv::Location> =
+        data.stores.iter().filter(|s| s.ships_orders).collect();
+    let lines: Vec<pb::HistoricalOrderLine> = d
+        .lines
+        .iter()
+        .map(|l| pb::HistoricalOrderLine {
+            sku_id: l.sku_id.clone(),
+            quantity: l.quantity,
+            // Shipped orders leave the warehouse, or a store when it has the stock nearer.
+            location_id: match d.route {
+                Route::Ship if !shipping_stores.is_empty() && rng.gen_bool(0.25) => shipping_stores
+                    [rng.gen_range(0..shipping_stores.len())]
+                .id
+                .clone(),
+                Route::Ship => data.warehouse.id.clone(),
+                _ => String::new(),
+            },
+        })
+        .collect();
+    // About one order in twelve comes back to a store some days later, one unit of one line.
+    let mut returns = Vec::new();
+    let returned_at = closed + Span::days(rng.gen_range(1..20));
+    if !cancelled
+        && rng.gen_bool(0.08)
+        && returned_at <= latest
+        && let Some(line) = lines.first()
+    {
+        let at = &data.stores[rng.gen_range(0..data.stores.len())];
+        returns.push(pb::HistoricalReturn {
+            channel_id: data
+                .store_channels
+                .get(&at.id)
+                .map(|c| c.id.clone())
+                .unwrap_or_default(),
+            location_id: at.id.clone(),
+            completed_at: Some(timestamp(returned_at)),
+            lines: vec![pb::HistoricalReturnLine {
+                sku_id: line.sku_id.clone(),
+                quantity: 1,
+                reason: pb::ReturnReason::NoLongerWanted as i32,
+                condition: if rng.gen_bool(0.9) {
+                    pb::ItemCondition::Resellable
+                } else {
+                    pb::ItemCondition::Damaged
+                } as i32,
+            }],
+        });
+    }
+    Ok(pb::HistoricalOrder {
+        channel_id: d.channel.id.clone(),
+        channel_order_ref: reference.to_owned(),
+        customer_id: d.customer.unwrap_or_default(),
+        lines,
+        delivery: Some(d.delivery),
+        store_id: d.taken_at,
+        associate_id: String::new(),
+        status: if cancelled {
+            pb::OrderStatus::Cancelled
+        } else {
+            pb::OrderStatus::Completed
+        } as i32,
+        placed_at: Some(timestamp(placed)),
+        closed_at: Some(timestamp(closed)),
+        payment_method: if d.route == Route::CarryOut && rng.gen_bool(0.2) {
+            pb::PaymentMethod::Cash
+        } else {
+            pb::PaymentMethod::Card
+        } as i32,
+        ready_at: ready_at.map(timestamp),
+        returns,
+    })
+}
+
+fn progress(
+    out: &mut dyn Write,
+    label: &str,
+    done: usize,
+    total: usize,
+    started: Instant,
+) -> CliResult<()> {
     const WIDTH: usize = 30;
     let filled = done * WIDTH / total.max(1);
     let rate = done as f64 / started.elapsed().as_secs_f64().max(0.001);
@@ -649,7 +872,7 @@ fn progress(out: &mut dyn Write, done: usize, total: usize, started: Instant) ->
     };
     write!(
         out,
-        "\r  orders [{}{}] {done}/{total} {rate:.0}/s{eta}   ",
+        "\r  {label} [{}{}] {done}/{total} {rate:.0}/s{eta}   ",
         "#".repeat(filled),
         "-".repeat(WIDTH - filled)
     )?;
@@ -657,24 +880,47 @@ fn progress(out: &mut dyn Write, done: usize, total: usize, started: Instant) ->
     Ok(())
 }
 
-async fn one_order(
-    c: &mut Clients,
-    data: &Dataset,
-    rng: &mut StdRng,
-) -> Result<Outcome, tonic::Status> {
-    let total_weight: u32 = MIX.iter().map(|m| m.2).sum();
-    let mut pick = rng.gen_range(0..total_weight);
-    let (kind, route) = MIX
-        .iter()
-        .find(|(_, _, w)| {
-            if pick < *w {
-                true
-            } else {
-                pick -= w;
-                false
-            }
-        })
-        .map_or((ChannelKind::EShop, Route::Ship), |(k, r, _)| (*k, *r));
+/// What an order is, before it is placed or imported: channel, route, lines, customer.
+struct Draft<'a> {
+    route: Route,
+    channel: &'a cat::Channel,
+    lines: Vec<pb::OrderLineInput>,
+    customer: Option<String>,
+    delivery: pb::Delivery,
+    /// The store the order is taken at (store and associate channels).
+    taken_at: String,
+}
+
+fn weighted<T: Copy>(rng: &mut StdRng, choices: &[(T, u32)]) -> T {
+    let total: u32 = choices.iter().map(|c| c.1).sum();
+    let mut pick = rng.gen_range(0..total.max(1));
+    for (choice, weight) in choices {
+        if pick < *weight {
+            return *choice;
+        }
+        pick -= weight;
+    }
+    choices[0].0
+}
+
+/// A customer's usual way of buying: customers mostly stay with the channel they came from,
+/// and sometimes try another (which is what the attribution matrix shows).
+fn route_for(rng: &mut StdRng, customer: Option<usize>) -> (ChannelKind, Route) {
+    let mix: Vec<((ChannelKind, Route), u32)> =
+        MIX.iter().map(|(k, r, w)| ((*k, *r), *w)).collect();
+    match customer {
+        Some(c) if rng.gen_bool(0.65) => {
+            // The home channel: a stable pick per customer, with the mix's weights.
+            let mut home = StdRng::seed_from_u64(c as u64 ^ 0x5EED);
+            weighted(&mut home, &mix)
+        }
+        _ => weighted(rng, &mix),
+    }
+}
+
+fn draft<'a>(data: &'a Dataset, rng: &mut StdRng) -> Result<Draft<'a>, tonic::Status> {
+    let customer_index = rng.gen_range(0..data.customers.len());
+    let (kind, route) = route_for(rng, Some(customer_index));
     let store = &data.stores[rng.gen_range(0..data.stores.len())];
     let channel = if kind == ChannelKind::Store {
         data.store_channels.get(&store.id)
@@ -707,10 +953,7 @@ async fn one_order(
     let customer = if route == Route::CarryOut && rng.gen_bool(0.3) {
         None
     } else {
-        Some(pb::CustomerRef {
-            customer_id: data.customers[rng.gen_range(0..data.customers.len())].clone(),
-            ..Default::default()
-        })
+        Some(data.customers[customer_index].clone())
     };
     let delivery = match route {
         Route::Ship => {
@@ -741,6 +984,39 @@ async fn one_order(
             store_id: store.id.clone(),
         },
     };
+    let taken_at = if kind == ChannelKind::Store || kind == ChannelKind::Associate {
+        store.id.clone()
+    } else {
+        String::new()
+    };
+    Ok(Draft {
+        route,
+        channel,
+        lines,
+        customer,
+        delivery,
+        taken_at,
+    })
+}
+
+async fn one_order(
+    c: &mut Clients,
+    data: &Dataset,
+    rng: &mut StdRng,
+) -> Result<Outcome, tonic::Status> {
+    let Draft {
+        route,
+        channel,
+        lines,
+        customer,
+        delivery,
+        taken_at,
+        ..
+    } = draft(data, rng)?;
+    let customer = customer.map(|customer_id| pb::CustomerRef {
+        customer_id,
+        ..Default::default()
+    });
     let payment = if route == Route::CarryOut {
         let total = c
             .quotes
@@ -767,11 +1043,6 @@ async fn one_order(
         })
     } else {
         None
-    };
-    let taken_at = if kind == ChannelKind::Store || kind == ChannelKind::Associate {
-        store.id.clone()
-    } else {
-        String::new()
     };
     let mut order = c
         .orders

@@ -15,12 +15,12 @@ async fn a_scaled_down_seed_fills_every_service() {
     )
     .await;
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
-    assert!(
-        out.stderr
-            .contains("orders [##############################] 200/200"),
-        "{}",
-        out.stderr
-    );
+    for bar in [
+        "history [##############################] 199/199",
+        "today [##############################] 1/1",
+    ] {
+        assert!(out.stderr.contains(bar), "{bar}: {}", out.stderr);
+    }
     let summary = out.json();
     assert!(
         summary["seconds"].as_i64() < Some(90),
@@ -28,39 +28,44 @@ async fn a_scaled_down_seed_fills_every_service() {
     );
     assert_eq!(summary["skus"], 20, "{summary}");
     assert_eq!(summary["customers"], 20);
-    assert_eq!(summary["orders"]["asked"], 200);
-    assert_eq!(
-        summary["orders"]["failed"],
-        serde_json::json!({}),
-        "{summary}"
+    let orders = &summary["orders"];
+    assert_eq!(orders["asked"], 200);
+    assert_eq!(orders["imported"], 199, "{summary}");
+    assert_eq!(orders["placed"], 1, "{summary}");
+    assert_eq!(orders["failed"], serde_json::json!({}), "{summary}");
+    let count = |name: &str| orders[name].as_i64().unwrap_or_else(|| panic!("{name}"));
+    let (history, cancelled, returns) = (
+        count("importedCompleted"),
+        count("importedCancelled"),
+        count("importedReturns"),
     );
-    assert_eq!(summary["orders"]["placed"], 200);
-    let completed = summary["orders"]["completed"].as_i64().expect("completed");
-    assert!(completed > 150, "{summary}");
-    assert!(
-        summary["orders"]["returned"].as_i64().expect("returned") > 0,
-        "{summary}"
-    );
+    assert_eq!(history + cancelled, 199, "{summary}");
+    assert!(history > 180 && returns > 0, "{summary}");
+    let today = count("placed");
 
     let found = omni_cli::run_captured(&["--json", "catalog", "search"], &env).await;
     assert_eq!(found.json()["totalSize"], 5, "four sizes of five products");
-    // Performance counts the orders as their events arrive.
+    // Performance counts the orders as their events arrive: today's live ones, and the
+    // history on its own days.
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
-    loop {
-        let report =
-            omni_cli::run_captured(&["--json", "kpi", "report", "--days", "1"], &env).await;
-        let seen = report.json()["total"]["current"]["orders"]
-            .as_i64()
-            .unwrap_or(0);
-        if seen >= completed {
-            break;
+    for (days, expected) in [("1", today), ("180", history + today)] {
+        loop {
+            let report =
+                omni_cli::run_captured(&["--json", "kpi", "report", "--days", days], &env).await;
+            let seen = report.json()["total"]["current"]["orders"]
+                .as_i64()
+                .unwrap_or(0);
+            if seen >= expected {
+                assert_eq!(seen, expected, "{days} days: {}", report.stdout);
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "performance counts {seen} orders of {expected} over {days} days: {}",
+                report.stdout
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "performance counts {seen} orders of {completed} completed: {}",
-            report.stdout
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
     let season = omni_cli::run_captured(&["--json", "kpi", "report", "--days", "180"], &env).await;
     let rows = season.json()["rows"]

@@ -52,15 +52,18 @@ impl Handler for Events {
                 happening = p
                     .order
                     .as_ref()
+                    .filter(|o| !o.imported)
                     .map(|o| offer_trigger(offers::ORDER_PLACED, o));
                 customer
             }
             Payload::OrderPaid(p) => order(conn, p.order.as_ref(), false).await?,
             Payload::OrderFulfilled(p) => {
                 let customer = order(conn, p.order.as_ref(), true).await?;
+                // Imported history earns its points but is not news: it fires no offers.
                 happening = p
                     .order
                     .as_ref()
+                    .filter(|o| !o.imported)
                     .map(|o| offer_trigger(offers::ORDER_FULFILLED, o));
                 customer
             }

@@ -1,7 +1,7 @@
 //! order-management's gRPC layer: roles and scopes, request validation (every violation in one
 //! INVALID_ARGUMENT, before anything is written), and the mapping onto [`crate::app`].
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -299,6 +299,135 @@ fn return_lines(
         .collect()
 }
 
+/// One order of an ImportOrders batch: every shape rule, each violation under `orders[i]`.
+fn historical_order(
+    v: &mut Violations,
+    i: usize,
+    o: &pb::HistoricalOrder,
+    refs: &mut HashSet<(String, String)>,
+    now: DateTime<Utc>,
+) {
+    let at = |field: &str| format!("orders[{i}].{field}");
+    uuid(v, &at("channel_id"), &o.channel_id);
+    if o.channel_order_ref.trim().is_empty() {
+        v.add(
+            at("channel_order_ref"),
+            "is required: it tells a resent order from a new one",
+        );
+    } else if !refs.insert((o.channel_id.clone(), o.channel_order_ref.clone())) {
+        v.add(
+            at("channel_order_ref"),
+            "appears twice in the batch for this channel",
+        );
+    }
+    let delivery = delivery(v, &at("delivery"), o.delivery.as_ref());
+    let kind = delivery.kind();
+    if o.customer_id.is_empty() {
+        if kind != pb::DeliveryKind::CarryOut {
+            v.add(
+                at("customer_id"),
+                "is required (only a carry-out sale may be anonymous)",
+            );
+        }
+    } else {
+        uuid(v, &at("customer_id"), &o.customer_id);
+    }
+    if !o.store_id.is_empty() {
+        uuid(v, &at("store_id"), &o.store_id);
+    }
+    let wanted: Vec<pb::OrderLineInput> = o
+        .lines
+        .iter()
+        .map(|l| pb::OrderLineInput {
+            sku_id: l.sku_id.clone(),
+            quantity: l.quantity,
+        })
+        .collect();
+    lines(v, &at("lines"), &wanted);
+    for (j, l) in o.lines.iter().enumerate() {
+        let field = at(&format!("lines[{j}].location_id"));
+        if !l.location_id.is_empty() {
+            uuid(v, &field, &l.location_id);
+        } else if kind == pb::DeliveryKind::Ship {
+            v.add(field, "is required for a shipped order: where it left from");
+        }
+    }
+    let completed = match o.status() {
+        pb::OrderStatus::Completed => true,
+        pb::OrderStatus::Cancelled => false,
+        _ => {
+            v.add(at("status"), "must be COMPLETED or CANCELLED");
+            true
+        }
+    };
+    let placed = time(o.placed_at.as_ref());
+    let closed = time(o.closed_at.as_ref());
+    match placed {
+        None => v.add(at("placed_at"), "is required"),
+        Some(t) if t > now => v.add(at("placed_at"), "must not be in the future"),
+        Some(_) => {}
+    }
+    match (placed, closed) {
+        (_, None) => v.add(at("closed_at"), "is required"),
+        (_, Some(t)) if t > now => v.add(at("closed_at"), "must not be in the future"),
+        (Some(p), Some(t)) if t < p => v.add(at("closed_at"), "must not be before placed_at"),
+        _ => {}
+    }
+    if let Some(ready) = time(o.ready_at.as_ref()) {
+        if !(completed && kind == pb::DeliveryKind::Pickup) {
+            v.add(at("ready_at"), "applies to completed PICKUP orders only");
+        } else if placed.is_some_and(|p| ready < p) || closed.is_some_and(|c| ready > c) {
+            v.add(at("ready_at"), "must lie between placed_at and closed_at");
+        }
+    } else if o.ready_at.is_some() {
+        v.add(at("ready_at"), "is not a valid time");
+    }
+    if !o.returns.is_empty() && !completed {
+        v.add(at("returns"), "only a completed order can have returns");
+    }
+    let mut left: HashMap<&str, i32> = o
+        .lines
+        .iter()
+        .map(|l| (l.sku_id.as_str(), l.quantity))
+        .collect();
+    let mut previous = closed;
+    for (j, r) in o.returns.iter().enumerate() {
+        let at = |field: &str| format!("orders[{i}].returns[{j}].{field}");
+        uuid(v, &at("channel_id"), &r.channel_id);
+        uuid(v, &at("location_id"), &r.location_id);
+        match time(r.completed_at.as_ref()) {
+            None => v.add(at("completed_at"), "is required"),
+            Some(t) if t > now => v.add(at("completed_at"), "must not be in the future"),
+            Some(t) if previous.is_some_and(|p| t < p) => v.add(
+                at("completed_at"),
+                "must not be before the order closed or the return before it",
+            ),
+            Some(t) => previous = Some(t),
+        }
+        if r.lines.is_empty() {
+            v.add(at("lines"), "at least one line is required");
+        }
+        for (k, l) in r.lines.iter().enumerate() {
+            let at = |field: &str| format!("orders[{i}].returns[{j}].lines[{k}].{field}");
+            match left.get_mut(l.sku_id.as_str()) {
+                None => v.add(at("sku_id"), "is not a SKU of the order's lines"),
+                Some(_) if l.quantity <= 0 => v.add(at("quantity"), "must be at least 1"),
+                Some(n) if l.quantity > *n => v.add(
+                    at("quantity"),
+                    format!("only {n} left to return of what was bought"),
+                ),
+                Some(n) => *n -= l.quantity,
+            }
+            if l.reason() == pb::ReturnReason::Unspecified {
+                v.add(at("reason"), "is required");
+            }
+            if l.condition() == pb::ItemCondition::Unspecified {
+                v.add(at("condition"), "is required");
+            }
+        }
+    }
+}
+
 /// `order_id` or `order_number`.
 async fn find(app: &App, key: Option<&pb::get_order_request::Key>) -> Result<pb::Order, Error> {
     match key {
@@ -422,6 +551,30 @@ impl OrderService for Grpc {
             request: r,
         };
         Ok(Response::new(self.app.place(input, &principal.id).await?))
+    }
+
+    async fn import_orders(
+        &self,
+        request: Request<pb::ImportOrdersRequest>,
+    ) -> Reply<pb::ImportOrdersResponse> {
+        let principal = caller(&request, &[Role::Admin])?;
+        let r = request.into_inner();
+        let mut v = Violations::new();
+        if r.orders.is_empty() || r.orders.len() > app::MAX_IMPORT {
+            v.add(
+                "orders",
+                format!("between 1 and {} orders per call", app::MAX_IMPORT),
+            );
+        }
+        let now = Utc::now();
+        let mut refs = HashSet::new();
+        for (i, o) in r.orders.iter().enumerate() {
+            historical_order(&mut v, i, o, &mut refs, now);
+        }
+        v.finish()?;
+        Ok(Response::new(
+            self.app.import(r.orders, &principal.id).await?,
+        ))
     }
 
     async fn record_payment(

@@ -1,6 +1,8 @@
 //! order-management's Postgres access: orders and returns stored whole (the encoded contract
 //! message) beside the columns they are searched by, placement attempts, sourcing settings.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use omni_proto::omni::orders::v1::{DeliveryKind, Order, OrderStatus, Return, SourcingConfig};
 use omni_runtime::{Error, Result};
@@ -67,6 +69,70 @@ pub async fn next_order_sequence(pool: &PgPool) -> Result<i64> {
     Ok(sqlx::query_scalar("SELECT nextval('order_number_seq')")
         .fetch_one(pool)
         .await?)
+}
+
+/// `n` order numbers' sequence values.
+pub async fn next_order_sequences(pool: &PgPool, n: usize) -> Result<Vec<i64>> {
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    Ok(
+        sqlx::query_scalar("SELECT nextval('order_number_seq') FROM generate_series(1, $1)")
+            .bind(i32::try_from(n).map_err(|_| Error::internal("too many order numbers"))?)
+            .fetch_all(pool)
+            .await?,
+    )
+}
+
+/// The orders imported before under these (channel, reference) keys: id and order number.
+pub async fn imported_orders(
+    pool: &PgPool,
+    keys: &[(String, String)],
+) -> Result<HashMap<(String, String), (String, String)>> {
+    let (channels, refs): (Vec<String>, Vec<String>) = keys.iter().cloned().unzip();
+    let rows = sqlx::query(
+        "SELECT i.channel_id, i.channel_order_ref, o.id, o.order_number
+         FROM imported_orders i
+         JOIN unnest($1::text[], $2::text[]) AS k(channel_id, channel_order_ref)
+           USING (channel_id, channel_order_ref)
+         JOIN orders o ON o.id = i.order_id",
+    )
+    .bind(&channels)
+    .bind(&refs)
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            let id: Uuid = row.try_get("id")?;
+            Ok((
+                (
+                    row.try_get("channel_id")?,
+                    row.try_get("channel_order_ref")?,
+                ),
+                (id.to_string(), row.try_get("order_number")?),
+            ))
+        })
+        .collect()
+}
+
+/// Records that `order_id` is the import of (channel, reference); false when another import
+/// already claimed it.
+pub async fn claim_import(
+    conn: &mut PgConnection,
+    channel_id: &str,
+    channel_order_ref: &str,
+    order_id: Uuid,
+) -> Result<bool> {
+    let done = sqlx::query(
+        "INSERT INTO imported_orders (channel_id, channel_order_ref, order_id)
+         VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+    )
+    .bind(channel_id)
+    .bind(channel_order_ref)
+    .bind(order_id)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
 }
 
 pub async fn insert_order(conn: &mut PgConnection, order: &Order, credit_minor: i64) -> Result<()> {

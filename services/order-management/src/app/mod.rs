@@ -8,6 +8,7 @@
 //! before the error is returned.
 
 mod fulfil;
+mod import;
 mod place;
 mod returns;
 mod sourcing;
@@ -31,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 pub use self::fulfil::Step;
+pub use self::import::MAX_IMPORT;
 pub use self::place::{CustomerInput, PlaceInput};
 pub use self::returns::{ExchangeInput, ReturnInput, ReturnLineSpec};
 pub use self::sourcing::PreviewInput;
@@ -351,6 +353,7 @@ pub fn facts(order: &Order, locations: &Locations) -> OrderFacts {
         cancelled_at: order.cancelled_at,
         promised_ready_at: pickup.promised_ready_at,
         ready_at: pickup.ready_at,
+        imported: order.imported,
     }
 }
 

@@ -399,52 +399,11 @@ impl App {
         }
 
         // Build the order.
-        let mut fulfilments: Vec<Fulfilment> = Vec::new();
-        let mut lines = Vec::new();
-        for (quoted, location) in quote.lines.iter().zip(&sourced.line_locations) {
-            let fulfilment = match fulfilments.iter_mut().find(|f| &f.location_id == location) {
-                Some(f) => f,
-                None => {
-                    fulfilments.push(Fulfilment {
-                        id: Uuid::now_v7().to_string(),
-                        location_id: location.clone(),
-                        status: OrderStatus::PendingPayment as i32,
-                        ..Default::default()
-                    });
-                    fulfilments
-                        .last_mut()
-                        .ok_or_else(|| Error::internal("no fulfilment"))?
-                }
-            };
-            let line_id = Uuid::now_v7().to_string();
-            fulfilment.line_ids.push(line_id.clone());
-            lines.push(OrderLine {
-                id: line_id,
-                sku_id: quoted.sku_id.clone(),
-                sku_code: quoted.sku_code.clone(),
-                product_id: quoted.product_id.clone(),
-                product_name: quoted.product_name.clone(),
-                category_id: quoted.category_id.clone(),
-                quantity: quoted.quantity,
-                unit_price: quoted.unit_price.clone(),
-                unit_cost: quoted.unit_cost.clone(),
-                discount: quoted.discount_amount.clone(),
-                discounts: quoted
-                    .discounts
-                    .iter()
-                    .map(|d| LineDiscount {
-                        promotion_id: d.promotion_id.clone(),
-                        coupon_code: d.coupon_code.clone(),
-                        label: d.label.clone(),
-                        amount: d.amount.clone(),
-                    })
-                    .collect(),
-                net_amount: quoted.net_amount.clone(),
-                location_id: location.clone(),
-                fulfilment_id: fulfilment.id.clone(),
-                returned_quantity: 0,
-            });
-        }
+        let (lines, fulfilments) = order_lines(
+            &quote.lines,
+            &sourced.line_locations,
+            OrderStatus::PendingPayment,
+        );
         let mut decision = sourced.decision;
         for allocation in &mut decision.allocations {
             allocation.line_ids = lines
@@ -547,6 +506,7 @@ impl App {
                 )
             }),
             updated_at: ts(now),
+            imported: false,
         };
 
         let mut changes = Changes::default();
@@ -588,6 +548,61 @@ impl App {
         tx.commit().await?;
         Ok(Placed::Committed(reply))
     }
+}
+
+/// The order's lines as quoted, each leaving from its location, with one fulfilment (in
+/// `status`) per location.
+pub(super) fn order_lines(
+    quoted: &[catalog::QuotedLine],
+    locations: &[String],
+    status: OrderStatus,
+) -> (Vec<OrderLine>, Vec<Fulfilment>) {
+    let mut fulfilments: Vec<Fulfilment> = Vec::new();
+    let mut lines = Vec::new();
+    for (quoted, location) in quoted.iter().zip(locations) {
+        let index = match fulfilments.iter().position(|f| &f.location_id == location) {
+            Some(i) => i,
+            None => {
+                fulfilments.push(Fulfilment {
+                    id: Uuid::now_v7().to_string(),
+                    location_id: location.clone(),
+                    status: status as i32,
+                    ..Default::default()
+                });
+                fulfilments.len() - 1
+            }
+        };
+        let fulfilment = &mut fulfilments[index];
+        let line_id = Uuid::now_v7().to_string();
+        fulfilment.line_ids.push(line_id.clone());
+        lines.push(OrderLine {
+            id: line_id,
+            sku_id: quoted.sku_id.clone(),
+            sku_code: quoted.sku_code.clone(),
+            product_id: quoted.product_id.clone(),
+            product_name: quoted.product_name.clone(),
+            category_id: quoted.category_id.clone(),
+            quantity: quoted.quantity,
+            unit_price: quoted.unit_price.clone(),
+            unit_cost: quoted.unit_cost.clone(),
+            discount: quoted.discount_amount.clone(),
+            discounts: quoted
+                .discounts
+                .iter()
+                .map(|d| LineDiscount {
+                    promotion_id: d.promotion_id.clone(),
+                    coupon_code: d.coupon_code.clone(),
+                    label: d.label.clone(),
+                    amount: d.amount.clone(),
+                })
+                .collect(),
+            net_amount: quoted.net_amount.clone(),
+            location_id: location.clone(),
+            fulfilment_id: fulfilment.id.clone(),
+            returned_quantity: 0,
+        });
+    }
+    (lines, fulfilments)
 }
 
 /// A payment must be the amount due, in the order's currency.

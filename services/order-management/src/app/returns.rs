@@ -55,8 +55,47 @@ pub struct ExchangeInput {
     pub associate_id: String,
 }
 
+/// The event of a completed return; `restocked`: resellable items went back into stock.
+pub(super) fn return_completed(order: &Order, r: &Return, restocked: bool) -> ReturnCompleted {
+    ReturnCompleted {
+        return_id: r.id.clone(),
+        order_id: order.id.clone(),
+        order_number: order.order_number.clone(),
+        customer_id: order.customer_id.clone(),
+        order_channel_id: order.channel_id.clone(),
+        channel_id: r.channel_id.clone(),
+        location_id: r.location_id.clone(),
+        lines: r
+            .lines
+            .iter()
+            .map(|l| {
+                let line = order.lines.iter().find(|o| o.id == l.order_line_id);
+                ReturnLineFacts {
+                    order_line_id: l.order_line_id.clone(),
+                    sku_id: l.sku_id.clone(),
+                    product_id: line.map(|o| o.product_id.clone()).unwrap_or_default(),
+                    category_id: line.map(|o| o.category_id.clone()).unwrap_or_default(),
+                    quantity: l.quantity,
+                    refund_amount: l.refund_amount.clone(),
+                    unit_cost: l.unit_cost.clone(),
+                    condition: l.condition,
+                    restocked_quantity: if restocked && l.condition() == ItemCondition::Resellable {
+                        l.quantity
+                    } else {
+                        0
+                    },
+                }
+            })
+            .collect(),
+        refund_total: r.refund_total.clone(),
+        exchange_order_id: r.exchange_order_id.clone(),
+        order_placed_at: order.placed_at,
+        completed_at: r.completed_at,
+    }
+}
+
 /// The refund of each requested line, checked against what was bought and returned before.
-fn price_return(order: &Order, lines: &[ReturnLineSpec]) -> Result<Vec<ReturnLine>> {
+pub(super) fn price_return(order: &Order, lines: &[ReturnLineSpec]) -> Result<Vec<ReturnLine>> {
     let mut priced = Vec::new();
     for (i, spec) in lines.iter().enumerate() {
         let Some(line) = order.lines.iter().find(|l| l.id == spec.order_line_id) else {
@@ -252,41 +291,7 @@ impl App {
                 .map(|l| minor(l.refund_amount.as_ref()))
                 .sum::<i64>();
         order.refunded_total = Some(money(refunded, &currency(order)));
-        let event = ReturnCompleted {
-            return_id: r.id.clone(),
-            order_id: order.id.clone(),
-            order_number: order.order_number.clone(),
-            customer_id: order.customer_id.clone(),
-            order_channel_id: order.channel_id.clone(),
-            channel_id: r.channel_id.clone(),
-            location_id: r.location_id.clone(),
-            lines: r
-                .lines
-                .iter()
-                .map(|l| {
-                    let line = order.lines.iter().find(|o| o.id == l.order_line_id);
-                    ReturnLineFacts {
-                        order_line_id: l.order_line_id.clone(),
-                        sku_id: l.sku_id.clone(),
-                        product_id: line.map(|o| o.product_id.clone()).unwrap_or_default(),
-                        category_id: line.map(|o| o.category_id.clone()).unwrap_or_default(),
-                        quantity: l.quantity,
-                        refund_amount: l.refund_amount.clone(),
-                        unit_cost: l.unit_cost.clone(),
-                        condition: l.condition,
-                        restocked_quantity: if l.condition() == ItemCondition::Resellable {
-                            l.quantity
-                        } else {
-                            0
-                        },
-                    }
-                })
-                .collect(),
-            refund_total: r.refund_total.clone(),
-            exchange_order_id: r.exchange_order_id.clone(),
-            order_placed_at: order.placed_at,
-            completed_at: ts(now),
-        };
+        let event = return_completed(order, r, true);
         self.outbox
             .add(
                 conn,
