@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use clap::Args;
-use omni_proto::common::{ChannelKind, Money};
+use omni_proto::common::{ChannelKind, DateRange, Money};
 use omni_proto::omni::catalog::v1 as cat;
 use omni_proto::omni::catalog::v1::quote_service_client::QuoteServiceClient;
 use omni_proto::omni::identity::v1 as id;
@@ -29,6 +29,7 @@ use omni_proto::omni::orders::v1::order_service_client::OrderServiceClient;
 use omni_proto::omni::orders::v1::return_service_client::ReturnServiceClient;
 use omni_proto::omni::performance::v1 as perf;
 use omni_proto::omni::performance::v1::input_service_client::InputServiceClient;
+use omni_proto::omni::performance::v1::kpi_service_client::KpiServiceClient;
 use omni_runtime::client::AuthChannel;
 use omni_runtime::time::timestamp;
 use rand::rngs::StdRng;
@@ -54,6 +55,10 @@ pub struct SeedArgs {
     /// Calls in flight at once.
     #[arg(long, default_value_t = 16)]
     concurrency: usize,
+    /// Return once the orders are in, without waiting for performance to count them (its
+    /// consumer then catches up in the background).
+    #[arg(long)]
+    no_wait: bool,
     /// Seed of the random choices, for a repeatable dataset.
     #[arg(long, default_value_t = 7)]
     random_seed: u64,
@@ -191,6 +196,8 @@ pub async fn run(ctx: &Ctx, args: SeedArgs, out: &mut dyn Write) -> CliResult<Ou
         &mut *out,
     )
     .await?;
+    let mut channel_ids: Vec<String> = data.store_channels.values().map(|c| c.id.clone()).collect();
+    channel_ids.extend(data.remote.values().map(|c| c.id.clone()));
     let tally = orders(
         ctx,
         Arc::new(data),
@@ -200,6 +207,16 @@ pub async fn run(ctx: &Ctx, args: SeedArgs, out: &mut dyn Write) -> CliResult<Ou
         &mut *out,
     )
     .await?;
+
+    // What the KPIs must count once performance has read the events: every completed order.
+    // (Today's few unpaid orders count too, until the sweeper cancels them; they are left out of
+    // the target so that an early cancellation cannot keep it out of reach.)
+    let countable = past.completed + tally.completed;
+    let counted = if args.no_wait {
+        None
+    } else {
+        Some(wait_counted(ctx, &channel_ids, countable, &mut *out).await?)
+    };
 
     let failed: usize = tally.failed.values().sum();
     let mut fields = Fields::new();
@@ -212,6 +229,13 @@ pub async fn run(ctx: &Ctx, args: SeedArgs, out: &mut dyn Write) -> CliResult<Ou
         .add("  completed", tally.completed.to_string())
         .add("  returned", tally.returns.to_string())
         .add("  failed", failed.to_string())
+        .add(
+            "counted by performance",
+            counted.map_or_else(
+                || "not waited for (--no-wait): it catches up in the background".to_owned(),
+                |n| format!("{n} of {countable}"),
+            ),
+        )
         .add("took", format!("{:.0} s", started.elapsed().as_secs_f64()));
     for (code, n) in &tally.failed {
         fields.add(&format!("    {code}"), n.to_string());
@@ -236,6 +260,8 @@ pub async fn run(ctx: &Ctx, args: SeedArgs, out: &mut dyn Write) -> CliResult<Ou
                 "returned": tally.returns,
                 "failed": tally.failed,
             },
+            "countable": countable,
+            "counted": counted,
             "inputDays": days,
             "seconds": started.elapsed().as_secs(),
         }),
@@ -659,6 +685,70 @@ async fn orders(
     writeln!(out)?;
     let tally = std::mem::take(&mut *tally.lock().await);
     Ok(tally)
+}
+
+/// Waits until performance counts at least `expected` orders in the seeded channels over the
+/// 180 days (its consumer reads the orders' events after they are written), with a progress
+/// bar; gives up, without failing, when the count stops moving for two minutes.
+async fn wait_counted(
+    ctx: &Ctx,
+    channel_ids: &[String],
+    expected: usize,
+    out: &mut dyn Write,
+) -> CliResult<usize> {
+    let mut kpis = KpiServiceClient::new(ctx.authed(Service::Performance)?);
+    let today = chrono::Utc::now().date_naive();
+    let request = perf::GetKpiReportRequest {
+        range: Some(DateRange {
+            start: Some(crate::commands::kpi::date(today - chrono::Days::new(179))),
+            end: Some(crate::commands::kpi::date(today)),
+        }),
+        channel_ids: channel_ids.to_vec(),
+        ..Default::default()
+    };
+    let started = Instant::now();
+    let (mut last, mut moved) = (0, Instant::now());
+    loop {
+        let report = match kpis.get_kpi_report(request.clone()).await {
+            Ok(response) => response.into_inner(),
+            // Everything is written; only the waiting ends (a token lasts 15 minutes by default).
+            Err(status) if status.code() == tonic::Code::Unauthenticated => {
+                writeln!(out)?;
+                writeln!(
+                    out,
+                    "  the login expired while waiting at {last} of {expected} orders counted; \
+                     performance keeps counting (omni login, then omni kpi report)"
+                )?;
+                return Ok(last);
+            }
+            Err(status) => {
+                return Err(CliError::Status {
+                    service: "performance",
+                    status,
+                });
+            }
+        };
+        let counted = report
+            .total
+            .and_then(|t| t.current)
+            .map_or(0, |c| usize::try_from(c.orders).unwrap_or(0));
+        progress(out, "counted", counted.min(expected), expected, started)?;
+        if counted >= expected {
+            writeln!(out)?;
+            return Ok(counted);
+        }
+        if counted != last {
+            (last, moved) = (counted, Instant::now());
+        } else if moved.elapsed() > std::time::Duration::from_secs(120) {
+            writeln!(out)?;
+            writeln!(
+                out,
+                "  performance stopped counting at {counted} of {expected} orders; see its logs"
+            )?;
+            return Ok(counted);
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
 }
 
 /// What the history import brought in.

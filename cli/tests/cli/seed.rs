@@ -42,6 +42,16 @@ async fn a_scaled_down_seed_fills_every_service() {
     assert_eq!(history + cancelled, 199, "{summary}");
     assert!(history > 180 && returns > 0, "{summary}");
     let today = count("placed");
+    // The seed waited until performance had counted every completed order.
+    assert_eq!(
+        summary["countable"].as_i64(),
+        Some(history + count("completed")),
+        "{summary}"
+    );
+    assert!(
+        summary["counted"].as_i64() >= summary["countable"].as_i64(),
+        "{summary}"
+    );
 
     let found = omni_cli::run_captured(&["--json", "catalog", "search"], &env).await;
     assert_eq!(found.json()["totalSize"], 5, "four sizes of five products");
