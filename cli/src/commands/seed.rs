@@ -835,6 +835,15 @@ async fn history(
     Ok(tally)
 }
 
+/// Most returns go back on the shelf; one in ten is damaged.
+fn returned_condition(rng: &mut StdRng) -> pb::ItemCondition {
+    if rng.gen_bool(0.9) {
+        pb::ItemCondition::Resellable
+    } else {
+        pb::ItemCondition::Damaged
+    }
+}
+
 /// One order of the last 180 days, closed by now: handed over, carried out or delivered (a
 /// few cancelled), some returned later in a store.
 fn historical_order(
@@ -911,11 +920,7 @@ fn historical_order(
                 sku_id: line.sku_id.clone(),
                 quantity: 1,
                 reason: pb::ReturnReason::NoLongerWanted as i32,
-                condition: if rng.gen_bool(0.9) {
-                    pb::ItemCondition::Resellable
-                } else {
-                    pb::ItemCondition::Damaged
-                } as i32,
+                condition: returned_condition(rng) as i32,
             }],
         });
     }
@@ -1235,11 +1240,7 @@ async fn one_order(
                     order_line_id: line.id.clone(),
                     quantity: 1,
                     reason: pb::ReturnReason::NoLongerWanted as i32,
-                    condition: if rng.gen_bool(0.9) {
-                        pb::ItemCondition::Resellable
-                    } else {
-                        pb::ItemCondition::Damaged
-                    } as i32,
+                    condition: returned_condition(rng) as i32,
                 }],
                 channel_id: data
                     .store_channels

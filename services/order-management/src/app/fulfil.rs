@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::place::check_payment;
-use super::{App, Changes, currency, minor, transition, ts};
+use super::{App, Changes, currency, fulfilment_at, minor, transition, ts};
 use crate::domain::{self, Want};
 use crate::store;
 use crate::upstream::call;
@@ -796,21 +796,10 @@ impl App {
             .map_or(OrderStatus::Allocated, Fulfilment::status);
         let mut fulfilments: Vec<Fulfilment> = Vec::new();
         for (line, location) in order.lines.iter_mut().zip(locations) {
-            let index = match fulfilments.iter().position(|f| &f.location_id == location) {
-                Some(i) => i,
-                None => {
-                    fulfilments.push(Fulfilment {
-                        id: Uuid::now_v7().to_string(),
-                        location_id: location.clone(),
-                        status: status as i32,
-                        ..Default::default()
-                    });
-                    fulfilments.len() - 1
-                }
-            };
-            fulfilments[index].line_ids.push(line.id.clone());
+            let fulfilment = fulfilment_at(&mut fulfilments, location, status);
+            fulfilment.line_ids.push(line.id.clone());
             line.location_id = location.clone();
-            line.fulfilment_id = fulfilments[index].id.clone();
+            line.fulfilment_id = fulfilment.id.clone();
         }
         order.fulfilments = fulfilments;
         Ok(())

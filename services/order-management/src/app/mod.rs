@@ -21,7 +21,7 @@ use omni_proto::common::Money;
 use omni_proto::events::event::Payload;
 use omni_proto::events::{FulfilmentFacts, OrderFacts, OrderLineFacts, OrderStatusChanged};
 use omni_proto::omni::inventory::v1 as inventory;
-use omni_proto::omni::orders::v1::{DeliveryKind, Order, OrderStatus, StatusChange};
+use omni_proto::omni::orders::v1::{DeliveryKind, Fulfilment, Order, OrderStatus, StatusChange};
 use omni_runtime::outbox::Outbox;
 use omni_runtime::redis::Redis;
 use omni_runtime::time::timestamp;
@@ -212,6 +212,28 @@ impl App {
         let locations = self.upstreams.locations(false).await?;
         Ok(facts(order, &locations))
     }
+}
+
+/// The fulfilment leaving from `location`, added (in `status`) when there is none yet: orders
+/// have one fulfilment per location, in line order.
+fn fulfilment_at<'a>(
+    fulfilments: &'a mut Vec<Fulfilment>,
+    location: &str,
+    status: OrderStatus,
+) -> &'a mut Fulfilment {
+    let index = match fulfilments.iter().position(|f| f.location_id == location) {
+        Some(i) => i,
+        None => {
+            fulfilments.push(Fulfilment {
+                id: Uuid::now_v7().to_string(),
+                location_id: location.to_owned(),
+                status: status as i32,
+                ..Default::default()
+            });
+            fulfilments.len() - 1
+        }
+    };
+    &mut fulfilments[index]
 }
 
 /// Records a status change on the order (and on one fulfilment) and the event for it.

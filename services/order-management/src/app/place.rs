@@ -21,7 +21,7 @@ use rand::Rng as _;
 use std::time::Instant;
 use uuid::Uuid;
 
-use super::{App, Changes, minor, money, ts};
+use super::{App, Changes, fulfilment_at, minor, money, ts};
 use crate::domain::{self, Want};
 use crate::store;
 use crate::upstream::call;
@@ -560,19 +560,7 @@ pub(super) fn order_lines(
     let mut fulfilments: Vec<Fulfilment> = Vec::new();
     let mut lines = Vec::new();
     for (quoted, location) in quoted.iter().zip(locations) {
-        let index = match fulfilments.iter().position(|f| &f.location_id == location) {
-            Some(i) => i,
-            None => {
-                fulfilments.push(Fulfilment {
-                    id: Uuid::now_v7().to_string(),
-                    location_id: location.clone(),
-                    status: status as i32,
-                    ..Default::default()
-                });
-                fulfilments.len() - 1
-            }
-        };
-        let fulfilment = &mut fulfilments[index];
+        let fulfilment = fulfilment_at(&mut fulfilments, location, status);
         let line_id = Uuid::now_v7().to_string();
         fulfilment.line_ids.push(line_id.clone());
         lines.push(OrderLine {
