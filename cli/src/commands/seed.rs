@@ -677,11 +677,11 @@ async fn orders(
             },
             _ = ticker.tick() => {
                 let done = finished.load(Ordering::Relaxed);
-                progress(out, "today", done, count, started)?;
+                progress(out, "today", (done, count), (started, 0))?;
             }
         }
     }
-    progress(out, "today", count, count, started)?;
+    progress(out, "today", (count, count), (started, 0))?;
     writeln!(out)?;
     let tally = std::mem::take(&mut *tally.lock().await);
     Ok(tally)
@@ -708,10 +708,12 @@ async fn wait_counted(
     };
     let started = Instant::now();
     let (mut last, mut moved) = (0, Instant::now());
+    let mut first = None;
     loop {
         let report = match kpis.get_kpi_report(request.clone()).await {
             Ok(response) => response.into_inner(),
-            // Everything is written; only the waiting ends (a token lasts 15 minutes by default).
+            // Everything is written; only the waiting ends (identity's tokens last 15 minutes by
+            // default; dev-up makes them last a working day).
             Err(status) if status.code() == tonic::Code::Unauthenticated => {
                 writeln!(out)?;
                 writeln!(
@@ -732,7 +734,13 @@ async fn wait_counted(
             .total
             .and_then(|t| t.current)
             .map_or(0, |c| usize::try_from(c.orders).unwrap_or(0));
-        progress(out, "counted", counted.min(expected), expected, started)?;
+        let from = *first.get_or_insert(counted);
+        progress(
+            out,
+            "counted",
+            (counted.min(expected), expected),
+            (started, from),
+        )?;
         if counted >= expected {
             writeln!(out)?;
             return Ok(counted);
@@ -825,11 +833,11 @@ async fn history(
                 None => break,
             },
             _ = ticker.tick() => {
-                progress(out, "history", done.load(Ordering::Relaxed), count, started)?;
+                progress(out, "history", (done.load(Ordering::Relaxed), count), (started, 0))?;
             }
         }
     }
-    progress(out, "history", count, count, started)?;
+    progress(out, "history", (count, count), (started, 0))?;
     writeln!(out)?;
     tally.imported = count;
     Ok(tally)
@@ -949,17 +957,17 @@ fn historical_order(
     })
 }
 
+/// Draws a progress bar; the rate counts what was done since `started`, when `from` was done.
 fn progress(
     out: &mut dyn Write,
     label: &str,
-    done: usize,
-    total: usize,
-    started: Instant,
+    (done, total): (usize, usize),
+    (started, from): (Instant, usize),
 ) -> CliResult<()> {
     const WIDTH: usize = 30;
     let filled = done * WIDTH / total.max(1);
-    let rate = done as f64 / started.elapsed().as_secs_f64().max(0.001);
-    let eta = if done == 0 || done >= total {
+    let rate = done.saturating_sub(from) as f64 / started.elapsed().as_secs_f64().max(0.001);
+    let eta = if done == 0 || done >= total || rate <= 0.0 {
         String::new()
     } else {
         let secs = ((total - done) as f64 / rate).round() as u64;
