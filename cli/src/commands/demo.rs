@@ -382,13 +382,18 @@ pub async fn run(ctx: &Ctx, args: DemoArgs, out: &mut dyn Write) -> CliResult<Ou
 
     // 5. Points and a coupon everywhere.
     story.step("Her points and coupon work in every channel")?;
-    // Scarf 49 + tote 25 - tote returned 25: 49 points once crm has seen it all.
+    // Scarf 49 + tote 25 - tote returned 25: crm has seen it all once her net spend is the
+    // scarf's (the return's refund and its points come in one event, after the orders').
     let view = eventually(
         wait,
-        "crm to credit points for the fulfilled orders",
+        "crm to credit points for the fulfilled orders and take back the returned tote's",
         async || {
             let v = customer_view(ctx, &mei.id).await?;
-            Ok((v.points_balance >= SCARF / 100 && v.order_count >= 2).then_some(v))
+            let spend = v.total_spend.as_ref().map_or(0, |m| m.minor_units);
+            Ok(
+                (v.order_count >= 2 && spend == SCARF && v.points_balance >= SCARF / 100)
+                    .then_some(v),
+            )
         },
     )
     .await?;
@@ -472,6 +477,19 @@ pub async fn run(ctx: &Ctx, args: DemoArgs, out: &mut dyn Write) -> CliResult<Ou
         "back on the e-shop the code is spent: {}",
         crate::render::or_dash(&again.reason)
     ))?;
+    // The till order's points arrive through its event: read the balance once they have.
+    let spent = SCARF + till.total.as_ref().map_or(0, |m| m.minor_units);
+    let before = eventually(
+        wait,
+        "crm to credit points for the till order",
+        async || {
+            let v = customer_view(ctx, &mei.id).await?;
+            let spend = v.total_spend.as_ref().map_or(0, |m| m.minor_units);
+            Ok((spend == spent && v.points_balance > view.points_balance)
+                .then_some(v.points_balance))
+        },
+    )
+    .await?;
     let redeemed = LoyaltyServiceClient::new(ctx.authed(Service::Crm)?)
         .redeem_points(crm::RedeemPointsRequest {
             idempotency_key: key(),
@@ -484,7 +502,7 @@ pub async fn run(ctx: &Ctx, args: DemoArgs, out: &mut dyn Write) -> CliResult<Ou
         .answer("crm")?;
     let balance = redeemed.entry.as_ref().map_or(0, |e| e.balance_after);
     story.say(format!(
-        "during the next livestream she redeems 20 points{}; {balance} points left",
+        "during the next livestream she redeems 20 of her {before} points{}; {balance} left",
         worth(redeemed.value.as_ref())
     ))?;
     story.fact(
@@ -495,7 +513,7 @@ pub async fn run(ctx: &Ctx, args: DemoArgs, out: &mut dyn Write) -> CliResult<Ou
             "couponRedeemedOn": till.order_number,
             "couponDiscount": till.discount_total.as_ref().map_or(0, |m| m.minor_units),
             "couponUsableAfterRedemption": again.usable,
-            "pointsBeforeRedemption": view.points_balance,
+            "pointsBeforeRedemption": before,
             "pointsAfterRedemption": balance,
         }),
     );
