@@ -673,6 +673,7 @@ async fn retailer(ctx: &Ctx, story: &mut Story<'_>) -> CliResult<Retailer> {
             point: (45.6400, 5.1100),
             pickup: false,
             ships: true,
+            time_zone: "Europe/Paris",
         },
     )
     .await?;
@@ -686,6 +687,7 @@ async fn retailer(ctx: &Ctx, story: &mut Story<'_>) -> CliResult<Retailer> {
             point: (45.7606, 4.8590),
             pickup: true,
             ships: false,
+            time_zone: "Europe/Paris",
         },
     )
     .await?;
@@ -699,6 +701,7 @@ async fn retailer(ctx: &Ctx, story: &mut Story<'_>) -> CliResult<Retailer> {
             point: (45.7700, 4.8800),
             pickup: true,
             ships: false,
+            time_zone: "Europe/Paris",
         },
     )
     .await?;

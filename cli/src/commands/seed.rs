@@ -280,6 +280,7 @@ async fn places(ctx: &Ctx, tag: &str) -> CliResult<Dataset> {
             point: (45.6400, 5.1100),
             pickup: false,
             ships: true,
+            time_zone: "Europe/Paris",
         },
     )
     .await?;
@@ -298,6 +299,7 @@ async fn places(ctx: &Ctx, tag: &str) -> CliResult<Dataset> {
                     point: (lat + offset, lon - offset),
                     pickup: true,
                     ships: n == 1,
+                    time_zone: "Europe/Paris",
                 },
             )
             .await?;

@@ -55,6 +55,8 @@ pub struct LocationSpec<'a> {
     pub point: (f64, f64),
     pub pickup: bool,
     pub ships: bool,
+    /// IANA name, e.g. "Europe/Paris": the store's day and pickup cut-off follow it.
+    pub time_zone: &'a str,
 }
 
 pub async fn create_location(ctx: &Ctx, spec: LocationSpec<'_>) -> CliResult<inv::Location> {
@@ -74,7 +76,7 @@ pub async fn create_location(ctx: &Ctx, spec: LocationSpec<'_>) -> CliResult<inv
                 },
                 pickup_enabled: spec.pickup,
                 ships_orders: spec.ships,
-                time_zone: "Europe/Paris".into(),
+                time_zone: spec.time_zone.to_owned(),
                 ..Default::default()
             }),
         })

@@ -61,6 +61,7 @@ impl World {
         let shop = Shop::start().await.expect("the suite starts");
         let env = env_for(&shop, Some(&admin_token()));
         let ctx = ctx(&env);
+        let time_zone = omni_testkit::daytime_zone();
         let loc = |code: &'static str, kind, point, pickup, ships| LocationSpec {
             code,
             name: code,
@@ -69,6 +70,8 @@ impl World {
             point,
             pickup,
             ships,
+            // A zone where it is midday now, so pickups are possible whenever tests run.
+            time_zone: &time_zone,
         };
         let warehouse = setup::create_location(
             &ctx,

@@ -122,6 +122,19 @@ pub async fn common_config(label: &str) -> anyhow::Result<CommonConfig> {
     })
 }
 
+/// A fixed-offset time zone (`Etc/GMT±N`) where it is about midday now: stores in it can hand
+/// over pickups "today" whenever the suite runs (a store's day ends at its local midnight).
+pub fn daytime_zone() -> String {
+    use chrono::Timelike as _;
+    let hour = i64::from(chrono::Utc::now().hour());
+    // Local hour = UTC hour + offset; the tz database's Etc/GMT signs are inverted.
+    match 12 - hour {
+        0 => "Etc/GMT".to_owned(),
+        east if east > 0 => format!("Etc/GMT-{east}"),
+        west => format!("Etc/GMT+{}", -west),
+    }
+}
+
 /// A token for a principal with `roles` and `scope`, signed with the key services trust.
 pub fn token(roles: &[Role], scope: Scope) -> String {
     let principal = Principal {

@@ -100,6 +100,8 @@ impl Inventory {
             }),
             pickup_enabled: pickup,
             ships_orders: true,
+            // Whenever the suite runs, the store's day is not over.
+            time_zone: omni_testkit::daytime_zone(),
             ..Default::default()
         })
         .await
