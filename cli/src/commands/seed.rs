@@ -145,6 +145,16 @@ struct Dataset {
     customers: Vec<String>,
 }
 
+impl Dataset {
+    /// The channel of a store (where returns made there are recorded).
+    fn store_channel_id(&self, store: &inv::Location) -> String {
+        self.store_channels
+            .get(&store.id)
+            .map(|c| c.id.clone())
+            .unwrap_or_default()
+    }
+}
+
 #[derive(Default)]
 struct Tally {
     placed: usize,
@@ -919,11 +929,7 @@ fn historical_order(
     {
         let at = &data.stores[rng.gen_range(0..data.stores.len())];
         returns.push(pb::HistoricalReturn {
-            channel_id: data
-                .store_channels
-                .get(&at.id)
-                .map(|c| c.id.clone())
-                .unwrap_or_default(),
+            channel_id: data.store_channel_id(at),
             location_id: at.id.clone(),
             completed_at: Some(timestamp(returned_at)),
             lines: vec![pb::HistoricalReturnLine {
@@ -1252,11 +1258,7 @@ async fn one_order(
                     reason: pb::ReturnReason::NoLongerWanted as i32,
                     condition: returned_condition(rng) as i32,
                 }],
-                channel_id: data
-                    .store_channels
-                    .get(&at.id)
-                    .map(|c| c.id.clone())
-                    .unwrap_or_default(),
+                channel_id: data.store_channel_id(at),
                 location_id: at.id.clone(),
                 items_received: true,
                 note: String::new(),

@@ -51,7 +51,7 @@ fn time(t: Option<&prost_types::Timestamp>) -> Result<DateTime<Utc>> {
 }
 
 /// Where each line leaves from: its own location, or the store that hands the order over.
-pub fn line_locations(order: &HistoricalOrder) -> Vec<String> {
+fn line_locations(order: &HistoricalOrder) -> Vec<String> {
     let store = order
         .delivery
         .as_ref()

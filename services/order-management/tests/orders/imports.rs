@@ -231,6 +231,8 @@ async fn a_bad_batch_is_refused_whole_naming_each_field_and_writes_nothing() {
     bad[2].status = pb::OrderStatus::Shipped as i32;
     bad[0].returns[0].lines[0].sku_id = w.mug.clone();
     bad[0].lines[0].location_id = String::new();
+    // A ready time belongs to a completed pickup only.
+    bad[2].ready_at = Some(timestamp(at(20, 11)));
     let refused = import(&w, bad).await.expect_err("refused");
     assert_eq!(refused.code(), tonic::Code::InvalidArgument);
     let named = fields(&refused);
@@ -240,6 +242,7 @@ async fn a_bad_batch_is_refused_whole_naming_each_field_and_writes_nothing() {
         "orders[1].channel_order_ref",
         "orders[1].closed_at",
         "orders[2].status",
+        "orders[2].ready_at",
     ] {
         assert!(named.iter().any(|f| f == field), "{field} in {named:?}");
     }
