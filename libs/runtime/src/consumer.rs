@@ -1,18 +1,38 @@
 //! The event consumer: reads other services' streams with a Redis consumer group and applies
-//! each event exactly once.
+//! each event exactly once, in batches.
 //!
-//! For every entry: begin a transaction, insert `(group, event id)` into `processed_events`
-//! (a conflict means "already applied": skip), run the [`Handler`] in the same transaction,
-//! commit, then `XACK`. A crash before the commit leaves the entry pending and unapplied; a crash
-//! after it leaves it pending but recorded. Either way another consumer (or this one, restarted)
-//! reclaims pending entries idle longer than `reclaim_idle` and the outcome is the same: applied
-//! once. Entries that cannot be decoded, or fail `max_deliveries` times, go to a dead-letter
-//! stream (`omni:dead-letters:<group>`) instead of blocking the rest.
+//! A poll reads up to `batch` entries and applies them in one transaction: one
+//! `processed_events` insert for the whole batch tells which events are new (a conflict means
+//! "already applied"), the [`Handler`] applies the new ones in stream order, the transaction
+//! commits, then one `XACK` per stream. A crash before the commit leaves the entries pending and
+//! unapplied; a crash after it leaves them pending but recorded. Either way another consumer (or
+//! this one, restarted) reclaims pending entries idle longer than `reclaim_idle` and the outcome
+//! is the same: applied once.
+//!
+//! Failures are of two kinds, told apart by [`is_transient`]:
+//!
+//! - **transient** (the database or another service unreachable, a pool timeout, a lost race):
+//!   nothing is acknowledged and nothing is dead-lettered. The consumer backs off, reports that
+//!   it cannot read (health NOT_SERVING, `omni_consumer_up` 0) and retries the same entries from
+//!   its own pending list, however long the outage lasts;
+//! - **deterministic** (the handler refuses the event, or panics): the batch is retried one
+//!   entry at a time, so the others go through; an entry that fails `max_failures` times is moved
+//!   to the dead-letter stream (`omni:dead-letters:<group>`) with its error, and acknowledged.
+//!   Entries that cannot be decoded go there at once. [`DeadLetters`] lists and replays them.
+//!
+//! When Redis loses its data (a flush, a failover to an empty replica) the group disappears;
+//! the next read fails with `NOGROUP`, and the consumer creates the group again from the start
+//! of the stream. The outbox relays re-publish what was lost (see [`crate::outbox`]), and
+//! `processed_events` skips whatever had been applied already.
 
+use std::collections::HashMap;
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use futures::FutureExt as _;
 use omni_proto::events::Event;
 use prost::Message as _;
 use redis::AsyncCommands as _;
@@ -23,16 +43,41 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 use uuid::Uuid;
 
+use crate::Error;
+use crate::metrics::StreamPos;
 use crate::redis::Redis;
 
-/// Applies one event inside the consumer's transaction. Return an error to have the event
-/// retried later (the transaction is rolled back).
+/// Applies events inside the consumer's transaction. Return an error to have them retried
+/// (the transaction is rolled back); see the module header for which errors are retried
+/// forever and which lead to the dead-letter stream.
 pub trait Handler: Send + Sync + 'static {
     fn handle(
         &self,
         conn: &mut PgConnection,
         event: &Event,
     ) -> impl Future<Output = crate::Result<()>> + Send;
+
+    /// Applies a batch of new events, in stream order, in one transaction. The default
+    /// applies them one by one; a handler overrides it to share work between the events of a
+    /// batch (e.g. refresh a customer once, not once per event).
+    fn handle_batch(
+        &self,
+        conn: &mut PgConnection,
+        events: &[Event],
+    ) -> impl Future<Output = crate::Result<()>> + Send {
+        async move {
+            for event in events {
+                self.handle(conn, event).await?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Whether a failure may go away by itself (retry without limit) rather than recur for the
+/// same event (count it toward the dead-letter stream).
+pub fn is_transient(error: &Error) -> bool {
+    matches!(error, Error::Unavailable(_) | Error::Aborted(_))
 }
 
 #[derive(Debug, Clone)]
@@ -43,11 +88,13 @@ pub struct ConsumerConfig {
     pub name: String,
     /// The emitting services whose streams to read, e.g. `["identity", "orders"]`.
     pub sources: Vec<String>,
+    /// Entries read, and applied in one transaction, at a time.
     pub batch: usize,
     pub block: Duration,
     /// Pending entries idle longer than this are taken over from their (presumed dead) owner.
     pub reclaim_idle: Duration,
-    pub max_deliveries: usize,
+    /// Deterministic failures of one entry before it is dead-lettered.
+    pub max_failures: u32,
 }
 
 impl ConsumerConfig {
@@ -56,12 +103,25 @@ impl ConsumerConfig {
             group: group.to_owned(),
             name: format!("{group}-{}", Uuid::now_v7().simple()),
             sources: sources.iter().map(|s| (*s).to_owned()).collect(),
-            batch: 64,
+            batch: 256,
             block: Duration::from_millis(500),
             reclaim_idle: Duration::from_secs(30),
-            max_deliveries: 10,
+            max_failures: 5,
         }
     }
+}
+
+/// The dead-letter stream of a consumer group.
+pub fn dead_letter_stream(redis: &Redis, group: &str) -> String {
+    redis.key(&format!("omni:dead-letters:{group}"))
+}
+
+/// One stream entry, decoded.
+struct Entry {
+    stream: String,
+    id: String,
+    event: Event,
+    event_id: Uuid,
 }
 
 pub struct Consumer<H> {
@@ -72,6 +132,12 @@ pub struct Consumer<H> {
     streams: Vec<String>,
     handler: Arc<H>,
     groups_ready: bool,
+    /// Entries of this consumer's own pending list are waiting for a retry.
+    own_pending: bool,
+    /// Deterministic failures so far, by entry id.
+    failures: HashMap<String, u32>,
+    /// Whether the last poll could read and apply (health and `omni_consumer_up`).
+    up: Arc<AtomicBool>,
 }
 
 impl<H> std::fmt::Debug for Consumer<H> {
@@ -90,7 +156,7 @@ impl<H: Handler> Consumer<H> {
         handler: Arc<H>,
     ) -> anyhow::Result<Self> {
         let conn = redis.dedicated(config.block)?;
-        crate::metrics::register_consumer(&config.group, &config.sources, &redis);
+        let up = crate::metrics::register_consumer(&config.group, &config.sources, &redis);
         let streams = config
             .sources
             .iter()
@@ -104,10 +170,13 @@ impl<H: Handler> Consumer<H> {
             streams,
             handler,
             groups_ready: false,
+            own_pending: true,
+            failures: HashMap::new(),
+            up,
         })
     }
 
-    /// Consumes until `shutdown`; the entry being applied is finished first.
+    /// Consumes until `shutdown`; the batch being applied is finished first.
     pub async fn run(mut self, shutdown: CancellationToken) {
         let mut backoff = Duration::from_millis(100);
         while !shutdown.is_cancelled() {
@@ -118,7 +187,7 @@ impl<H: Handler> Consumer<H> {
             match step {
                 Ok(_) => backoff = Duration::from_millis(100),
                 Err(e) => {
-                    tracing::warn!(error = %e, group = %self.config.group, "consumer failed; retrying");
+                    tracing::warn!(error = %e, group = %self.config.group, "consumer cannot apply events; retrying");
                     tokio::select! {
                         () = shutdown.cancelled() => return,
                         () = tokio::time::sleep(backoff) => {}
@@ -129,30 +198,78 @@ impl<H: Handler> Consumer<H> {
         }
     }
 
-    /// Reclaims stale pending entries, then reads new ones (blocking up to `block`), applying
-    /// each. Returns how many entries were handled.
+    /// Retries this consumer's own pending entries, reclaims stale ones of others, then reads
+    /// new ones (blocking up to `block`), applying each batch. Returns how many entries were
+    /// handled. An error means the consumer could not read or apply (a transient failure);
+    /// the entries concerned stay pending and are retried by the next poll.
     pub async fn poll_once(&mut self) -> crate::Result<usize> {
+        let polled = self.poll().await;
+        self.up.store(polled.is_ok(), Ordering::Release);
+        match polled {
+            Err(Error::Internal(e)) if is_missing_group(&e) => {
+                tracing::warn!(group = %self.config.group, "consumer group missing (Redis lost its data?); creating it again");
+                self.groups_ready = false;
+                self.own_pending = false;
+                Ok(0)
+            }
+            other => other,
+        }
+    }
+
+    async fn poll(&mut self) -> crate::Result<usize> {
         if !self.groups_ready {
             self.create_groups().await?;
             self.groups_ready = true;
         }
-        let mut handled = self.reclaim().await?;
-        let ids = vec![">"; self.streams.len()];
-        let options = StreamReadOptions::default()
+        let mut handled = 0;
+        if self.own_pending {
+            let own = self.read("0", None).await?;
+            if own.is_empty() {
+                self.own_pending = false;
+            } else {
+                handled += own.len();
+                self.apply(own).await?;
+            }
+        }
+        let stale = self.reclaim().await?;
+        if !stale.is_empty() {
+            handled += stale.len();
+            self.apply(stale).await?;
+        }
+        if !self.own_pending {
+            let fresh = self.read(">", Some(self.config.block)).await?;
+            handled += fresh.len();
+            self.apply(fresh).await?;
+        }
+        Ok(handled)
+    }
+
+    async fn read(
+        &mut self,
+        from: &str,
+        block: Option<Duration>,
+    ) -> crate::Result<Vec<(String, StreamId)>> {
+        let ids = vec![from; self.streams.len()];
+        let mut options = StreamReadOptions::default()
             .group(&self.config.group, &self.config.name)
-            .count(self.config.batch)
-            .block(self.config.block.as_millis() as usize);
+            .count(self.config.batch);
+        if let Some(block) = block {
+            options = options.block(block.as_millis() as usize);
+        }
         let reply: Option<StreamReadReply> = self
             .conn
             .xread_options(&self.streams, &ids, &options)
-            .await?;
-        for stream in reply.map(|r| r.keys).unwrap_or_default() {
-            for entry in stream.ids {
-                self.apply(&stream.key, &entry).await?;
-                handled += 1;
-            }
-        }
-        Ok(handled)
+            .await
+            .map_err(redis_error)?;
+        Ok(reply
+            .map(|r| r.keys)
+            .unwrap_or_default()
+            .into_iter()
+            .flat_map(|stream| {
+                let key = stream.key;
+                stream.ids.into_iter().map(move |id| (key.clone(), id))
+            })
+            .collect())
     }
 
     async fn create_groups(&mut self) -> crate::Result<()> {
@@ -171,25 +288,25 @@ impl<H: Handler> Consumer<H> {
         Ok(())
     }
 
-    /// Takes over entries other (dead) consumers left pending, dead-lettering those that keep
-    /// failing.
-    async fn reclaim(&mut self) -> crate::Result<usize> {
+    /// Takes over entries other (dead) consumers left pending for longer than `reclaim_idle`.
+    async fn reclaim(&mut self) -> crate::Result<Vec<(String, StreamId)>> {
         let idle_ms = self.config.reclaim_idle.as_millis() as usize;
-        let mut handled = 0;
+        let mut claimed_all = Vec::new();
         for stream in self.streams.clone() {
             let pending: redis::streams::StreamPendingCountReply = self
                 .conn
                 .xpending_count(&stream, &self.config.group, "-", "+", self.config.batch)
-                .await?;
-            let stale: Vec<_> = pending
+                .await
+                .map_err(redis_error)?;
+            let ids: Vec<&str> = pending
                 .ids
-                .into_iter()
-                .filter(|p| p.last_delivered_ms >= idle_ms)
+                .iter()
+                .filter(|p| p.last_delivered_ms >= idle_ms && p.consumer != self.config.name)
+                .map(|p| p.id.as_str())
                 .collect();
-            if stale.is_empty() {
+            if ids.is_empty() {
                 continue;
             }
-            let ids: Vec<&str> = stale.iter().map(|p| p.id.as_str()).collect();
             let claimed: redis::streams::StreamClaimReply = self
                 .conn
                 .xclaim(
@@ -199,115 +316,478 @@ impl<H: Handler> Consumer<H> {
                     idle_ms,
                     &ids,
                 )
-                .await?;
-            for entry in claimed.ids {
-                let deliveries = stale
-                    .iter()
-                    .find(|p| p.id == entry.id)
-                    .map_or(0, |p| p.times_delivered);
-                if deliveries >= self.config.max_deliveries {
-                    self.dead_letter(&stream, &entry, "delivered too many times")
-                        .await?;
-                } else {
-                    self.apply(&stream, &entry).await?;
-                }
-                handled += 1;
-            }
+                .await
+                .map_err(redis_error)?;
+            claimed_all.extend(claimed.ids.into_iter().map(|id| (stream.clone(), id)));
         }
-        Ok(handled)
+        Ok(claimed_all)
     }
 
-    async fn apply(&mut self, stream: &str, entry: &StreamId) -> crate::Result<()> {
-        let Some(bytes) = entry.get::<Vec<u8>>("event") else {
-            return self.dead_letter(stream, entry, "no event field").await;
-        };
-        let event = match Event::decode(bytes.as_slice()) {
-            Ok(event) => event,
-            Err(_) => return self.dead_letter(stream, entry, "undecodable event").await,
-        };
-        let Ok(event_id) = Uuid::parse_str(&event.id) else {
-            return self
-                .dead_letter(stream, entry, "event id is not a uuid")
-                .await;
-        };
+    /// Applies `entries` as one batch; on a deterministic failure, one at a time.
+    async fn apply(&mut self, entries: Vec<(String, StreamId)>) -> crate::Result<()> {
+        let mut batch = Vec::with_capacity(entries.len());
+        for (stream, raw) in entries {
+            match decode(&raw) {
+                Ok((event, event_id)) => batch.push(Entry {
+                    stream,
+                    id: raw.id.clone(),
+                    event,
+                    event_id,
+                }),
+                Err(reason) => {
+                    let payload = raw.get::<Vec<u8>>("event").unwrap_or_default();
+                    self.dead_letter(&stream, &raw.id, &payload, None, reason)
+                        .await?;
+                }
+            }
+        }
+        if batch.is_empty() {
+            return Ok(());
+        }
+        match self.apply_batch(&batch).await {
+            Ok(()) => return self.ack(&batch).await,
+            Err(e) if is_transient(&e) => {
+                self.own_pending = true;
+                return Err(e);
+            }
+            Err(e) if batch.len() == 1 => {
+                return self.failed(batch.pop().expect("one entry"), e).await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, group = %self.config.group, entries = batch.len(), "batch refused; applying its events one by one");
+            }
+        }
+        for entry in batch {
+            match self.apply_batch(std::slice::from_ref(&entry)).await {
+                Ok(()) => self.ack(std::slice::from_ref(&entry)).await?,
+                Err(e) if is_transient(&e) => {
+                    self.own_pending = true;
+                    return Err(e);
+                }
+                Err(e) => self.failed(entry, e).await?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Counts a deterministic failure; dead-letters the entry when it has failed too often.
+    async fn failed(&mut self, entry: Entry, error: Error) -> crate::Result<()> {
+        let failures = self.failures.entry(entry.id.clone()).or_insert(0);
+        *failures += 1;
+        if *failures < self.config.max_failures {
+            tracing::warn!(error = %error, entry = %entry.id, event.id = %entry.event.id, failures = *failures, "event refused; will retry");
+            self.own_pending = true;
+            return Ok(());
+        }
+        self.failures.remove(&entry.id);
+        let payload = entry.event.encode_to_vec();
+        self.dead_letter(
+            &entry.stream,
+            &entry.id,
+            &payload,
+            Some(&entry.event),
+            &error.to_string(),
+        )
+        .await
+    }
+
+    async fn apply_batch(&self, batch: &[Entry]) -> crate::Result<()> {
         let span = tracing::info_span!(
             "event.consume",
-            otel.name = %format!("consume {}", event.r#type),
+            otel.name = %batch_name(batch),
             consumer = %self.config.group,
-            event.id = %event.id,
-            event.r#type = %event.r#type,
+            events = batch.len(),
+            event.id = tracing::field::Empty,
+            event.r#type = tracing::field::Empty,
             trace_id = tracing::field::Empty,
             span_id = tracing::field::Empty,
         );
-        crate::telemetry::adopt_parent(
-            &span,
-            crate::telemetry::context_from_trace_headers(&event.traceparent, &event.tracestate),
-        );
-        let applied = async {
-            let mut tx = self.pool.begin().await?;
-            let fresh = sqlx::query(
-                "INSERT INTO processed_events (consumer, event_id) VALUES ($1, $2) \
-                 ON CONFLICT DO NOTHING",
-            )
-            .bind(&self.config.group)
-            .bind(event_id)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected()
-                == 1;
-            if fresh {
-                self.handler.handle(&mut tx, &event).await?;
-                tx.commit().await?;
-                tracing::debug!("event applied");
-            } else {
-                tracing::debug!("event already applied; skipped");
-            }
-            Ok::<(), crate::Error>(())
+        if let [one] = batch {
+            // A single event continues the trace of the call that caused it; a batch links
+            // nothing (its events come from many traces) but is one span of its own.
+            span.record("event.id", one.event.id.as_str());
+            span.record("event.type", one.event.r#type.as_str());
+            crate::telemetry::adopt_parent(
+                &span,
+                crate::telemetry::context_from_trace_headers(
+                    &one.event.traceparent,
+                    &one.event.tracestate,
+                ),
+            );
         }
-        .instrument(span)
-        .await;
-        match applied {
-            Ok(()) => {
-                let _: usize = self
-                    .conn
-                    .xack(stream, &self.config.group, &[&entry.id])
-                    .await?;
-                Ok(())
-            }
-            // Left pending: reclaimed and retried after `reclaim_idle`.
-            Err(e) => {
-                tracing::warn!(error = %e, entry = %entry.id, "event not applied; will retry");
-                Ok(())
-            }
+        apply_once(&self.pool, &self.config.group, &*self.handler, batch)
+            .instrument(span)
+            .await
+    }
+
+    async fn ack(&mut self, batch: &[Entry]) -> crate::Result<()> {
+        let mut by_stream: HashMap<&str, Vec<&str>> = HashMap::new();
+        for entry in batch {
+            self.failures.remove(&entry.id);
+            by_stream
+                .entry(entry.stream.as_str())
+                .or_default()
+                .push(entry.id.as_str());
         }
+        let mut pipe = redis::pipe();
+        for (stream, ids) in by_stream {
+            pipe.xack(stream, &self.config.group, &ids).ignore();
+        }
+        pipe.query_async::<()>(&mut self.conn).await?;
+        Ok(())
     }
 
     async fn dead_letter(
         &mut self,
         stream: &str,
-        entry: &StreamId,
+        entry_id: &str,
+        payload: &[u8],
+        event: Option<&Event>,
         reason: &str,
     ) -> crate::Result<()> {
-        tracing::error!(stream, entry = %entry.id, reason, "event moved to dead letters");
-        let dead = self
-            .redis
-            .key(&format!("omni:dead-letters:{}", self.config.group));
-        let payload = entry.get::<Vec<u8>>("event").unwrap_or_default();
+        tracing::error!(stream, entry = %entry_id, reason, "event moved to dead letters");
+        let dead = dead_letter_stream(&self.redis, &self.config.group);
+        let (event_id, event_type) = event.map_or(("", ""), |e| (e.id.as_str(), e.r#type.as_str()));
         let mut pipe = redis::pipe();
         pipe.xadd(
             &dead,
             "*",
             &[
                 ("stream", stream.as_bytes()),
-                ("entry", entry.id.as_bytes()),
+                ("entry", entry_id.as_bytes()),
                 ("reason", reason.as_bytes()),
-                ("event", payload.as_slice()),
+                ("event_id", event_id.as_bytes()),
+                ("event_type", event_type.as_bytes()),
+                ("event", payload),
             ],
         )
         .ignore()
-        .xack(stream, &self.config.group, &[&entry.id])
+        .xack(stream, &self.config.group, &[entry_id])
         .ignore();
         pipe.query_async::<()>(&mut self.conn).await?;
         Ok(())
+    }
+}
+
+fn batch_name(batch: &[Entry]) -> String {
+    match batch {
+        [one] => format!("consume {}", one.event.r#type),
+        _ => format!("consume {} events", batch.len()),
+    }
+}
+
+fn decode(raw: &StreamId) -> Result<(Event, Uuid), &'static str> {
+    let bytes = raw
+        .get::<Vec<u8>>("event")
+        .ok_or("no event field (or the entry is gone from the stream)")?;
+    let event = Event::decode(bytes.as_slice()).map_err(|_| "undecodable event")?;
+    let event_id = Uuid::parse_str(&event.id).map_err(|_| "event id is not a uuid")?;
+    Ok((event, event_id))
+}
+
+/// Applies the events of `batch` not yet recorded for `group`, recording them, in one
+/// transaction. A panicking handler counts as a deterministic failure.
+async fn apply_once<H: Handler>(
+    pool: &PgPool,
+    group: &str,
+    handler: &H,
+    batch: &[Entry],
+) -> crate::Result<()> {
+    let mut tx = pool.begin().await?;
+    let ids: Vec<Uuid> = batch.iter().map(|e| e.event_id).collect();
+    let fresh: Vec<Uuid> = sqlx::query_scalar(
+        "INSERT INTO processed_events (consumer, event_id) SELECT $1, unnest($2::uuid[]) \
+         ON CONFLICT DO NOTHING RETURNING event_id",
+    )
+    .bind(group)
+    .bind(&ids)
+    .fetch_all(&mut *tx)
+    .await?;
+    if fresh.is_empty() {
+        tracing::debug!("events already applied; skipped");
+        return Ok(());
+    }
+    // The same event may sit in a batch twice (re-published); apply it once, in stream order.
+    let mut wanted: std::collections::HashSet<Uuid> = fresh.into_iter().collect();
+    let events: Vec<Event> = batch
+        .iter()
+        .filter(|e| wanted.remove(&e.event_id))
+        .map(|e| e.event.clone())
+        .collect();
+    AssertUnwindSafe(handler.handle_batch(&mut tx, &events))
+        .catch_unwind()
+        .await
+        .map_err(|_| Error::internal("the event handler panicked"))??;
+    tx.commit().await?;
+    tracing::debug!(applied = events.len(), "events applied");
+    Ok(())
+}
+
+/// Redis errors of the consumer's reads; a missing group is told apart (see
+/// [`is_missing_group`]), the rest map as everywhere.
+fn redis_error(e: redis::RedisError) -> Error {
+    if e.code() == Some("NOGROUP") {
+        Error::Internal(anyhow::Error::new(MissingGroup))
+    } else {
+        e.into()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the consumer group or its stream does not exist")]
+struct MissingGroup;
+
+fn is_missing_group(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<MissingGroup>().is_some()
+}
+
+/// One dead-lettered event, as [`DeadLetters::list`] shows it.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    /// The entry's id in the dead-letter stream (what [`DeadLetters::replay`] takes).
+    pub id: String,
+    pub stream: String,
+    pub entry: String,
+    pub reason: String,
+    pub event_id: String,
+    pub event_type: String,
+    pub payload: Vec<u8>,
+}
+
+/// A consumer group's dead letters: listed, and replayed through the group's handler.
+pub struct DeadLetters<H> {
+    group: String,
+    pool: PgPool,
+    redis: Redis,
+    handler: Arc<H>,
+}
+
+impl<H> Clone for DeadLetters<H> {
+    fn clone(&self) -> Self {
+        Self {
+            group: self.group.clone(),
+            pool: self.pool.clone(),
+            redis: self.redis.clone(),
+            handler: self.handler.clone(),
+        }
+    }
+}
+
+impl<H> std::fmt::Debug for DeadLetters<H> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeadLetters")
+            .field("group", &self.group)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Whether a replay applied the event or found it applied already.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replayed {
+    Applied,
+    AlreadyApplied,
+}
+
+impl<H: Handler> DeadLetters<H> {
+    pub fn new(group: &str, pool: PgPool, redis: Redis, handler: Arc<H>) -> Self {
+        Self {
+            group: group.to_owned(),
+            pool,
+            redis,
+            handler,
+        }
+    }
+
+    pub fn group(&self) -> &str {
+        &self.group
+    }
+
+    /// Up to `limit` dead letters after the entry `after` ("" from the oldest).
+    pub async fn list(&self, after: &str, limit: usize) -> crate::Result<Vec<DeadLetter>> {
+        let start = if after.is_empty() {
+            "-".to_owned()
+        } else {
+            format!("({after}")
+        };
+        let reply: redis::streams::StreamRangeReply = self
+            .redis
+            .conn()
+            .xrange_count(
+                dead_letter_stream(&self.redis, &self.group),
+                start,
+                "+",
+                limit,
+            )
+            .await?;
+        Ok(reply.ids.into_iter().map(dead_letter_of).collect())
+    }
+
+    /// Applies the dead letter `id` once (a replay of an event already applied changes
+    /// nothing) and removes it from the dead-letter stream.
+    pub async fn replay(&self, id: &str) -> crate::Result<Replayed> {
+        let found = self.list_one(id).await?;
+        let event = Event::decode(found.payload.as_slice()).map_err(|_| {
+            Error::precondition(
+                "UNDECODABLE",
+                format!("dead-letter/{id}"),
+                "the dead-lettered entry is not an event and cannot be replayed",
+            )
+        })?;
+        let event_id = Uuid::parse_str(&event.id).map_err(|_| {
+            Error::precondition(
+                "UNDECODABLE",
+                format!("dead-letter/{id}"),
+                "the dead-lettered event has no valid id",
+            )
+        })?;
+        let seen: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM processed_events WHERE consumer = $1 AND event_id = $2)",
+        )
+        .bind(&self.group)
+        .bind(event_id)
+        .fetch_one(&self.pool)
+        .await?;
+        let entry = Entry {
+            stream: found.stream,
+            id: found.entry,
+            event,
+            event_id,
+        };
+        if !seen {
+            apply_once(&self.pool, &self.group, &*self.handler, std::slice::from_ref(&entry))
+                .await
+                .map_err(|e| match e {
+                    e if is_transient(&e) => e,
+                    Error::Internal(e) => {
+                        tracing::error!(error = ?e, dead_letter = id, "replayed event failed again");
+                        Error::precondition(
+                            "EVENT_REFUSED",
+                            format!("dead-letter/{id}"),
+                            "the event failed again; it stays in the dead letters (see the service's log)",
+                        )
+                    }
+                    other => Error::precondition(
+                        "EVENT_REFUSED",
+                        format!("dead-letter/{id}"),
+                        format!("the event failed again: {other}"),
+                    ),
+                })?;
+        }
+        let _: usize = self
+            .redis
+            .conn()
+            .xdel(dead_letter_stream(&self.redis, &self.group), &[id])
+            .await?;
+        Ok(if seen {
+            Replayed::AlreadyApplied
+        } else {
+            Replayed::Applied
+        })
+    }
+
+    async fn list_one(&self, id: &str) -> crate::Result<DeadLetter> {
+        let well_formed = id
+            .split_once('-')
+            .is_some_and(|(ms, seq)| ms.parse::<u64>().is_ok() && seq.parse::<u64>().is_ok());
+        if !well_formed {
+            return Err(Error::invalid(
+                "id",
+                "not a dead-letter id (e.g. 1733400000000-0)",
+            ));
+        }
+        let reply: redis::streams::StreamRangeReply = self
+            .redis
+            .conn()
+            .xrange_count(dead_letter_stream(&self.redis, &self.group), id, id, 1)
+            .await?;
+        reply
+            .ids
+            .into_iter()
+            .next()
+            .map(dead_letter_of)
+            .ok_or_else(|| Error::not_found_at("id", format!("dead letter {id}")))
+    }
+}
+
+fn dead_letter_of(e: StreamId) -> DeadLetter {
+    let text = |field: &str| e.get::<String>(field).unwrap_or_default();
+    DeadLetter {
+        stream: text("stream"),
+        entry: text("entry"),
+        reason: text("reason"),
+        event_id: text("event_id"),
+        event_type: text("event_type"),
+        payload: e.get::<Vec<u8>>("event").unwrap_or_default(),
+        id: e.id,
+    }
+}
+
+/// `omni.events.v1.DeadLetterService` over a group's [`DeadLetters`]; admins only.
+#[tonic::async_trait]
+impl<H: Handler> omni_proto::events::dead_letter_service_server::DeadLetterService
+    for DeadLetters<H>
+{
+    async fn list_dead_letters(
+        &self,
+        request: tonic::Request<omni_proto::events::ListDeadLettersRequest>,
+    ) -> Result<tonic::Response<omni_proto::events::ListDeadLettersResponse>, tonic::Status> {
+        crate::auth::principal(&request)?.require_any(&[crate::auth::Role::Admin])?;
+        let req = request.into_inner();
+        let size = crate::paging::page_size(req.page_size)?;
+        let after = crate::paging::decode_token(&req.page_token)?.unwrap_or_default();
+        if !after.is_empty() && StreamPos::parse(&after).is_none() {
+            return Err(Error::invalid("page_token", "is not a token this service issued").into());
+        }
+        let rows = self.list(&after, size as usize).await?;
+        let next = crate::paging::next_token(rows.len(), size, rows.last().map(|r| r.id.clone()));
+        Ok(tonic::Response::new(
+            omni_proto::events::ListDeadLettersResponse {
+                dead_letters: rows
+                    .into_iter()
+                    .map(|d| omni_proto::events::DeadLetter {
+                        event: Event::decode(d.payload.as_slice()).ok(),
+                        id: d.id,
+                        stream: d.stream,
+                        entry_id: d.entry,
+                        reason: d.reason,
+                        event_id: d.event_id,
+                        event_type: d.event_type,
+                    })
+                    .collect(),
+                next_page_token: next,
+            },
+        ))
+    }
+
+    async fn replay_dead_letter(
+        &self,
+        request: tonic::Request<omni_proto::events::ReplayDeadLetterRequest>,
+    ) -> Result<tonic::Response<omni_proto::events::ReplayDeadLetterResponse>, tonic::Status> {
+        crate::auth::principal(&request)?.require_any(&[crate::auth::Role::Admin])?;
+        let id = request.into_inner().id;
+        let replayed = self.replay(id.trim()).await?;
+        Ok(tonic::Response::new(
+            omni_proto::events::ReplayDeadLetterResponse {
+                applied: replayed == Replayed::Applied,
+            },
+        ))
+    }
+}
+
+/// The health name of [`DeadLetters`]' gRPC service.
+pub const DEAD_LETTER_SERVICE: &str = "omni.events.v1.DeadLetterService";
+
+impl<H: Handler> DeadLetters<H> {
+    /// The gRPC service, behind the service's verifying interceptor.
+    pub fn into_service(
+        self,
+        auth: crate::auth::ServerAuth,
+    ) -> tonic::service::interceptor::InterceptedService<
+        omni_proto::events::dead_letter_service_server::DeadLetterServiceServer<Self>,
+        crate::auth::ServerAuth,
+    > {
+        omni_proto::events::dead_letter_service_server::DeadLetterServiceServer::with_interceptor(
+            self, auth,
+        )
     }
 }

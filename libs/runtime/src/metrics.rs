@@ -11,6 +11,10 @@
 //! - `omni_outbox_backlog`: events committed but not yet relayed to Redis;
 //! - `omni_consumer_lag{group,stream}` and `omni_consumer_pending{group,stream}`: entries of
 //!   a stream this service's consumer group has not read yet, and read but not acknowledged;
+//! - `omni_consumer_oldest_seconds{group,stream}`: the age of the oldest entry the group has
+//!   not yet acknowledged (pending or unread), 0 when it is caught up: how far behind it is;
+//! - `omni_consumer_up{group}`: 1 while the group's consumer in this process can read and
+//!   apply (0 during an outage it is waiting out; health is NOT_SERVING meanwhile);
 //! - whatever a service registers itself through [`Metrics::registry`].
 //!
 //! The scrape-time figures (pool, backlog, lag) are read when Prometheus asks, so an idle
@@ -19,6 +23,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -29,6 +34,7 @@ use prometheus::{
     Encoder as _, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
 };
+use redis::AsyncCommands as _;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -57,6 +63,8 @@ pub struct Metrics {
     outbox_backlog: IntGauge,
     consumer_lag: IntGaugeVec,
     consumer_pending: IntGaugeVec,
+    consumer_oldest: IntGaugeVec,
+    consumer_up: IntGaugeVec,
 }
 
 fn registered<C: prometheus::core::Collector + Clone + 'static>(
@@ -152,6 +160,28 @@ impl Metrics {
                 )
                 .expect("valid metric"),
             ),
+            consumer_oldest: registered(
+                &registry,
+                IntGaugeVec::new(
+                    opts(
+                        "omni_consumer_oldest_seconds",
+                        "Age of the oldest entry the group has not acknowledged (0: caught up).",
+                    ),
+                    &["group", "stream"],
+                )
+                .expect("valid metric"),
+            ),
+            consumer_up: registered(
+                &registry,
+                IntGaugeVec::new(
+                    opts(
+                        "omni_consumer_up",
+                        "1 while this process's consumer of the group can read and apply events.",
+                    ),
+                    &["group"],
+                )
+                .expect("valid metric"),
+            ),
             registry,
         })
     }
@@ -196,16 +226,23 @@ impl Metrics {
             Ok(n) => self.outbox_backlog.set(n),
             Err(e) => tracing::debug!(error = %e, "outbox backlog not read"),
         }
+        for (group, up) in consumer_flags(self.service, redis) {
+            self.consumer_up
+                .with_label_values(&[group.as_str()])
+                .set(i64::from(up));
+        }
         for (group, source) in consumers_of(self.service, redis) {
             let stream = redis.event_stream(&source);
             match group_info(redis, &stream, &group).await {
-                Ok(Some((lag, pending))) => {
-                    self.consumer_lag
-                        .with_label_values(&[group.as_str(), stream.as_str()])
-                        .set(lag);
+                Ok(Some(info)) => {
+                    let labels = [group.as_str(), stream.as_str()];
+                    self.consumer_lag.with_label_values(&labels).set(info.lag);
                     self.consumer_pending
-                        .with_label_values(&[group.as_str(), stream.as_str()])
-                        .set(pending);
+                        .with_label_values(&labels)
+                        .set(info.pending);
+                    self.consumer_oldest
+                        .with_label_values(&labels)
+                        .set(info.oldest_seconds);
                 }
                 Ok(None) => {}
                 Err(e) => tracing::debug!(error = %e, "consumer lag not read"),
@@ -265,34 +302,128 @@ impl Metrics {
     }
 }
 
-/// `lag` (Redis 7+; unread entries) and `pending` of a consumer group on a stream.
-async fn group_info(
-    redis: &Redis,
-    stream: &str,
-    group: &str,
-) -> redis::RedisResult<Option<(i64, i64)>> {
-    let groups: Vec<std::collections::HashMap<String, redis::Value>> = redis::cmd("XINFO")
+/// Where a consumer group stands on a stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupInfo {
+    /// Entries not read yet (Redis 7+).
+    pub lag: i64,
+    /// Entries read, not acknowledged.
+    pub pending: i64,
+    /// Age of the oldest entry not acknowledged, pending or unread; 0 when caught up.
+    pub oldest_seconds: i64,
+    /// The last entry delivered to the group.
+    pub last_delivered: StreamPos,
+    /// The oldest pending entry, if any.
+    pub oldest_pending: Option<StreamPos>,
+}
+
+/// A stream entry id, `<ms>-<seq>`, ordered as Redis orders them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct StreamPos {
+    pub ms: i64,
+    pub seq: i64,
+}
+
+impl StreamPos {
+    pub fn parse(id: &str) -> Option<Self> {
+        let (ms, seq) = id.split_once('-')?;
+        Some(Self {
+            ms: ms.parse().ok()?,
+            seq: seq.parse().ok()?,
+        })
+    }
+}
+
+impl std::fmt::Display for StreamPos {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.ms, self.seq)
+    }
+}
+
+fn text(v: Option<&redis::Value>) -> Option<String> {
+    match v? {
+        redis::Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        redis::Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+/// Every consumer group of `stream` and where it stands (empty when the stream is missing).
+pub async fn groups(redis: &Redis, stream: &str) -> redis::RedisResult<Vec<(String, GroupInfo)>> {
+    let mut conn = redis.conn();
+    let groups: Vec<std::collections::HashMap<String, redis::Value>> = match redis::cmd("XINFO")
         .arg("GROUPS")
         .arg(stream)
-        .query_async(&mut redis.conn())
-        .await?;
+        .query_async(&mut conn)
+        .await
+    {
+        Ok(groups) => groups,
+        Err(e) if e.to_string().contains("no such key") => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
     let number = |v: Option<&redis::Value>| match v {
         Some(redis::Value::Int(n)) => *n,
         _ => 0,
     };
-    Ok(groups.iter().find_map(|g| {
-        let name = match g.get("name") {
-            Some(redis::Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
-            Some(redis::Value::SimpleString(s)) => s.clone(),
-            _ => return None,
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    let mut out = Vec::with_capacity(groups.len());
+    for g in &groups {
+        let Some(name) = text(g.get("name")) else {
+            continue;
         };
-        (name == group).then(|| (number(g.get("lag")), number(g.get("pending"))))
-    }))
+        let pending = number(g.get("pending"));
+        let lag = number(g.get("lag"));
+        let last_delivered = text(g.get("last-delivered-id"))
+            .and_then(|id| StreamPos::parse(&id))
+            .unwrap_or_default();
+        let oldest_pending = if pending > 0 {
+            let summary: redis::streams::StreamPendingReply = conn.xpending(stream, &name).await?;
+            match summary {
+                redis::streams::StreamPendingReply::Data(d) => StreamPos::parse(&d.start_id),
+                _ => None,
+            }
+        } else {
+            None
+        };
+        // The oldest entry not acknowledged: the oldest pending one, else the first unread.
+        let oldest = match oldest_pending {
+            Some(p) => Some(p),
+            None if lag > 0 => {
+                let next: redis::streams::StreamRangeReply = conn
+                    .xrange_count(stream, format!("({last_delivered}"), "+", 1)
+                    .await?;
+                next.ids.first().and_then(|e| StreamPos::parse(&e.id))
+            }
+            None => None,
+        };
+        out.push((
+            name,
+            GroupInfo {
+                lag,
+                pending,
+                oldest_seconds: oldest.map_or(0, |p| ((now_ms - p.ms) / 1000).max(0)),
+                last_delivered,
+                oldest_pending,
+            },
+        ));
+    }
+    Ok(out)
 }
 
-/// Consumer groups started in this process: (Redis namespace, group, source). A service's
-/// group is named after the service.
-type ConsumerTable = Mutex<Vec<(String, String, String)>>;
+async fn group_info(
+    redis: &Redis,
+    stream: &str,
+    group: &str,
+) -> redis::RedisResult<Option<GroupInfo>> {
+    Ok(groups(redis, stream)
+        .await?
+        .into_iter()
+        .find_map(|(name, info)| (name == group).then_some(info)))
+}
+
+/// Consumer groups started in this process: (Redis namespace, group, source, whether its
+/// consumer can read). A service's group is named after the service.
+type ConsumerTable = Mutex<Vec<(String, String, String, Arc<AtomicBool>)>>;
 
 fn consumer_table() -> &'static ConsumerTable {
     static TABLE: OnceLock<ConsumerTable> = OnceLock::new();
@@ -300,16 +431,19 @@ fn consumer_table() -> &'static ConsumerTable {
 }
 
 /// Records that `group` consumes `sources` for the service whose Redis namespace is `redis`
-/// (called by [`crate::consumer::Consumer`]), so the service's scrape can report its lag.
-pub fn register_consumer(group: &str, sources: &[String], redis: &Redis) {
+/// (called by [`crate::consumer::Consumer`]), so the service's scrape can report its lag and
+/// its health whether the consumer can read. Returns the flag the consumer keeps up to date.
+pub fn register_consumer(group: &str, sources: &[String], redis: &Redis) -> Arc<AtomicBool> {
+    let up = Arc::new(AtomicBool::new(true));
     if let Ok(mut table) = consumer_table().lock() {
+        let prefix = redis.key("");
+        // A consumer started again in this process (tests) replaces the earlier one.
+        table.retain(|(p, g, _, _)| !(*p == prefix && g == group));
         for source in sources {
-            let entry = (redis.key(""), group.to_owned(), source.clone());
-            if !table.contains(&entry) {
-                table.push(entry);
-            }
+            table.push((prefix.clone(), group.to_owned(), source.clone(), up.clone()));
         }
     }
+    up
 }
 
 fn consumers_of(service: &str, redis: &Redis) -> Vec<(String, String)> {
@@ -319,11 +453,33 @@ fn consumers_of(service: &str, redis: &Redis) -> Vec<(String, String)> {
         .map(|table| {
             table
                 .iter()
-                .filter(|(p, group, _)| *p == prefix && group == service)
-                .map(|(_, group, source)| (group.clone(), source.clone()))
+                .filter(|(p, group, _, _)| *p == prefix && group == service)
+                .map(|(_, group, source, _)| (group.clone(), source.clone()))
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// Whether each consumer group of `service` in this process can read, by group.
+fn consumer_flags(service: &str, redis: &Redis) -> Vec<(String, bool)> {
+    let prefix = redis.key("");
+    let mut flags: Vec<(String, bool)> = consumer_table()
+        .lock()
+        .map(|table| {
+            table
+                .iter()
+                .filter(|(p, group, _, _)| *p == prefix && group == service)
+                .map(|(_, group, _, up)| (group.clone(), up.load(Ordering::Acquire)))
+                .collect()
+        })
+        .unwrap_or_default();
+    flags.dedup();
+    flags
+}
+
+/// True unless one of `service`'s consumers in this process cannot read (health).
+pub fn consumers_up(service: &str, redis: &Redis) -> bool {
+    consumer_flags(service, redis).iter().all(|(_, up)| *up)
 }
 
 /// The gRPC status name of a numeric code, as the metrics label it.

@@ -5,6 +5,16 @@
 //! If the relay stops between appending and marking, the next run appends the same events again;
 //! consumers apply each event id once, so a duplicate costs nothing. Several replicas may relay
 //! at once: rows are claimed with `FOR UPDATE SKIP LOCKED`.
+//!
+//! Nothing is lost when Redis loses its data (a flush, a failover to an empty replica):
+//!
+//! - a published row is kept, with the stream position it was published at, until every
+//!   consumer group of the stream has acknowledged that position (or for `retention`, a week,
+//!   for a group that stopped consuming); rows are deleted when they are known consumed;
+//! - the relay keeps a marker key beside the stream (`omni:events:<service>:relay`). When the
+//!   marker is gone, Redis has lost what it held: the relay sets it again and marks every kept
+//!   row unpublished, so they are all published again (consumers skip those they had applied,
+//!   and recreate their groups from the start of the new stream).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 use uuid::Uuid;
 
+use crate::metrics::StreamPos;
 use crate::redis::Redis;
 
 /// Writes a service's events; cheap to clone.
@@ -89,7 +100,8 @@ impl Outbox {
             poll,
             batch: 256,
             max_len: 1_000_000,
-            retention: Duration::from_secs(24 * 3600),
+            retention: Duration::from_secs(7 * 24 * 3600),
+            cleanup_every: Duration::from_secs(5),
         }
     }
 }
@@ -105,8 +117,10 @@ pub struct Relay {
     batch: i64,
     /// Streams are trimmed (approximately) to this many entries.
     max_len: usize,
-    /// Published rows are deleted after this long.
+    /// Published rows are deleted once every group has acknowledged them, or after this long
+    /// (a group that stopped consuming does not keep them forever).
     retention: Duration,
+    cleanup_every: Duration,
 }
 
 impl Relay {
@@ -131,9 +145,9 @@ impl Relay {
                     backoff
                 }
             };
-            if last_cleanup.elapsed() > Duration::from_secs(60) {
+            if last_cleanup.elapsed() > self.cleanup_every {
                 last_cleanup = tokio::time::Instant::now();
-                if let Err(e) = self.delete_published().await {
+                if let Err(e) = self.delete_consumed().await {
                     tracing::warn!(error = %e, "outbox cleanup failed");
                 }
             }
@@ -155,10 +169,12 @@ impl Relay {
         }
     }
 
-    /// Publishes one batch of unpublished events, in order; returns how many.
+    /// Publishes one batch of unpublished events, in order; returns how many. First checks
+    /// that Redis still holds what was published before (see the module header).
     pub async fn publish_pending(&self) -> crate::Result<usize> {
         let span = tracing::debug_span!("outbox.relay", stream = %self.stream);
         async {
+            self.recover_lost().await?;
             let mut tx = self.pool.begin().await?;
             let rows: Vec<(i64, Vec<u8>)> = sqlx::query_as(
                 "SELECT seq, payload FROM outbox WHERE published_at IS NULL \
@@ -177,15 +193,28 @@ impl Relay {
                     StreamMaxlen::Approx(self.max_len),
                     "*",
                     &[("event", payload.as_slice())],
-                )
-                .ignore();
+                );
             }
-            pipe.query_async::<()>(&mut self.redis.conn()).await?;
-            let seqs: Vec<i64> = rows.iter().map(|(seq, _)| *seq).collect();
-            sqlx::query("UPDATE outbox SET published_at = now() WHERE seq = ANY($1)")
-                .bind(&seqs)
-                .execute(&mut *tx)
-                .await?;
+            let ids: Vec<String> = pipe.query_async(&mut self.redis.conn()).await?;
+            let (mut seqs, mut ms, mut seq_in_ms) = (Vec::new(), Vec::new(), Vec::new());
+            for ((seq, _), id) in rows.iter().zip(&ids) {
+                let pos = StreamPos::parse(id).ok_or_else(|| {
+                    crate::Error::internal(format!("Redis answered XADD with {id:?}"))
+                })?;
+                seqs.push(*seq);
+                ms.push(pos.ms);
+                seq_in_ms.push(pos.seq);
+            }
+            sqlx::query(
+                "UPDATE outbox SET published_at = now(), stream_ms = p.ms, stream_seq = p.seq \
+                 FROM unnest($1::bigint[], $2::bigint[], $3::bigint[]) AS p(row_seq, ms, seq) \
+                 WHERE outbox.seq = p.row_seq",
+            )
+            .bind(&seqs)
+            .bind(&ms)
+            .bind(&seq_in_ms)
+            .execute(&mut *tx)
+            .await?;
             tx.commit().await?;
             tracing::debug!(count = rows.len(), "published events");
             Ok(rows.len())
@@ -194,13 +223,66 @@ impl Relay {
         .await
     }
 
-    async fn delete_published(&self) -> Result<(), sqlx::Error> {
+    /// When Redis no longer holds the relay's marker, it has lost its data: every kept row is
+    /// marked unpublished so the next batches publish it again.
+    async fn recover_lost(&self) -> crate::Result<()> {
+        let marker = format!("{}:relay", self.stream);
+        let fresh: Option<String> = redis::cmd("SET")
+            .arg(&marker)
+            .arg(chrono::Utc::now().to_rfc3339())
+            .arg("NX")
+            .query_async(&mut self.redis.conn())
+            .await?;
+        if fresh.is_none() {
+            return Ok(());
+        }
+        let again = sqlx::query(
+            "UPDATE outbox SET published_at = NULL, stream_ms = NULL, stream_seq = NULL \
+             WHERE published_at IS NOT NULL",
+        )
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        if again > 0 {
+            tracing::warn!(
+                stream = %self.stream,
+                events = again,
+                "Redis lost the event stream; publishing the events not known consumed again"
+            );
+        }
+        Ok(())
+    }
+
+    /// Deletes published rows every consumer group has acknowledged, and rows past retention.
+    pub async fn delete_consumed(&self) -> crate::Result<()> {
+        let groups = crate::metrics::groups(&self.redis, &self.stream).await?;
+        // Everything before the oldest pending entry and up to the last delivered one is
+        // acknowledged by a group; the bound is the lowest over all groups.
+        let bound = groups
+            .iter()
+            .map(|(_, g)| match g.oldest_pending {
+                Some(p) => (p, false),
+                None => (g.last_delivered, true),
+            })
+            .min();
+        if let Some((pos, inclusive)) = bound {
+            let op = if inclusive { "<=" } else { "<" };
+            // `op` is one of the two constants above, never input.
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DELETE FROM outbox WHERE published_at IS NOT NULL \
+                 AND (stream_ms, stream_seq) {op} ($1, $2)"
+            )))
+            .bind(pos.ms)
+            .bind(pos.seq)
+            .execute(&self.pool)
+            .await?;
+        }
         let cutoff =
             chrono::Utc::now() - chrono::Duration::from_std(self.retention).unwrap_or_default();
         sqlx::query("DELETE FROM outbox WHERE published_at < $1")
             .bind(cutoff)
             .execute(&self.pool)
-            .await
-            .map(|_| ())
+            .await?;
+        Ok(())
     }
 }

@@ -28,7 +28,8 @@ pub fn decode_token(token: &str) -> Result<Option<String>> {
         return Ok(None);
     }
     let invalid = || Error::invalid("page_token", "is not a token this service issued");
-    if !token.len().is_multiple_of(2) {
+    // Slicing below is by byte: a multi-byte character would split inside itself.
+    if !token.is_ascii() || !token.len().is_multiple_of(2) {
         return Err(invalid());
     }
     let bytes = (0..token.len())
@@ -58,6 +59,9 @@ mod tests {
         assert_eq!(decode_token(&token).unwrap().as_deref(), Some("sku-1/0193"));
         assert!(decode_token("zz").is_err());
         assert!(decode_token("abc").is_err());
+        // Multi-byte characters are refused, not sliced through.
+        assert!(decode_token("é1").is_err());
+        assert!(decode_token("0é").is_err());
         assert_eq!(decode_token("").unwrap(), None);
     }
 

@@ -87,3 +87,9 @@ impl Redis {
             .map(|_| ())
     }
 }
+
+/// `FLUSHALL`: every key of every namespace. For tests of Redis data loss, on a server of
+/// their own.
+pub async fn flush_all(conn: &mut ConnectionManager) -> redis::RedisResult<()> {
+    redis::cmd("FLUSHALL").query_async(conn).await
+}

@@ -4,8 +4,9 @@
 //! shutdown token is cancelled: the service's routes behind per-RPC spans (continuing the
 //! caller's W3C trace context), grpc.health.v1 and reflection. While the service starts
 //! (migrations wait for Postgres) health says NOT_SERVING and the service's own RPCs answer
-//! UNAVAILABLE; once started, health follows Postgres and Redis. On shutdown health turns
-//! NOT_SERVING, new connections stop, and in-flight calls drain for up to the grace period.
+//! UNAVAILABLE; once started, health follows Postgres, Redis and the service's event consumers.
+//! On shutdown health turns NOT_SERVING, new connections stop, and in-flight calls drain for up
+//! to the grace period.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -141,6 +142,7 @@ impl Host {
             let readiness = self.readiness.clone();
             let failed = failed.clone();
             let watcher = watch_dependencies(
+                self.name,
                 reporter.clone(),
                 self.services.clone(),
                 pool,
@@ -259,8 +261,11 @@ async fn set_status(reporter: &HealthReporter, services: &[&'static str], status
     }
 }
 
-/// Keeps health SERVING only while both Postgres and Redis answer.
+/// Keeps health SERVING only while both Postgres and Redis answer and the service's event
+/// consumers (if any) can read.
+#[allow(clippy::too_many_arguments)]
 async fn watch_dependencies(
+    service: &'static str,
     reporter: HealthReporter,
     services: Vec<&'static str>,
     pool: PgPool,
@@ -281,7 +286,11 @@ async fn watch_dependencies(
             Ok((Ok(()), Ok(()))) => {
                 metrics.set_dependency_up("postgres", true);
                 metrics.set_dependency_up("redis", true);
-                true
+                let reading = crate::metrics::consumers_up(service, &redis);
+                if !reading && last != Some(false) {
+                    tracing::warn!("an event consumer cannot read: NOT_SERVING");
+                }
+                reading
             }
             Ok((postgres, cache)) => {
                 metrics.set_dependency_up("postgres", postgres.is_ok());

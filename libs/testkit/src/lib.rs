@@ -9,6 +9,7 @@
 //!
 //! All spans finish in an in-memory exporter ([`finished_spans`]) so tests can assert on traces.
 
+mod private_redis;
 mod proxy;
 
 use std::net::SocketAddr;
@@ -30,6 +31,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use uuid::Uuid;
 
+pub use private_redis::PrivateRedis;
 pub use proxy::TcpProxy;
 
 struct Global {
@@ -448,12 +450,22 @@ impl Shop {
 
     /// As [`Shop::start_with`], each service with a pool of `max_connections` (benchmarks).
     pub async fn start_tuned(clocks: OrderClocks, max_connections: u32) -> anyhow::Result<Shop> {
+        Self::start_on(&redis_url(), clocks, max_connections).await
+    }
+
+    /// As [`Shop::start_tuned`], on the Redis at `redis_url` (e.g. a [`PrivateRedis`]).
+    pub async fn start_on(
+        redis_url: &str,
+        clocks: OrderClocks,
+        max_connections: u32,
+    ) -> anyhow::Result<Shop> {
         let prefix = fresh_redis_prefix();
         let common = |label: &'static str| {
             let prefix = prefix.clone();
             async move {
                 let mut c = common_config(label).await?;
                 c.redis_prefix = prefix;
+                c.redis_url = Secret::new(redis_url.to_owned());
                 c.database_max_connections = max_connections;
                 anyhow::Ok(c)
             }

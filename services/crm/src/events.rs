@@ -1,6 +1,8 @@
 //! Applies identity and order events to crm's tables, inside the consumer's transaction, so
-//! each event is applied exactly once.
+//! each event is applied exactly once; a batch of events refreshes each customer it touched
+//! once.
 
+use chrono::{DateTime, Utc};
 use omni_proto::events::Event;
 use omni_proto::events::event::Payload;
 use omni_proto::events::{OrderFacts, ReturnCompleted};
@@ -20,71 +22,121 @@ pub struct Events {
 
 impl Handler for Events {
     async fn handle(&self, conn: &mut PgConnection, event: &Event) -> omni_runtime::Result<()> {
-        let Some(payload) = &event.payload else {
+        self.handle_batch(conn, std::slice::from_ref(event)).await
+    }
+
+    /// Applies a batch's events in order, then refreshes the segments of each customer they
+    /// touched once, then fires the offers they may trigger.
+    async fn handle_batch(
+        &self,
+        conn: &mut PgConnection,
+        events: &[Event],
+    ) -> omni_runtime::Result<()> {
+        let mut touched: Vec<String> = Vec::new();
+        let mut happenings: Vec<(String, Happening)> = Vec::new();
+        for event in events {
+            let Some(customer) = apply(conn, event, &mut happenings).await? else {
+                continue;
+            };
+            if !touched.contains(&customer) {
+                touched.push(customer);
+            }
+            tracing::debug!(event_id = %event.id, event_type = %event.r#type, "event applied");
+        }
+        if touched.is_empty() {
             return Ok(());
-        };
-        // The customer whose segments may have changed, and what may fire an offer.
-        let mut happening = None;
-        let touched = match payload {
-            Payload::CustomerRegistered(r) => {
-                store::register(conn, r).await?;
-                Some(r.customer_id.clone())
-            }
-            Payload::CustomerMerged(m) => {
-                store::merge(conn, &m.survivor_id, &m.merged_id).await?;
-                Some(m.survivor_id.clone())
-            }
-            Payload::CustomerErased(e) => {
-                store::erase(conn, &e.customer_id).await?;
-                None
-            }
-            Payload::CustomerConsentChanged(c) => {
-                let customer = store::resolve(conn, &c.customer_id).await?;
-                store::set_consent(conn, &customer, c.channel_kind, c.marketing_opt_in).await?;
-                None
-            }
-            Payload::ChannelChanged(c) => {
-                store::upsert_channel(conn, &c.channel_id, c.kind).await?;
-                None
-            }
-            Payload::OrderPlaced(p) => {
-                let customer = order(conn, p.order.as_ref(), false).await?;
-                happening = p
-                    .order
-                    .as_ref()
-                    .filter(|o| !o.imported)
-                    .map(|o| offer_trigger(offers::ORDER_PLACED, o));
-                customer
-            }
-            Payload::OrderPaid(p) => order(conn, p.order.as_ref(), false).await?,
-            Payload::OrderFulfilled(p) => {
-                let customer = order(conn, p.order.as_ref(), true).await?;
-                // Imported history earns its points but is not news: it fires no offers.
-                happening = p
-                    .order
-                    .as_ref()
-                    .filter(|o| !o.imported)
-                    .map(|o| offer_trigger(offers::ORDER_FULFILLED, o));
-                customer
-            }
-            Payload::OrderCancelled(p) => order(conn, p.order.as_ref(), false).await?,
-            Payload::ReturnCompleted(r) => returned(conn, r).await?,
-            // Other event types on these streams do not concern crm.
-            _ => None,
-        };
-        if let Some(customer) = touched {
-            // Segments first, offers second: the same lock order as a campaign send (segment
-            // members, then the customer row), so the two cannot deadlock.
-            segments::refresh_customer(conn, &customer).await?;
-            if let Some(h) = happening
-                && self.grpc.fire_offers(conn, &customer, &h).await? > 0
-            {
-                self.grpc.outbox.wake();
+        }
+        // A merge later in the batch may have moved a customer touched earlier.
+        let mut customers = Vec::with_capacity(touched.len());
+        for customer in &touched {
+            let survivor = store::resolve(conn, customer).await?;
+            if !customers.contains(&survivor) {
+                customers.push(survivor);
             }
         }
-        tracing::debug!(event_id = %event.id, event_type = %event.r#type, "event applied");
+        customers.sort();
+        // Segments first, offers second: the same lock order as a campaign send (segment
+        // members, then the customer row), so the two cannot deadlock.
+        segments::refresh_customers(conn, &customers).await?;
+        let mut fired = 0;
+        for (customer, happening) in &happenings {
+            let customer = store::resolve(conn, customer).await?;
+            fired += self.grpc.fire_offers(conn, &customer, happening).await?;
+        }
+        if fired > 0 {
+            self.grpc.outbox.wake();
+        }
         Ok(())
     }
+}
+
+/// Applies one event's data; returns the customer whose segments may have changed and records
+/// what may fire an offer.
+async fn apply(
+    conn: &mut PgConnection,
+    event: &Event,
+    happenings: &mut Vec<(String, Happening)>,
+) -> omni_runtime::Result<Option<String>> {
+    let Some(payload) = &event.payload else {
+        return Ok(None);
+    };
+    let at = event
+        .occurred_at
+        .as_ref()
+        .and_then(|t| DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32))
+        .unwrap_or_else(Utc::now);
+    let mut happening = None;
+    let touched = match payload {
+        Payload::CustomerRegistered(r) => {
+            store::register(conn, r).await?;
+            Some(r.customer_id.clone())
+        }
+        Payload::CustomerMerged(m) => {
+            store::merge(conn, &m.survivor_id, &m.merged_id).await?;
+            Some(m.survivor_id.clone())
+        }
+        Payload::CustomerErased(e) => {
+            store::erase(conn, &e.customer_id).await?;
+            None
+        }
+        Payload::CustomerConsentChanged(c) => {
+            let customer = store::resolve(conn, &c.customer_id).await?;
+            store::set_consent(conn, &customer, c.channel_kind, c.marketing_opt_in).await?;
+            None
+        }
+        Payload::ChannelChanged(c) => {
+            store::upsert_channel(conn, &c.channel_id, c.kind).await?;
+            None
+        }
+        Payload::OrderPlaced(p) => {
+            let customer = order(conn, p.order.as_ref(), at, false).await?;
+            happening = p
+                .order
+                .as_ref()
+                .filter(|o| !o.imported)
+                .map(|o| offer_trigger(offers::ORDER_PLACED, o));
+            customer
+        }
+        Payload::OrderPaid(p) => order(conn, p.order.as_ref(), at, false).await?,
+        Payload::OrderFulfilled(p) => {
+            let customer = order(conn, p.order.as_ref(), at, true).await?;
+            // Imported history earns its points but is not news: it fires no offers.
+            happening = p
+                .order
+                .as_ref()
+                .filter(|o| !o.imported)
+                .map(|o| offer_trigger(offers::ORDER_FULFILLED, o));
+            customer
+        }
+        Payload::OrderCancelled(p) => order(conn, p.order.as_ref(), at, false).await?,
+        Payload::ReturnCompleted(r) => returned(conn, r).await?,
+        // Other event types on these streams do not concern crm.
+        _ => None,
+    };
+    if let (Some(customer), Some(happening)) = (&touched, happening) {
+        happenings.push((customer.clone(), happening));
+    }
+    Ok(touched)
 }
 
 /// What an order event may fire, as offer conditions see it.
@@ -104,6 +156,7 @@ fn offer_trigger(trigger: i32, facts: &OrderFacts) -> Happening {
 async fn order(
     conn: &mut PgConnection,
     facts: Option<&OrderFacts>,
+    at: DateTime<Utc>,
     fulfilled: bool,
 ) -> omni_runtime::Result<Option<String>> {
     let Some(facts) = facts else {
@@ -114,7 +167,7 @@ async fn order(
         return Ok(None);
     }
     let customer = store::resolve(conn, &facts.customer_id).await?;
-    store::upsert_order(conn, &customer, facts).await?;
+    store::upsert_order(conn, &customer, facts, at).await?;
     if fulfilled {
         earn(conn, &customer, facts).await?;
     }

@@ -1,6 +1,13 @@
 //! What crm knows about each customer's purchases, loaded for RFM, lifecycle, tiers and
-//! segment rules. RFM needs the whole base, so [`base`] aggregates every customer in one query;
-//! the detail of orders and lines is loaded only for the customers asked for.
+//! segment rules.
+//!
+//! Each customer's purchase aggregate lives in `customer_stats`, kept by [`refresh_stats`]
+//! whenever one of the customer's orders changes, so nothing re-aggregates the order table of
+//! the whole base. RFM scores are ranks across the base: for a few customers (an event, a
+//! customer view) they are read as counts of the customers below each value ([`scored`],
+//! index-only scans); for the whole base (a segment refresh) [`base`] reads every aggregate
+//! and [`rfm::scores`] ranks them. Both give the same scores. The detail of orders and lines
+//! is loaded only for the customers asked for.
 
 use std::collections::HashMap;
 
@@ -46,29 +53,98 @@ pub struct Facts {
     pub total_spend: i64,
 }
 
+type AggregateRow = (String, DateTime<Utc>, DateTime<Utc>, i64, i64);
+
+fn aggregate(
+    (customer_id, first_purchase, last_purchase, orders, monetary): AggregateRow,
+) -> Aggregate {
+    Aggregate {
+        customer_id,
+        first_purchase,
+        last_purchase,
+        orders,
+        monetary,
+    }
+}
+
 /// The purchase aggregate of every customer with a non-cancelled order.
 pub async fn base(conn: &mut PgConnection) -> Result<Vec<Aggregate>, Error> {
-    type Row = (String, DateTime<Utc>, DateTime<Utc>, i64, i64);
-    let rows: Vec<Row> = sqlx::query_as(
-        "SELECT customer_id, min(placed_at), max(placed_at), count(*),
-             sum(total_minor - refunded_minor)::BIGINT
-         FROM customer_orders WHERE status <> $1
-         GROUP BY customer_id ORDER BY customer_id",
+    let rows: Vec<AggregateRow> = sqlx::query_as(
+        "SELECT customer_id, first_purchase, last_purchase, orders, monetary
+         FROM customer_stats ORDER BY customer_id",
     )
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().map(aggregate).collect())
+}
+
+/// Recomputes the aggregate of `customer_id` from its orders (a handful of rows); called
+/// whenever one of them changes. A customer without a counted order has no aggregate.
+pub async fn refresh_stats(conn: &mut PgConnection, customer_id: &str) -> Result<(), Error> {
+    sqlx::query(
+        "WITH agg AS (
+             SELECT customer_id, min(placed_at) AS first_purchase, max(placed_at) AS last_purchase,
+                 count(*) AS orders, sum(total_minor - refunded_minor)::BIGINT AS monetary
+             FROM customer_orders WHERE customer_id = $1 AND status <> $2 GROUP BY customer_id
+         ), gone AS (
+             DELETE FROM customer_stats WHERE customer_id = $1
+                 AND NOT EXISTS (SELECT 1 FROM agg)
+         )
+         INSERT INTO customer_stats (customer_id, first_purchase, last_purchase, orders, monetary)
+         SELECT * FROM agg
+         ON CONFLICT (customer_id) DO UPDATE SET first_purchase = EXCLUDED.first_purchase,
+             last_purchase = EXCLUDED.last_purchase, orders = EXCLUDED.orders,
+             monetary = EXCLUDED.monetary",
+    )
+    .bind(customer_id)
     .bind(CANCELLED)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The aggregates of `ids` (those with a counted order) and their RFM scores across the base,
+/// the same scores [`rfm::scores`] gives over [`base`]: a score is one plus five times the share
+/// of customers strictly below the value.
+pub async fn scored(
+    conn: &mut PgConnection,
+    ids: &[String],
+) -> Result<HashMap<String, (Aggregate, Rfm)>, Error> {
+    type Row = (
+        String,
+        DateTime<Utc>,
+        DateTime<Utc>,
+        i64,
+        i64,
+        i64,
+        i64,
+        i64,
+        i64,
+    );
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT s.customer_id, s.first_purchase, s.last_purchase, s.orders, s.monetary,
+             (SELECT count(*) FROM customer_stats x WHERE x.last_purchase < s.last_purchase),
+             (SELECT count(*) FROM customer_stats x WHERE x.orders < s.orders),
+             (SELECT count(*) FROM customer_stats x WHERE x.monetary < s.monetary),
+             (SELECT count(*) FROM customer_stats)
+         FROM customer_stats s WHERE s.customer_id = ANY($1)",
+    )
+    .bind(ids)
     .fetch_all(conn)
     .await?;
     Ok(rows
         .into_iter()
-        .map(
-            |(customer_id, first_purchase, last_purchase, orders, monetary)| Aggregate {
-                customer_id,
-                first_purchase,
-                last_purchase,
-                orders,
-                monetary,
-            },
-        )
+        .map(|(id, first, last, orders, monetary, r, f, m, n)| {
+            let rfm = Rfm {
+                recency: rfm::score_below(r, n),
+                frequency: rfm::score_below(f, n),
+                monetary: rfm::score_below(m, n),
+            };
+            (
+                id.clone(),
+                (aggregate((id, first, last, orders, monetary)), rfm),
+            )
+        })
         .collect())
 }
 
@@ -81,16 +157,13 @@ pub async fn customer_ids(conn: &mut PgConnection) -> Result<Vec<String>, Error>
     .await?)
 }
 
-/// RFM, lifecycle and tier of one customer, given the base.
+/// RFM, lifecycle and tier of one customer, given its aggregate and scores.
 pub fn derived(
-    customer_id: &str,
-    base: &[Aggregate],
-    scores: &HashMap<String, Rfm>,
+    scored: Option<&(Aggregate, Rfm)>,
     orders: &[OrderFact],
     rules: &Rules,
     now: DateTime<Utc>,
 ) -> (Rfm, i32, String) {
-    let aggregate = base.iter().find(|a| a.customer_id == customer_id);
     let since = now - Duration::days(rules.window_days);
     let rolling: i64 = orders
         .iter()
@@ -98,8 +171,8 @@ pub fn derived(
         .map(|o| o.net_minor)
         .sum();
     (
-        scores.get(customer_id).copied().unwrap_or_default(),
-        rfm::lifecycle(aggregate, now),
+        scored.map(|(_, rfm)| *rfm).unwrap_or_default(),
+        rfm::lifecycle(scored.map(|(a, _)| a), now),
         rules.tier_for(rolling).0.to_owned(),
     )
 }
@@ -110,12 +183,22 @@ pub async fn load(
     customers: Option<&[String]>,
     now: DateTime<Utc>,
 ) -> Result<Vec<Facts>, Error> {
-    let ids = match customers {
-        Some(ids) => ids.to_vec(),
-        None => customer_ids(conn).await?,
+    let (ids, scores) = match customers {
+        Some(ids) => (ids.to_vec(), scored(conn, ids).await?),
+        None => {
+            let ids = customer_ids(conn).await?;
+            let base = base(conn).await?;
+            let scores = rfm::scores(&base);
+            let scored = base
+                .into_iter()
+                .filter_map(|a| {
+                    let rfm = scores.get(&a.customer_id).copied()?;
+                    Some((a.customer_id.clone(), (a, rfm)))
+                })
+                .collect();
+            (ids, scored)
+        }
     };
-    let base = base(conn).await?;
-    let scores = rfm::scores(&base);
     let rules = tiers::load(conn).await?;
     let orders: Vec<OrderFact> = sqlx::query_as(
         "SELECT customer_id, order_id, channel_id, channel_kind, store_id, placed_at,
@@ -160,8 +243,7 @@ pub async fn load(
     }
     let mut all: Vec<Facts> = by_id.into_values().collect();
     for f in &mut all {
-        let (rfm, lifecycle, tier) =
-            derived(&f.customer_id, &base, &scores, &f.orders, &rules, now);
+        let (rfm, lifecycle, tier) = derived(scores.get(&f.customer_id), &f.orders, &rules, now);
         f.rfm = rfm;
         f.lifecycle = lifecycle;
         f.tier = tier;

@@ -16,7 +16,7 @@ use sqlx::PgPool;
 use tonic::{Request, Response, Status};
 
 use crate::store::{self, EntryRow, OrderRow};
-use crate::{associates, engagement, facts, idem, rfm, segments, tickets, tiers};
+use crate::{associates, engagement, facts, idem, segments, tickets, tiers};
 
 const READERS: &[Role] = &[
     Role::Admin,
@@ -132,8 +132,7 @@ impl Grpc {
         let orders = store::orders(&mut conn, &id).await?;
         let balance = store::balance(&mut conn, &id).await?;
         let now = Utc::now();
-        let base = facts::base(&mut conn).await?;
-        let scores = rfm::scores(&base);
+        let scored = facts::scored(&mut conn, std::slice::from_ref(&id)).await?;
         let order_facts: Vec<facts::OrderFact> = orders
             .iter()
             .filter(|o| o.status != CANCELLED)
@@ -148,8 +147,7 @@ impl Grpc {
             })
             .collect();
         let rules = tiers::load(&mut conn).await?;
-        let (score, lifecycle, tier) =
-            facts::derived(&id, &base, &scores, &order_facts, &rules, now);
+        let (score, lifecycle, tier) = facts::derived(scored.get(&id), &order_facts, &rules, now);
         let segments = segments::of_customer(&mut conn, &id).await?;
         let open_tickets = tickets::open_of(&mut conn, &id).await?;
         let interactions = engagement::recent(&mut conn, &id, interaction_limit).await?;

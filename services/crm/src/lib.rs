@@ -40,7 +40,7 @@ use omni_proto::omni::crm::v1::recommendation_service_server::RecommendationServ
 use omni_proto::omni::crm::v1::segment_service_server::SegmentServiceServer;
 use omni_proto::omni::crm::v1::ticket_service_server::TicketServiceServer;
 use omni_runtime::auth::{ServerAuth, TokenVerifier};
-use omni_runtime::consumer::{Consumer, ConsumerConfig};
+use omni_runtime::consumer::{Consumer, ConsumerConfig, DeadLetters};
 use omni_runtime::outbox::Outbox;
 use omni_runtime::redis::Redis;
 use omni_runtime::server::Host;
@@ -71,6 +71,7 @@ pub async fn run(
             "omni.crm.v1.SegmentService",
             "omni.crm.v1.CampaignService",
             "omni.crm.v1.RecommendationService",
+            omni_runtime::consumer::DEAD_LETTER_SERVICE,
         ],
         &config.common,
         listener,
@@ -86,7 +87,8 @@ pub async fn run(
     )?);
     let outbox = Outbox::new(SERVICE_NAME);
     let grpc = grpc::Grpc::new(pool.clone(), outbox.clone());
-    let handler = events::Events { grpc: grpc.clone() };
+    let handler = Arc::new(events::Events { grpc: grpc.clone() });
+    let dead_letters = DeadLetters::new(SERVICE_NAME, pool.clone(), redis.clone(), handler.clone());
     let auth = ServerAuth::new(verifier, host.readiness());
     let routes = Routes::new(CustomerViewServiceServer::with_interceptor(
         grpc.clone(),
@@ -118,8 +120,9 @@ pub async fn run(
     ))
     .add_service(RecommendationServiceServer::with_interceptor(
         grpc.clone(),
-        auth,
-    ));
+        auth.clone(),
+    ))
+    .add_service(dead_letters.into_service(auth));
 
     let startup = {
         let (pool, redis) = (pool.clone(), redis.clone());
@@ -134,7 +137,7 @@ pub async fn run(
                 ConsumerConfig::new(SERVICE_NAME, &["identity", "orders", "catalog"]),
                 pool,
                 redis,
-                Arc::new(handler),
+                handler,
             )?;
             tokio::spawn(consumer.run(shutdown));
             Ok(())

@@ -57,6 +57,15 @@ pub fn quintiles(values: &[i64]) -> Vec<i32> {
     scores
 }
 
+/// The quintile score of a value with `below` of the base's `n` values strictly below it: the
+/// score [`quintiles`] gives it.
+pub fn score_below(below: i64, n: i64) -> i32 {
+    if n <= 0 {
+        return 0;
+    }
+    1 + (5 * below / n) as i32
+}
+
 /// RFM scores of every customer in `base`, by customer id.
 pub fn scores(base: &[Aggregate]) -> HashMap<String, Rfm> {
     let recency = quintiles(
@@ -141,6 +150,23 @@ mod tests {
         assert_eq!(quintiles(&[7, 7, 7]), vec![1, 1, 1]);
         assert_eq!(quintiles(&[1, 9, 9, 9, 9]), vec![1, 2, 2, 2, 2]);
         assert!(quintiles(&[]).is_empty());
+    }
+
+    #[test]
+    fn scores_from_counts_below_match_the_ranking() {
+        for values in [
+            vec![50, 10, 40, 20, 30],
+            vec![1, 9, 9, 9, 9],
+            vec![7, 7, 7],
+            (1..=13).collect(),
+        ] {
+            let n = values.len() as i64;
+            let ranked = quintiles(&values);
+            for (i, v) in values.iter().enumerate() {
+                let below = values.iter().filter(|x| *x < v).count() as i64;
+                assert_eq!(score_below(below, n), ranked[i], "{values:?} at {v}");
+            }
+        }
     }
 
     #[test]

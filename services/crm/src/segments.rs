@@ -123,41 +123,43 @@ pub async fn refresh(conn: &mut PgConnection, id: Uuid, rule: &str) -> Result<i6
     Ok(members.len() as i64)
 }
 
-/// Recomputes one customer's membership of every segment, after its events.
-#[tracing::instrument(name = "crm.segment_refresh_customer", skip_all, err)]
-pub async fn refresh_customer(conn: &mut PgConnection, customer_id: &str) -> Result<(), Error> {
+/// Recomputes the membership of every segment for `customers`, after their events: their
+/// facts are loaded once, then two statements per segment.
+#[tracing::instrument(name = "crm.segment_refresh_customers", skip_all, fields(customers = customers.len()), err)]
+pub async fn refresh_customers(conn: &mut PgConnection, customers: &[String]) -> Result<(), Error> {
     let segments: Vec<(Uuid, String)> = sqlx::query_as("SELECT id, rule FROM segments")
         .fetch_all(&mut *conn)
         .await?;
-    if segments.is_empty() {
+    if segments.is_empty() || customers.is_empty() {
         return Ok(());
     }
     let now = Utc::now();
-    let ids = [customer_id.to_owned()];
-    let Some(f) = facts::load(conn, Some(&ids), now).await?.pop() else {
-        return Ok(());
-    };
+    let facts = facts::load(conn, Some(customers), now).await?;
     for (id, rule) in segments {
         let Ok(rule) = segment_rule::parse(&rule) else {
             tracing::warn!(segment_id = %id, "stored segment rule no longer parses");
             continue;
         };
-        if rule.matches(&f, now) {
-            sqlx::query(
-                "INSERT INTO segment_members (segment_id, customer_id) VALUES ($1, $2)
-                 ON CONFLICT DO NOTHING",
-            )
+        let (members, others): (Vec<&Facts>, Vec<&Facts>) =
+            facts.iter().partition(|f| rule.matches(f, now));
+        let ids = |fs: Vec<&Facts>| {
+            fs.into_iter()
+                .map(|f| f.customer_id.clone())
+                .collect::<Vec<_>>()
+        };
+        sqlx::query(
+            "INSERT INTO segment_members (segment_id, customer_id)
+             SELECT $1, unnest($2::TEXT[]) ON CONFLICT DO NOTHING",
+        )
+        .bind(id)
+        .bind(ids(members))
+        .execute(&mut *conn)
+        .await?;
+        sqlx::query("DELETE FROM segment_members WHERE segment_id = $1 AND customer_id = ANY($2)")
             .bind(id)
-            .bind(customer_id)
+            .bind(ids(others))
             .execute(&mut *conn)
             .await?;
-        } else {
-            sqlx::query("DELETE FROM segment_members WHERE segment_id = $1 AND customer_id = $2")
-                .bind(id)
-                .bind(customer_id)
-                .execute(&mut *conn)
-                .await?;
-        }
     }
     Ok(())
 }

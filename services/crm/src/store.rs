@@ -166,9 +166,10 @@ pub async fn merge(conn: &mut PgConnection, survivor: &str, merged: &str) -> Res
     sqlx::query("UPDATE customers SET merged_into = $1 WHERE customer_id = $2 OR merged_into = $2")
         .bind(survivor)
         .bind(merged)
-        .execute(conn)
+        .execute(&mut *conn)
         .await?;
-    Ok(())
+    crate::facts::refresh_stats(conn, merged).await?;
+    crate::facts::refresh_stats(conn, survivor).await
 }
 
 /// Removes the personal data of a customer; orders and points stay, keyed by the bare id.
@@ -260,10 +261,14 @@ pub async fn opt_ins(conn: &mut PgConnection, customer_id: &str) -> Result<Vec<i
     .await?)
 }
 
+/// Files an order as an event of `event_at` describes it. An event older than the one that
+/// set the stored status does not change it, and a cancelled order stays cancelled, so events
+/// delivered out of order (a reclaimed or re-published entry) never bring an order back.
 pub async fn upsert_order(
     conn: &mut PgConnection,
     customer_id: &str,
     facts: &OrderFacts,
+    event_at: DateTime<Utc>,
 ) -> Result<(), Error> {
     ensure_customer(conn, customer_id).await?;
     let total = facts.total.clone().unwrap_or_default();
@@ -275,10 +280,13 @@ pub async fn upsert_order(
     let items: i32 = facts.lines.iter().map(|l| l.quantity).sum();
     sqlx::query(
         "INSERT INTO customer_orders (order_id, customer_id, order_number, channel_id,
-             channel_kind, store_id, status, total_minor, currency, item_count, placed_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+             channel_kind, store_id, status, total_minor, currency, item_count, placed_at,
+             status_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
          ON CONFLICT (order_id) DO UPDATE SET status = EXCLUDED.status,
-             total_minor = EXCLUDED.total_minor, item_count = EXCLUDED.item_count",
+             total_minor = EXCLUDED.total_minor, item_count = EXCLUDED.item_count,
+             status_at = EXCLUDED.status_at
+         WHERE customer_orders.status <> $13 AND customer_orders.status_at <= EXCLUDED.status_at",
     )
     .bind(&facts.order_id)
     .bind(customer_id)
@@ -295,6 +303,8 @@ pub async fn upsert_order(
     .bind(&total.currency)
     .bind(items)
     .bind(placed_at)
+    .bind(event_at)
+    .bind(crate::facts::CANCELLED)
     .execute(&mut *conn)
     .await?;
     for line in &facts.lines {
@@ -317,7 +327,7 @@ pub async fn upsert_order(
         .await?;
     }
     upsert_channel(conn, &facts.channel_id, facts.channel_kind).await?;
-    Ok(())
+    crate::facts::refresh_stats(conn, customer_id).await
 }
 
 pub async fn record_refund(
@@ -325,15 +335,18 @@ pub async fn record_refund(
     order_id: &str,
     refund_minor: i64,
 ) -> Result<(), Error> {
-    sqlx::query(
+    let customer: Option<String> = sqlx::query_scalar(
         "UPDATE customer_orders SET refunded_minor = LEAST(total_minor, refunded_minor + $2)
-         WHERE order_id = $1",
+         WHERE order_id = $1 RETURNING customer_id",
     )
     .bind(order_id)
     .bind(refund_minor)
-    .execute(conn)
+    .fetch_optional(&mut *conn)
     .await?;
-    Ok(())
+    match customer {
+        Some(customer) => crate::facts::refresh_stats(conn, &customer).await,
+        None => Ok(()),
+    }
 }
 
 async fn add_balance(

@@ -25,7 +25,7 @@ use omni_proto::omni::inventory::v1::reservation_service_server::ReservationServ
 use omni_proto::omni::inventory::v1::stock_service_server::StockServiceServer;
 use omni_proto::omni::inventory::v1::transfer_service_server::TransferServiceServer;
 use omni_runtime::auth::{ServerAuth, TokenVerifier};
-use omni_runtime::consumer::{Consumer, ConsumerConfig};
+use omni_runtime::consumer::{Consumer, ConsumerConfig, DeadLetters};
 use omni_runtime::outbox::Outbox;
 use omni_runtime::redis::Redis;
 use omni_runtime::server::Host;
@@ -54,6 +54,7 @@ pub async fn run(
             "omni.inventory.v1.AvailabilityService",
             "omni.inventory.v1.ReservationService",
             "omni.inventory.v1.TransferService",
+            omni_runtime::consumer::DEAD_LETTER_SERVICE,
         ],
         &config.common,
         listener,
@@ -85,6 +86,8 @@ pub async fn run(
         },
     );
     let grpc = grpc::Grpc::new(app.clone());
+    // Unit costs from the catalog, for inventory values.
+    let costs = Arc::new(valuation::Costs);
     let auth = ServerAuth::new(verifier, host.readiness());
     let routes = Routes::new(LocationServiceServer::with_interceptor(
         grpc.clone(),
@@ -102,7 +105,11 @@ pub async fn run(
         grpc.clone(),
         auth.clone(),
     ))
-    .add_service(TransferServiceServer::with_interceptor(grpc, auth));
+    .add_service(TransferServiceServer::with_interceptor(grpc, auth.clone()))
+    .add_service(
+        DeadLetters::new(SERVICE_NAME, pool.clone(), redis.clone(), costs.clone())
+            .into_service(auth),
+    );
 
     let startup = {
         let (pool, redis) = (pool.clone(), redis.clone());
@@ -113,12 +120,11 @@ pub async fn run(
                     .relay(pool.clone(), redis.clone(), config.common.outbox_poll)
                     .run(shutdown.clone()),
             );
-            // Unit costs from the catalog, for inventory values.
             let costs = Consumer::new(
                 ConsumerConfig::new(SERVICE_NAME, valuation::SOURCES),
                 pool,
                 redis.clone(),
-                Arc::new(valuation::Costs),
+                costs,
             )?;
             tokio::spawn(costs.run(shutdown.clone()));
             tokio::spawn(

@@ -34,7 +34,7 @@ use omni_proto::omni::performance::v1::kpi_service_server::KpiServiceServer;
 use omni_proto::omni::performance::v1::scorecard_service_server::ScorecardServiceServer;
 use omni_runtime::auth::{ServerAuth, TokenVerifier};
 use omni_runtime::client::{self, ServiceToken, TokenSource};
-use omni_runtime::consumer::{Consumer, ConsumerConfig};
+use omni_runtime::consumer::{Consumer, ConsumerConfig, DeadLetters};
 use omni_runtime::outbox::Outbox;
 use omni_runtime::redis::Redis;
 use omni_runtime::server::Host;
@@ -106,6 +106,7 @@ pub async fn run_with(
             "omni.performance.v1.ScorecardService",
             "omni.performance.v1.ExperimentService",
             "omni.performance.v1.AttributionService",
+            omni_runtime::consumer::DEAD_LETTER_SERVICE,
         ],
         &config.common,
         listener,
@@ -120,9 +121,10 @@ pub async fn run_with(
         &config.common.auth_public_key_pem,
     )?);
     let (sales_changed, _) = tokio::sync::broadcast::channel(64);
-    let facts = events::Facts {
+    let facts = Arc::new(events::Facts {
         sales_changed: sales_changed.clone(),
-    };
+    });
+    let dead_letters = DeadLetters::new(SERVICE_NAME, pool.clone(), redis.clone(), facts.clone());
     let grpc = grpc::Grpc::new(pool.clone(), config.currency.clone(), sales_changed);
     let outbox = Outbox::new(SERVICE_NAME);
     let experiments =
@@ -143,8 +145,9 @@ pub async fn run_with(
     ))
     .add_service(AttributionServiceServer::with_interceptor(
         attribution::Attribution::new(pool.clone(), config.currency.clone()),
-        auth,
-    ));
+        auth.clone(),
+    ))
+    .add_service(dead_letters.into_service(auth));
 
     let startup = {
         let (pool, redis) = (pool.clone(), redis.clone());
@@ -160,7 +163,7 @@ pub async fn run_with(
                 ConsumerConfig::new(SERVICE_NAME, events::SOURCES),
                 pool,
                 redis,
-                Arc::new(facts),
+                facts,
             )?;
             if let Some(feed) = inventory {
                 tokio::spawn(feed.run(pool_for_feed, config.currency.clone(), shutdown.clone()));

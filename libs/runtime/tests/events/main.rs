@@ -119,7 +119,8 @@ async fn every_event_is_applied_exactly_once_across_relay_and_consumer_restarts(
     let stream_len: usize = conn.xlen(relay.stream()).await.expect("xlen");
     assert_eq!(stream_len, 30, "ten events are in the stream twice");
 
-    // Consumer A dies inside its fifth application (its transaction never commits).
+    // Consumer A dies inside its fifth application: the batch it was applying (eight events,
+    // one transaction) never commits.
     let stalled = Arc::new(Notify::new());
     let handler_a = Arc::new(Counting {
         calls: AtomicUsize::new(0),
@@ -138,8 +139,8 @@ async fn every_event_is_applied_exactly_once_across_relay_and_consumer_restarts(
     let half_done = applied(&pool).await;
     assert_eq!(
         half_done.len(),
-        4,
-        "four committed before the crash; the fifth rolled back"
+        0,
+        "the batch rolled back as a whole: {half_done:?}"
     );
 
     // Consumer B takes over A's pending entries and reads the rest.
@@ -248,4 +249,238 @@ async fn undecodable_entries_go_to_dead_letters_without_blocking_the_rest() {
         .await
         .expect("xlen");
     assert_eq!(dead, 1);
+}
+
+/// Applies events like [`Counting`], but refuses (or panics on) the events of `customer-1`
+/// (or `customer-2`) while `refuse` is set.
+struct Picky {
+    refuse: std::sync::atomic::AtomicBool,
+}
+
+impl Handler for Picky {
+    async fn handle(&self, conn: &mut PgConnection, event: &Event) -> omni_runtime::Result<()> {
+        if self.refuse.load(Ordering::SeqCst) {
+            match event.aggregate_id.as_str() {
+                "customer-1" => {
+                    return Err(omni_runtime::Error::precondition(
+                        "TEST",
+                        "customer-1",
+                        "refused by the test",
+                    ));
+                }
+                "customer-2" => panic!("the handler panics on customer-2"),
+                _ => {}
+            }
+        }
+        let id: uuid::Uuid = event.id.parse().map_err(anyhow::Error::from)?;
+        sqlx::query(
+            "INSERT INTO applied (event_id, times) VALUES ($1, 1) \
+             ON CONFLICT (event_id) DO UPDATE SET times = applied.times + 1",
+        )
+        .bind(id)
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
+}
+
+fn counting() -> Arc<Counting> {
+    Arc::new(Counting {
+        calls: AtomicUsize::new(0),
+        stall_at: None,
+        stalled: Arc::new(Notify::new()),
+    })
+}
+
+async fn outbox_rows(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM outbox")
+        .fetch_one(pool)
+        .await
+        .expect("count")
+}
+
+async fn assert_each_applied_once(pool: &PgPool, ids: &[String]) {
+    let done = applied(pool).await;
+    assert!(
+        done.iter().all(|(_, times)| *times == 1),
+        "none applied twice: {done:?}"
+    );
+    let mut expected: Vec<uuid::Uuid> = ids.iter().map(|id| id.parse().expect("uuid")).collect();
+    expected.sort();
+    assert_eq!(done.iter().map(|(id, _)| *id).collect::<Vec<_>>(), expected);
+}
+
+#[tokio::test]
+async fn a_flushed_redis_loses_no_event_and_the_group_comes_back() {
+    let private = omni_testkit::PrivateRedis::start().await.expect("redis");
+    let (pool, _) = setup().await;
+    let redis = Redis::new(private.url(), &omni_testkit::fresh_redis_prefix()).expect("redis");
+    let outbox = Outbox::new("source");
+    let relay = outbox.relay(pool.clone(), redis.clone(), Duration::from_millis(20));
+    let mut ids = emit(&pool, &outbox, 10).await;
+    assert_eq!(relay.publish_pending().await.expect("publish"), 10);
+
+    // The consumer applies four of them, then Redis loses everything.
+    let mut first = config("a");
+    first.batch = 4;
+    let mut consumer =
+        Consumer::new(first, pool.clone(), redis.clone(), counting()).expect("consumer");
+    assert_eq!(consumer.poll_once().await.expect("poll"), 4);
+    private.flush_all().await.expect("flush");
+
+    // More events after the loss: the relay notices, publishes the ten again with the new ones.
+    ids.extend(emit(&pool, &outbox, 5).await);
+    assert_eq!(relay.publish_pending().await.expect("publish"), 15);
+    for _ in 0..20 {
+        consumer.poll_once().await.expect("poll");
+        if applied(&pool).await.len() == 15 {
+            break;
+        }
+    }
+    assert_each_applied_once(&pool, &ids).await;
+
+    // Every group has acknowledged every event: the outbox keeps nothing.
+    assert!(
+        outbox_rows(&pool).await > 0,
+        "published rows kept until consumed"
+    );
+    relay.delete_consumed().await.expect("cleanup");
+    assert_eq!(outbox_rows(&pool).await, 0);
+}
+
+#[tokio::test]
+async fn a_database_outage_longer_than_the_reclaim_horizon_dead_letters_nothing() {
+    let (direct, redis) = setup().await;
+    let url = direct.connect_options();
+    let target = std::net::SocketAddr::from((
+        url.get_host()
+            .parse::<std::net::IpAddr>()
+            .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1])),
+        url.get_port(),
+    ));
+    let proxy = omni_testkit::TcpProxy::start(target).await.expect("proxy");
+    let through_proxy = sqlx::postgres::PgPoolOptions::new()
+        .acquire_timeout(Duration::from_millis(200))
+        .connect_lazy_with(
+            (*url)
+                .clone()
+                .host(&proxy.addr().ip().to_string())
+                .port(proxy.addr().port()),
+        );
+    let outbox = Outbox::new("source");
+    let ids = emit(&direct, &outbox, 6).await;
+    outbox
+        .relay(direct.clone(), redis.clone(), Duration::from_millis(20))
+        .publish_pending()
+        .await
+        .expect("publish");
+
+    // Postgres is gone for the consumer; reclaim_idle is zero, so every poll is past the
+    // reclaim horizon and redelivers the pending entries.
+    let mut consumer =
+        Consumer::new(config("a"), through_proxy, redis.clone(), counting()).expect("consumer");
+    proxy.cut();
+    for _ in 0..15 {
+        let failed = consumer.poll_once().await;
+        assert!(
+            matches!(failed, Err(omni_runtime::Error::Unavailable(_))),
+            "the outage is reported as unavailable: {failed:?}"
+        );
+    }
+    let mut conn = redis.conn();
+    let dead = redis.key("omni:dead-letters:listener");
+    let dead_count: usize = conn.xlen(&dead).await.expect("xlen");
+    assert_eq!(dead_count, 0, "a transient failure never dead-letters");
+
+    proxy.restore();
+    for _ in 0..20 {
+        consumer.poll_once().await.expect("poll after the outage");
+        if applied(&direct).await.len() == 6 {
+            break;
+        }
+    }
+    assert_each_applied_once(&direct, &ids).await;
+    let dead_count: usize = conn.xlen(&dead).await.expect("xlen");
+    assert_eq!(dead_count, 0);
+}
+
+#[tokio::test]
+async fn refused_events_are_dead_lettered_with_their_error_and_replay_once() {
+    let (pool, redis) = setup().await;
+    let outbox = Outbox::new("source");
+    let ids = emit(&pool, &outbox, 4).await;
+    outbox
+        .relay(pool.clone(), redis.clone(), Duration::from_millis(20))
+        .publish_pending()
+        .await
+        .expect("publish");
+    let handler = Arc::new(Picky {
+        refuse: std::sync::atomic::AtomicBool::new(true),
+    });
+    let mut consumer =
+        Consumer::new(config("a"), pool.clone(), redis.clone(), handler.clone()).expect("c");
+    let dead_letters = omni_runtime::consumer::DeadLetters::new(
+        "listener",
+        pool.clone(),
+        redis.clone(),
+        handler.clone(),
+    );
+    for _ in 0..30 {
+        consumer
+            .poll_once()
+            .await
+            .expect("a refusal is not a consumer failure");
+        if dead_letters.list("", 10).await.expect("list").len() == 2 {
+            break;
+        }
+    }
+    // The two others went through although they shared a batch with the refused ones.
+    assert_eq!(applied(&pool).await.len(), 2);
+    let dead = dead_letters.list("", 10).await.expect("list");
+    assert_eq!(dead.len(), 2, "{dead:?}");
+    assert!(
+        dead[0].reason.contains("refused by the test"),
+        "{:?}",
+        dead[0].reason
+    );
+    assert!(dead[1].reason.contains("panicked"), "{:?}", dead[1].reason);
+    assert_eq!(dead[0].event_id, ids[1]);
+    assert_eq!(dead[0].event_type, "test.customer_erased");
+
+    // Still refused: the replay fails and the dead letter stays.
+    let again = dead_letters.replay(&dead[0].id).await;
+    assert!(
+        matches!(again, Err(omni_runtime::Error::FailedPrecondition { .. })),
+        "{again:?}"
+    );
+    assert_eq!(dead_letters.list("", 10).await.expect("list").len(), 2);
+
+    handler.refuse.store(false, Ordering::SeqCst);
+    use omni_runtime::consumer::Replayed;
+    assert_eq!(
+        dead_letters.replay(&dead[0].id).await.expect("replay"),
+        Replayed::Applied
+    );
+    assert!(matches!(
+        dead_letters.replay(&dead[0].id).await,
+        Err(omni_runtime::Error::NotFoundAt { .. })
+    ));
+    assert!(matches!(
+        dead_letters.replay("not-an-id").await,
+        Err(omni_runtime::Error::InvalidArgument(_))
+    ));
+    // An event applied since (here: by hand) is not applied twice by its replay.
+    sqlx::query("INSERT INTO processed_events (consumer, event_id) VALUES ('listener', $1)")
+        .bind(ids[2].parse::<uuid::Uuid>().expect("uuid"))
+        .execute(&pool)
+        .await
+        .expect("mark");
+    assert_eq!(
+        dead_letters.replay(&dead[1].id).await.expect("replay"),
+        Replayed::AlreadyApplied
+    );
+    assert!(dead_letters.list("", 10).await.expect("list").is_empty());
+    let done = applied(&pool).await;
+    assert_eq!(done.len(), 3, "{done:?}");
+    assert!(done.iter().all(|(_, times)| *times == 1));
 }
