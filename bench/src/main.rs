@@ -11,11 +11,15 @@
 //!
 //! `omni-bench orders`: PlaceOrder with every hop real (see [`orders`]).
 //!
+//! `omni-bench events`: crm and performance applying the events of many orders, beside the
+//! order intake rate of the same run (see [`events`]).
+//!
 //! The service runs in this process (started by the testkit on real Postgres and Redis), so
 //! client and server share the machine's cores, as they would on one node.
 
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+mod events;
 mod orders;
 
 use std::sync::Arc;
@@ -64,11 +68,13 @@ fn main() -> anyhow::Result<()> {
             Some("flash-sale") => flash_sale(&Args(args[1..].to_vec())).await,
             Some("availability") => availability(&Args(args[1..].to_vec())).await,
             Some("orders") => orders::orders(&Args(args[1..].to_vec())).await,
+            Some("events") => events::events(&Args(args[1..].to_vec())).await,
             _ => Err(anyhow::anyhow!(
                 "usage: omni-bench flash-sale [--flood-units 1000] [--flood-attempts 50000] \
                  [--sustained-units 100000] [--buyers 64] [--hot-only]\n       omni-bench availability \
                  [--seconds 10] [--concurrency 64] [--skus 50]\n       omni-bench orders \
-                 [--seconds 20] [--concurrency 32] [--skus 40] [--customers 500] [--pool 32] [--external]"
+                 [--seconds 20] [--concurrency 32] [--skus 40] [--customers 500] [--pool 32] [--external]\n       \
+                 omni-bench events [--orders 100000] [--intake-seconds 10] [--concurrency 32] [--pool 32]"
             )),
         };
         telemetry.shutdown();

@@ -74,7 +74,7 @@ impl Dice {
 }
 
 /// Admin channels to the services the bench seeds through, and the channel app it orders as.
-struct Endpoints {
+pub(crate) struct Endpoints {
     identity: AuthChannel,
     catalog: AuthChannel,
     inventory: AuthChannel,
@@ -82,7 +82,7 @@ struct Endpoints {
 }
 
 impl Endpoints {
-    fn in_process(shop: &Shop) -> Self {
+    pub(crate) fn in_process(shop: &Shop) -> Self {
         Self {
             identity: shop.identity.admin(),
             catalog: shop.catalog.admin(),
@@ -126,13 +126,13 @@ impl Endpoints {
     }
 }
 
-struct Seeded {
-    channel: String,
-    skus: Vec<String>,
-    customers: Vec<String>,
+pub(crate) struct Seeded {
+    pub(crate) channel: String,
+    pub(crate) skus: Vec<String>,
+    pub(crate) customers: Vec<String>,
 }
 
-async fn seed(at: &Endpoints, skus: usize, customers: usize) -> anyhow::Result<Seeded> {
+pub(crate) async fn seed(at: &Endpoints, skus: usize, customers: usize) -> anyhow::Result<Seeded> {
     let mut locations = LocationServiceClient::new(at.inventory.clone());
     let mut stock = StockServiceClient::new(at.inventory.clone());
     let places = [
@@ -306,6 +306,50 @@ pub async fn orders(args: &Args) -> anyhow::Result<()> {
     };
     println!("seeding {skus} SKUs in 5 locations and {customers} customers");
     let seeded = Arc::new(seed(&endpoints, skus, customers).await?);
+    let intake = place_orders(&endpoints, &seeded, seconds, concurrency).await?;
+    intake.print();
+    println!("target: >= 1,000 orders/s with p99 <= 50 ms");
+    Ok(())
+}
+
+/// What [`place_orders`] measured.
+pub(crate) struct Intake {
+    pub(crate) latencies: Vec<Duration>,
+    pub(crate) errors: usize,
+    pub(crate) elapsed: Duration,
+}
+
+impl Intake {
+    pub(crate) fn rate(&self) -> f64 {
+        self.latencies.len() as f64 / self.elapsed.as_secs_f64()
+    }
+
+    pub(crate) fn print(&self) {
+        println!(
+            "PlaceOrder: {} orders in {:.1} s = {:.0} orders/s, {} errors; p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            self.latencies.len(),
+            self.elapsed.as_secs_f64(),
+            self.rate(),
+            self.errors,
+            percentile(&self.latencies, 50.0).as_secs_f64() * 1000.0,
+            percentile(&self.latencies, 99.0).as_secs_f64() * 1000.0,
+            self.latencies
+                .last()
+                .copied()
+                .unwrap_or_default()
+                .as_secs_f64()
+                * 1000.0,
+        );
+    }
+}
+
+/// `concurrency` clients placing orders for `seconds`, after a warm-up.
+pub(crate) async fn place_orders(
+    endpoints: &Endpoints,
+    seeded: &Arc<Seeded>,
+    seconds: usize,
+    concurrency: usize,
+) -> anyhow::Result<Intake> {
     let client = OrderServiceClient::new(endpoints.orders.clone());
 
     // Warm-up: connections, caches, prepared statements.
@@ -351,17 +395,11 @@ pub async fn orders(args: &Args) -> anyhow::Result<()> {
     }
     let elapsed = started.elapsed();
     latencies.sort();
-    let placed = latencies.len();
-    println!(
-        "PlaceOrder: {placed} orders in {:.1} s = {:.0} orders/s, {errors} errors; p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
-        elapsed.as_secs_f64(),
-        placed as f64 / elapsed.as_secs_f64(),
-        percentile(&latencies, 50.0).as_secs_f64() * 1000.0,
-        percentile(&latencies, 99.0).as_secs_f64() * 1000.0,
-        latencies.last().copied().unwrap_or_default().as_secs_f64() * 1000.0,
-    );
-    println!("target: >= 1,000 orders/s with p99 <= 50 ms");
-    Ok(())
+    Ok(Intake {
+        latencies,
+        errors,
+        elapsed,
+    })
 }
 
 fn request(seeded: &Seeded, dice: &mut Dice) -> pb::PlaceOrderRequest {

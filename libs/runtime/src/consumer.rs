@@ -526,7 +526,8 @@ async fn apply_once<H: Handler>(
 /// Redis errors of the consumer's reads; a missing group is told apart (see
 /// [`is_missing_group`]), the rest map as everywhere.
 fn redis_error(e: redis::RedisError) -> Error {
-    if e.code() == Some("NOGROUP") {
+    // NOGROUP: the group is gone; UNBLOCKED: the stream was deleted while the read waited.
+    if matches!(e.code(), Some("NOGROUP" | "UNBLOCKED")) {
         Error::Internal(anyhow::Error::new(MissingGroup))
     } else {
         e.into()

@@ -264,6 +264,37 @@ impl Orders {
         self.relay_all().await;
     }
 
+    /// Records an event that happened at `occurred_at` (so it can arrive after a later one, as
+    /// a reclaimed or re-published entry does) and relays everything pending.
+    pub async fn publish_as_of(
+        &self,
+        event_type: &str,
+        aggregate: &str,
+        payload: Payload,
+        occurred_at: std::time::SystemTime,
+    ) {
+        use prost::Message as _;
+        let id = Uuid::now_v7();
+        let event = omni_proto::events::Event {
+            id: id.to_string(),
+            r#type: event_type.into(),
+            occurred_at: Some(occurred_at.into()),
+            aggregate_id: aggregate.into(),
+            source: "orders".into(),
+            actor_id: "test".into(),
+            payload: Some(payload),
+            ..Default::default()
+        };
+        sqlx::query("INSERT INTO outbox (event_id, event_type, payload) VALUES ($1, $2, $3)")
+            .bind(id)
+            .bind(event_type)
+            .bind(event.encode_to_vec())
+            .execute(&self.pool)
+            .await
+            .expect("outbox");
+        self.relay_all().await;
+    }
+
     pub async fn relay_all(&self) {
         while self.relay.publish_pending().await.expect("relay") > 0 {}
     }

@@ -97,6 +97,57 @@ async fn cancelled_orders_do_not_count_and_returns_reduce_spend_and_points() {
 }
 
 #[tokio::test]
+async fn an_order_cancelled_before_its_placement_arrives_stays_cancelled() {
+    use omni_proto::events::event::Payload;
+    use omni_proto::events::{OrderCancelled, OrderPlaced};
+    let w = World::start().await;
+    let id = w.register("+447700900109", "Ines").await;
+    let now = std::time::SystemTime::now();
+    let late = order(&id, "web", ChannelKind::EShop, 9_000);
+    let mut cancelled = late.clone();
+    cancelled.status = 8;
+    w.orders
+        .publish_as_of(
+            "orders.order_cancelled",
+            &late.order_id,
+            Payload::OrderCancelled(OrderCancelled {
+                order: Some(cancelled),
+                ..Default::default()
+            }),
+            now - std::time::Duration::from_secs(5),
+        )
+        .await;
+    // The placement happened first but arrives last (a reclaimed entry, say).
+    w.orders
+        .publish_as_of(
+            "orders.order_placed",
+            &late.order_id,
+            Payload::OrderPlaced(OrderPlaced {
+                order: Some(late.clone()),
+            }),
+            now - std::time::Duration::from_secs(10),
+        )
+        .await;
+    // An order after both: once it shows, both earlier events have been applied.
+    let kept = order(&id, "web", ChannelKind::EShop, 1_000);
+    w.orders.complete(&kept).await;
+    let view = w
+        .view_when(&id, |v| v.orders.len() == 2 && v.points_balance == 10)
+        .await;
+    let stale = view
+        .orders
+        .iter()
+        .find(|o| o.order_id == late.order_id)
+        .expect("the cancelled order");
+    assert_eq!(stale.status, 8, "still cancelled: {stale:#?}");
+    assert_eq!(view.order_count, 1);
+    assert_eq!(
+        view.total_spend.as_ref().map(|m| m.minor_units),
+        Some(1_000)
+    );
+}
+
+#[tokio::test]
 async fn a_merge_combines_two_histories_under_the_survivor() {
     let w = World::start().await;
     let survivor = w.register("+447700900103", "Cy").await;

@@ -148,7 +148,20 @@ impl World {
     }
 
     pub async fn start_with(clocks: OrderClocks) -> World {
-        let shop = Shop::start_with(clocks).await.expect("the suite starts");
+        Self::around(Shop::start_with(clocks).await.expect("the suite starts")).await
+    }
+
+    /// The suite on the Redis at `redis_url` (e.g. a private one a test may flush).
+    pub async fn start_on(redis_url: &str) -> World {
+        Self::around(
+            Shop::start_on(redis_url, OrderClocks::default(), 10)
+                .await
+                .expect("the suite starts"),
+        )
+        .await
+    }
+
+    async fn around(shop: Shop) -> World {
         let mut locations = LocationServiceClient::new(shop.inventory.admin());
         let mut create = async |code: &str,
                                 kind: inv::LocationKind,
