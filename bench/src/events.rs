@@ -3,6 +3,7 @@
 //!
 //! 1. Starts every service (as `omni-bench orders` does), seeds SKUs and customers, and measures
 //!    the PlaceOrder intake rate with `--concurrency` clients for `--intake-seconds`.
+//!    crm has three segments (RFM, tier, purchase rhythm), kept up to date as events land.
 //! 2. Waits until crm and performance have applied the intake's events.
 //! 3. Appends the events of `--orders` orders (default 100,000) to order-management's stream as
 //!    it would publish them: placed, paid and fulfilled; one in twenty cancelled instead, one in
@@ -22,6 +23,8 @@ use omni_proto::events::{
     Event, OrderCancelled, OrderFacts, OrderFulfilled, OrderLineFacts, OrderPaid, OrderPlaced,
     ReturnCompleted, ReturnLineFacts,
 };
+use omni_proto::omni::crm::v1 as crm;
+use omni_proto::omni::crm::v1::segment_service_client::SegmentServiceClient;
 use omni_runtime::redis::Redis;
 use omni_testkit::{OrderClocks, Shop};
 use prost::Message as _;
@@ -31,6 +34,16 @@ use crate::Args;
 use crate::orders::{self, Endpoints, Seeded};
 
 const GROUPS: [&str; 2] = ["crm", "performance"];
+
+/// The segments crm keeps up to date while the events land.
+const SEGMENTS: &[(&str, &str)] = &[
+    ("Best customers", "rfm.monetary >= 4 and rfm.frequency >= 4"),
+    ("Gold", "tier = \"gold\""),
+    (
+        "Regulars",
+        "bought(min_orders = 3, within_days = 90) and lifecycle = \"active\"",
+    ),
+];
 
 fn eur(minor_units: i64) -> Option<Money> {
     Some(Money {
@@ -49,6 +62,21 @@ pub async fn events(args: &Args) -> anyhow::Result<()> {
     let endpoints = Endpoints::in_process(&shop);
     println!("seeding 40 SKUs in 5 locations and 500 customers");
     let seeded = Arc::new(orders::seed(&endpoints, 40, 500).await?);
+    // A retailer's crm has segments: each event refreshes its customer's memberships.
+    let mut segments = SegmentServiceClient::new(shop.crm.admin());
+    for (name, rule) in SEGMENTS {
+        segments
+            .create_segment(crm::CreateSegmentRequest {
+                idempotency_key: Uuid::now_v7().to_string(),
+                segment: Some(crm::Segment {
+                    name: (*name).into(),
+                    rule: (*rule).into(),
+                    ..Default::default()
+                }),
+                validate_only: false,
+            })
+            .await?;
+    }
     let redis = Redis::new(&omni_testkit::redis_url(), shop.orders.redis_prefix())?;
     let stream = redis.event_stream("orders");
 

@@ -355,7 +355,7 @@ pub(crate) async fn place_orders(
     // Warm-up: connections, caches, prepared statements.
     let mut warm = client.clone();
     for i in 0..50 {
-        warm.place_order(request(&seeded, &mut Dice(i + 1))).await?;
+        warm.place_order(request(seeded, &mut Dice(i + 1))).await?;
     }
 
     println!("placing orders: {concurrency} concurrent clients for {seconds} s");

@@ -80,6 +80,9 @@ enum Command {
     /// KPI reports, scorecards and experiments (performance).
     #[command(subcommand)]
     Kpi(commands::kpi::Command),
+    /// Dead letters of the event consumers: list and replay (admin).
+    #[command(subcommand)]
+    Events(commands::events::Command),
     /// Walk through the omnichannel story against the running services.
     Demo(commands::demo::DemoArgs),
     /// Fill the services with a realistic demo dataset.
@@ -210,6 +213,7 @@ async fn dispatch(
         Command::Order(c) => commands::order::run(&ctx, *c).await,
         Command::Crm(c) => commands::crm::run(&ctx, c).await,
         Command::Kpi(c) => commands::kpi::run(&ctx, c).await,
+        Command::Events(c) => commands::events::run(&ctx, c).await,
         Command::Demo(args) => commands::demo::run(&ctx, args, progress).await,
         Command::Seed(args) => commands::seed::run(&ctx, args, progress).await,
     }

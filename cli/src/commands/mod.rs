@@ -4,6 +4,7 @@ pub mod catalog;
 pub mod crm;
 pub mod customer;
 pub mod demo;
+pub mod events;
 pub mod kpi;
 pub mod login;
 pub mod order;

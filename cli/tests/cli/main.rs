@@ -7,6 +7,7 @@ mod catalog;
 mod crm;
 mod customer;
 mod demo;
+mod events;
 mod kpi;
 mod login;
 mod order;

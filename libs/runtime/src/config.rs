@@ -121,6 +121,11 @@ pub struct CommonConfig {
     pub max_call_duration: Duration,
     /// How often the outbox relay polls when not woken (`OMNI_OUTBOX_POLL_MS`).
     pub outbox_poll: Duration,
+    /// Events a consumer applies per transaction (`OMNI_CONSUMER_BATCH`, 1 to 10000).
+    pub consumer_batch: usize,
+    /// How long an entry stays pending with a consumer before another replica takes it over
+    /// (`OMNI_CONSUMER_RECLAIM_IDLE_MS`).
+    pub consumer_reclaim_idle: Duration,
     /// Where Prometheus metrics are served (`OMNI_METRICS_ADDR`, default
     /// `0.0.0.0:<service port + 1000>`; `off` serves none).
     pub metrics: MetricsEndpoint,
@@ -199,6 +204,19 @@ impl CommonConfig {
             health_interval: millis_or("OMNI_HEALTH_INTERVAL_MS", Duration::from_secs(2))?,
             max_call_duration: millis_or("OMNI_MAX_CALL_MS", Duration::from_secs(30))?,
             outbox_poll: millis_or("OMNI_OUTBOX_POLL_MS", Duration::from_millis(200))?,
+            consumer_batch: match parse_or("OMNI_CONSUMER_BATCH", 256usize)? {
+                n @ 1..=10_000 => n,
+                _ => {
+                    return Err(ConfigError::new(
+                        "OMNI_CONSUMER_BATCH",
+                        "must be between 1 and 10000",
+                    ));
+                }
+            },
+            consumer_reclaim_idle: millis_or(
+                "OMNI_CONSUMER_RECLAIM_IDLE_MS",
+                Duration::from_secs(30),
+            )?,
             metrics: match var("OMNI_METRICS_ADDR").as_deref() {
                 Some("off") => MetricsEndpoint::Off,
                 Some(_) => MetricsEndpoint::Addr(parse_or(

@@ -109,6 +109,13 @@ impl ConsumerConfig {
             max_failures: 5,
         }
     }
+
+    /// With the batch size and reclaim horizon the service was configured with.
+    pub fn tuned(mut self, common: &crate::config::CommonConfig) -> Self {
+        self.batch = common.consumer_batch;
+        self.reclaim_idle = common.consumer_reclaim_idle;
+        self
+    }
 }
 
 /// The dead-letter stream of a consumer group.

@@ -120,6 +120,8 @@ pub async fn common_config(label: &str) -> anyhow::Result<CommonConfig> {
         health_interval: Duration::from_millis(100),
         max_call_duration: Duration::from_secs(30),
         outbox_poll: Duration::from_millis(50),
+        consumer_batch: 256,
+        consumer_reclaim_idle: Duration::from_secs(30),
         metrics: MetricsEndpoint::bind(SocketAddr::from(([127, 0, 0, 1], 0)))?.0,
     })
 }
@@ -524,4 +526,28 @@ pub async fn order_management_with(
         order_management::run(config, listener, shutdown)
     })
     .await
+}
+
+/// A proxy in front of the Postgres that `url` names, and `url` rewritten to go through it, so
+/// a test can take the database away from one service ([`TcpProxy::cut`]) and give it back.
+pub async fn database_link(url: &str) -> anyhow::Result<(TcpProxy, String)> {
+    let bad = || anyhow::anyhow!("not a postgres://[user@]host[:port]/db URL: {url}");
+    let (scheme, rest) = url.split_once("://").ok_or_else(bad)?;
+    let (user, host_path) = match rest.rsplit_once('@') {
+        Some((user, host_path)) => (format!("{user}@"), host_path),
+        None => (String::new(), rest),
+    };
+    let (authority, path) = host_path.split_once('/').ok_or_else(bad)?;
+    let authority = if authority.contains(':') {
+        authority.to_owned()
+    } else {
+        format!("{authority}:5432")
+    };
+    let target = tokio::net::lookup_host(&authority)
+        .await?
+        .next()
+        .ok_or_else(bad)?;
+    let proxy = TcpProxy::start(target).await?;
+    let through = format!("{scheme}://{user}{}/{path}", proxy.addr());
+    Ok((proxy, through))
 }

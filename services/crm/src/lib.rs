@@ -134,7 +134,8 @@ pub async fn run(
                     .run(shutdown.clone()),
             );
             let consumer = Consumer::new(
-                ConsumerConfig::new(SERVICE_NAME, &["identity", "orders", "catalog"]),
+                ConsumerConfig::new(SERVICE_NAME, &["identity", "orders", "catalog"])
+                    .tuned(&config.common),
                 pool,
                 redis,
                 handler,

@@ -121,7 +121,7 @@ pub async fn run(
                     .run(shutdown.clone()),
             );
             let costs = Consumer::new(
-                ConsumerConfig::new(SERVICE_NAME, valuation::SOURCES),
+                ConsumerConfig::new(SERVICE_NAME, valuation::SOURCES).tuned(&config.common),
                 pool,
                 redis.clone(),
                 costs,

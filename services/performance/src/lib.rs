@@ -160,7 +160,7 @@ pub async fn run_with(
                     .run(shutdown.clone()),
             );
             let consumer = Consumer::new(
-                ConsumerConfig::new(SERVICE_NAME, events::SOURCES),
+                ConsumerConfig::new(SERVICE_NAME, events::SOURCES).tuned(&config.common),
                 pool,
                 redis,
                 facts,

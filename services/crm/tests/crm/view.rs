@@ -318,3 +318,63 @@ async fn an_unknown_or_blank_customer_is_refused() {
             .expect_err("no token");
     assert_eq!(anonymous.code(), Code::Unauthenticated);
 }
+
+#[tokio::test]
+async fn events_wait_out_a_database_outage_and_none_is_dead_lettered() {
+    use omni_proto::events::ListDeadLettersRequest;
+    use omni_proto::events::dead_letter_service_client::DeadLetterServiceClient;
+    let w = World::start_with_database_link().await;
+    let link = w.database_link.as_ref().expect("link");
+    let id = w.register("+447700900110", "Jo").await;
+    let first = order(&id, "web", ChannelKind::EShop, 2_000);
+    w.orders.complete(&first).await;
+    w.view_when(&id, |v| v.order_count == 1 && v.points_balance == 20)
+        .await;
+
+    // crm loses its database while two more orders complete.
+    link.cut();
+    for total in [3_000, 5_000] {
+        w.orders
+            .complete(&order(&id, "web", ChannelKind::EShop, total))
+            .await;
+    }
+    // Its consumer says it cannot read: health NOT_SERVING, omni_consumer_up 0.
+    w.crm
+        .wait_for(tonic_health::pb::health_check_response::ServingStatus::NotServing)
+        .await
+        .expect("not serving");
+    let mut down = false;
+    for _ in 0..200 {
+        let page = w.crm.scrape().await.expect("scrape");
+        if page.contains("omni_consumer_up{group=\"crm\"} 0") {
+            down = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(down, "the consumer never reported that it cannot read");
+    // Out for many reclaim horizons (200 ms): every pending entry is redelivered over and over.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    link.restore();
+
+    let view = w
+        .view_when(&id, |v| v.order_count == 3 && v.points_balance == 100)
+        .await;
+    assert_eq!(
+        view.total_spend.as_ref().map(|m| m.minor_units),
+        Some(10_000)
+    );
+    let dead = DeadLetterServiceClient::new(w.crm.admin())
+        .list_dead_letters(ListDeadLettersRequest::default())
+        .await
+        .expect("dead letters")
+        .into_inner();
+    assert!(dead.dead_letters.is_empty(), "{dead:?}");
+    // Only admins see them.
+    let refused =
+        DeadLetterServiceClient::new(w.crm.as_roles(&[omni_runtime::auth::Role::Analyst]))
+            .list_dead_letters(ListDeadLettersRequest::default())
+            .await
+            .expect_err("not an admin");
+    assert_eq!(refused.code(), Code::PermissionDenied);
+}
