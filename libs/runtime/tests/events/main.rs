@@ -24,17 +24,23 @@ struct Counting {
     stalled: Arc<Notify>,
 }
 
+/// Counts one application of `event` in the test's `applied` table.
+async fn record(conn: &mut PgConnection, event: &Event) -> omni_runtime::Result<()> {
+    let id: uuid::Uuid = event.id.parse().map_err(anyhow::Error::from)?;
+    sqlx::query(
+        "INSERT INTO applied (event_id, times) VALUES ($1, 1) \
+         ON CONFLICT (event_id) DO UPDATE SET times = applied.times + 1",
+    )
+    .bind(id)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 impl Handler for Counting {
     async fn handle(&self, conn: &mut PgConnection, event: &Event) -> omni_runtime::Result<()> {
         let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
-        let id: uuid::Uuid = event.id.parse().map_err(anyhow::Error::from)?;
-        sqlx::query(
-            "INSERT INTO applied (event_id, times) VALUES ($1, 1) \
-             ON CONFLICT (event_id) DO UPDATE SET times = applied.times + 1",
-        )
-        .bind(id)
-        .execute(conn)
-        .await?;
+        record(conn, event).await?;
         if self.stall_at == Some(n) {
             self.stalled.notify_one();
             std::future::pending::<()>().await;
@@ -272,14 +278,7 @@ impl Handler for Picky {
                 _ => {}
             }
         }
-        let id: uuid::Uuid = event.id.parse().map_err(anyhow::Error::from)?;
-        sqlx::query(
-            "INSERT INTO applied (event_id, times) VALUES ($1, 1) \
-             ON CONFLICT (event_id) DO UPDATE SET times = applied.times + 1",
-        )
-        .bind(id)
-        .execute(conn)
-        .await?;
+        record(conn, event).await?;
         Ok(())
     }
 }
