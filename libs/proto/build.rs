@@ -23,7 +23,7 @@ fn main() -> anyhow::Result<()> {
 
     let fds = protox::Compiler::new([&proto_root])?
         .include_imports(true)
-        .include_source_info(false)
+        .include_source_info(true)
         .open_files(&files)?
         .file_descriptor_set();
     std::fs::write(out_dir.join("omni_descriptor.bin"), fds.encode_to_vec())?;
@@ -35,10 +35,17 @@ fn main() -> anyhow::Result<()> {
         .filter(|p| p.starts_with("omni."))
         .collect();
 
+    // The written set keeps the contracts' comments (reflection shows them, and the runtime
+    // reads the documented input limits from them); the generated code is made without them,
+    // so proto comments never become Rust doc comments (or doctests).
+    let mut bare = fds;
+    for file in &mut bare.file {
+        file.source_code_info = None;
+    }
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
-        .compile_fds(fds)?;
+        .compile_fds(bare)?;
 
     std::fs::write(out_dir.join("omni_modules.rs"), module_tree(&packages))?;
     Ok(())

@@ -49,9 +49,9 @@ pub enum Command {
         /// Hold at these locations only (codes or ids; repeatable).
         #[arg(long = "location")]
         locations: Vec<String>,
-        /// The channel holding (id or name).
+        /// The channel holding (id or name); its quota applies.
         #[arg(long)]
-        channel: Option<String>,
+        channel: String,
         /// How long the hold lasts.
         #[arg(long, default_value_t = 900)]
         ttl_secs: i64,
@@ -210,10 +210,7 @@ pub async fn run(ctx: &Ctx, command: Command) -> CliResult<Output> {
                     location_ids: location_ids.clone(),
                 })
                 .collect();
-            let channel_id = match channel {
-                Some(c) => ctx.channel_id(&c).await?,
-                None => String::new(),
-            };
+            let channel_id = ctx.channel_id(&channel).await?;
             let response = ReservationServiceClient::new(ctx.authed(Service::Inventory)?)
                 .reserve(inv::ReserveRequest {
                     idempotency_key: key(),

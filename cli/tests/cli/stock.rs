@@ -51,6 +51,8 @@ async fn stock_is_shown_held_and_moved() {
             &wanted,
             "--location",
             &w.lyon,
+            "--channel",
+            &w.store_lyon,
             "--reference",
             "till-7",
         ])
@@ -68,6 +70,8 @@ async fn stock_is_shown_held_and_moved() {
             &too_many,
             "--location",
             &w.lyon,
+            "--channel",
+            &w.store_lyon,
         ])
         .await;
     assert_eq!(short.code, 5, "{short:?}");
@@ -81,7 +85,15 @@ async fn stock_is_shown_held_and_moved() {
         "{error}"
     );
     let human = w
-        .omni(&["stock", "reserve", &too_many, "--location", &w.lyon])
+        .omni(&[
+            "stock",
+            "reserve",
+            &too_many,
+            "--location",
+            &w.lyon,
+            "--channel",
+            &w.store_lyon,
+        ])
         .await;
     assert!(human.stderr.contains("  precondition "), "{}", human.stderr);
 

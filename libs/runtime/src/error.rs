@@ -47,12 +47,41 @@ pub enum Error {
     Internal(#[from] anyhow::Error),
 }
 
+/// The most violations one answer carries: they travel in response headers, which HTTP/2
+/// peers limit (16 KiB by default); a request with thousands of bad lines gets the first ones.
+pub const MAX_REPORTED_VIOLATIONS: usize = 20;
+
 fn describe_fields(violations: &[FieldViolation]) -> String {
-    violations
+    let mut described = violations
         .iter()
-        .map(|v| format!("{}: {}", v.field, v.description))
+        .take(MAX_REPORTED_VIOLATIONS)
+        .map(|v| {
+            let mut d = format!("{}: {}", v.field, v.description);
+            if d.len() > 200 {
+                let cut = (0..=200)
+                    .rev()
+                    .find(|i| d.is_char_boundary(*i))
+                    .unwrap_or(0);
+                d.truncate(cut);
+                d.push('…');
+            }
+            d
+        })
         .collect::<Vec<_>>()
-        .join("; ")
+        .join("; ");
+    if violations.len() > MAX_REPORTED_VIOLATIONS {
+        described.push_str(&format!(
+            "; and {} more",
+            violations.len() - MAX_REPORTED_VIOLATIONS
+        ));
+    }
+    described
+}
+
+/// The violations an answer carries (see [`MAX_REPORTED_VIOLATIONS`]).
+fn reported(mut violations: Vec<FieldViolation>) -> Vec<FieldViolation> {
+    violations.truncate(MAX_REPORTED_VIOLATIONS);
+    violations
 }
 
 impl Error {
@@ -311,7 +340,7 @@ impl From<Error> for Status {
                 Status::with_error_details(
                     Code::InvalidArgument,
                     message,
-                    ErrorDetails::with_bad_request(violations),
+                    ErrorDetails::with_bad_request(reported(violations)),
                 )
             }
             Error::NotFound(what) => Status::not_found(format!("{what} not found")),

@@ -6,6 +6,10 @@
 //! reply is returned ([`Claim::Replay`]); when it rolled back (a failed call is not remembered),
 //! this call takes the key over. [`complete`] stores the reply in the same transaction, so the
 //! key and the effect commit together or not at all.
+//!
+//! Keys belong to their caller: the same key sent by two principals names two different
+//! mutations, so one caller can neither replay nor block another's (a key is stored as
+//! `<principal id>/<key>` within its scope).
 
 use prost::Message;
 use sqlx::PgConnection;
@@ -21,11 +25,27 @@ pub enum Claim<R> {
     Replay(R),
 }
 
-/// Claims `key` for `request` in `scope`. A key reused with a different request is
+/// The stored form of `caller`'s `key`.
+pub fn caller_key(caller: &str, key: &str) -> String {
+    format!("{caller}/{key}")
+}
+
+/// A key for a call a service makes on behalf of one of its own idempotent calls (a restock
+/// for a return, say): stable across retries of that call, distinct for every caller and key,
+/// and short whatever the key's length.
+pub fn derived_key(purpose: &str, caller: &str, key: &str) -> String {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(caller_key(caller, key).as_bytes());
+    let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
+    format!("{purpose}/{hex}")
+}
+
+/// Claims `caller`'s `key` for `request` in `scope`. A key reused with a different request is
 /// `INVALID_ARGUMENT` on `field`.
 pub async fn claim<Q: Message, R: Message + Default>(
     conn: &mut PgConnection,
     scope: &str,
+    caller: &str,
     field: &str,
     key: &str,
     request: &Q,
@@ -39,6 +59,7 @@ pub async fn claim<Q: Message, R: Message + Default>(
     if key.len() > 200 {
         return Err(Error::invalid(field, "must be at most 200 characters"));
     }
+    let key = &caller_key(caller, key);
     let encoded = request.encode_to_vec();
     let inserted = sqlx::query(
         "INSERT INTO idempotency_keys (scope, key, request) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
@@ -77,10 +98,12 @@ pub async fn claim<Q: Message, R: Message + Default>(
 pub async fn lookup<Q: Message, R: Message + Default>(
     conn: &mut PgConnection,
     scope: &str,
+    caller: &str,
     field: &str,
     key: &str,
     request: &Q,
 ) -> Result<Option<R>> {
+    let key = &caller_key(caller, key);
     let stored: Option<(Vec<u8>, Vec<u8>)> = sqlx::query_as(
         "SELECT request, response FROM idempotency_keys WHERE scope = $1 AND key = $2",
     )
@@ -106,9 +129,11 @@ pub async fn lookup<Q: Message, R: Message + Default>(
 pub async fn complete<R: Message>(
     conn: &mut PgConnection,
     scope: &str,
+    caller: &str,
     key: &str,
     response: &R,
 ) -> Result<()> {
+    let key = &caller_key(caller, key);
     sqlx::query("UPDATE idempotency_keys SET response = $3 WHERE scope = $1 AND key = $2")
         .bind(scope)
         .bind(key)
@@ -116,4 +141,18 @@ pub async fn complete<R: Message>(
         .execute(conn)
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn derived_keys_are_stable_per_caller_and_key_and_short() {
+        let a = derived_key("return/restock", "p1", "k1");
+        assert_eq!(a, derived_key("return/restock", "p1", "k1"));
+        assert_ne!(a, derived_key("return/restock", "p2", "k1"));
+        assert_ne!(a, derived_key("return/restock", "p1", "k2"));
+        assert!(derived_key("return/restock", "p1", &"k".repeat(200)).len() < 64);
+    }
 }

@@ -20,6 +20,7 @@ pub mod consumer;
 pub mod db;
 pub mod error;
 pub mod idempotency;
+pub mod limits;
 pub mod metrics;
 pub mod outbox;
 pub mod paging;

@@ -177,6 +177,7 @@ impl Host {
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .trace_fn(move |request| rpc_span(name, request))
             .layer(RpcMetricsLayer(self.metrics.clone()))
+            .layer(crate::limits::InputLimitsLayer)
             .add_routes(routes)
             .add_service(health)
             .add_service(reflection_v1)

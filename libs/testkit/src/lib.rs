@@ -156,6 +156,28 @@ pub fn token(roles: &[Role], scope: Scope) -> String {
         .0
 }
 
+/// A token for the one unscoped principal that holds exactly `roles`.
+pub fn role_token(roles: &[Role]) -> String {
+    let mask = Role::ALL
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| roles.contains(r))
+        .fold(0u128, |m, (i, _)| m | (1 << i));
+    let principal = Principal {
+        id: Uuid::from_u128(0x0000_0000_0000_7000_8000_0000_0000_0000 | mask).to_string(),
+        kind: PrincipalKind::Staff,
+        name: "test".to_owned(),
+        roles: roles.to_vec(),
+        scope: Scope::default(),
+        on_behalf_of: None,
+    };
+    global()
+        .signer
+        .sign(&principal)
+        .expect("signing a test token")
+        .0
+}
+
 /// A token that expired an hour ago.
 pub fn expired_token(roles: &[Role]) -> String {
     let principal = Principal {
@@ -247,9 +269,10 @@ impl Service {
         )
     }
 
-    /// A channel acting as a principal with `roles` and no scope limits.
+    /// A channel acting as the one unscoped principal holding `roles` (the same principal on
+    /// every call, as a real admin or app is: its idempotency keys are its own).
     pub fn as_roles(&self, roles: &[Role]) -> AuthChannel {
-        self.with_token(&token(roles, Scope::default()))
+        self.with_token(&role_token(roles))
     }
 
     /// A channel acting as an admin.

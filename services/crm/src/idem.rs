@@ -18,7 +18,7 @@ pub async fn replay<Q: Message, R: Message + Default>(
     if key.is_empty() {
         return Ok(None);
     }
-    match idempotency::claim(conn, scope, "idempotency_key", key, request).await? {
+    match idempotency::claim(conn, scope, "", "idempotency_key", key, request).await? {
         Claim::Fresh => Ok(None),
         Claim::Replay(reply) => Ok(Some(reply)),
     }
@@ -34,5 +34,5 @@ pub async fn remember<R: Message>(
     if key.is_empty() {
         return Ok(());
     }
-    idempotency::complete(conn, scope, key, reply).await
+    idempotency::complete(conn, scope, "", key, reply).await
 }

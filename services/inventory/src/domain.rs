@@ -65,7 +65,21 @@ impl MovementKind {
 }
 
 /// Checks a manual movement line's quantity for its kind.
+/// The largest quantity one movement line may carry, either way.
+pub const MAX_MOVEMENT_QUANTITY: i64 = 1_000_000_000;
+/// The most units one location may hold of a SKU: on hand stays far from `i64` overflow
+/// whatever movements arrive.
+pub const MAX_ON_HAND: i64 = 1_000_000_000_000;
+
 pub fn check_quantity(kind: MovementKind, quantity: i64) -> Result<(), String> {
+    if quantity
+        .checked_abs()
+        .is_none_or(|q| q > MAX_MOVEMENT_QUANTITY)
+    {
+        return Err(format!(
+            "must be between -{MAX_MOVEMENT_QUANTITY} and {MAX_MOVEMENT_QUANTITY}"
+        ));
+    }
     match kind {
         MovementKind::Adjustment if quantity == 0 => Err("an adjustment must change stock".into()),
         MovementKind::Adjustment => Ok(()),

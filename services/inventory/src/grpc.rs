@@ -366,8 +366,12 @@ impl StockService for Grpc {
         if req.lines.is_empty() {
             v.add("lines", "at least one line is required");
         }
+        if req.lines.len() > MAX_LINES {
+            v.add("lines", format!("at most {MAX_LINES} lines"));
+        }
         let mut lines: Vec<(String, i64)> = Vec::new();
-        for (i, l) in req.lines.iter().enumerate() {
+        let mut seen = std::collections::HashSet::new();
+        for (i, l) in req.lines.iter().enumerate().take(MAX_LINES) {
             let sku = v.check(&format!("lines[{i}].sku_id"), parse_sku(&l.sku_id));
             if let Some(kind) = kind {
                 v.check(
@@ -376,7 +380,7 @@ impl StockService for Grpc {
                 );
             }
             if let Some(sku) = sku {
-                if lines.iter().any(|(s, _)| *s == sku) {
+                if !seen.insert(sku.clone()) {
                     v.add(
                         format!("lines[{i}].sku_id"),
                         "appears twice; give one line per SKU",
@@ -556,7 +560,7 @@ impl StockService for Grpc {
         &self,
         request: Request<pb::SetChannelQuotaRequest>,
     ) -> Reply<pb::SetChannelQuotaResponse> {
-        caller(&request, MANAGERS)?;
+        let actor = caller(&request, MANAGERS)?;
         let req = request.into_inner();
         let mut v = Violations::new();
         let sku = v.check("sku_id", parse_sku(&req.sku_id));
@@ -567,6 +571,8 @@ impl StockService for Grpc {
             v.add("limit", "must not be negative");
         }
         v.finish()?;
+        // A channel manager sets the quotas of its own channels only.
+        actor.require_channel(req.channel_id.trim())?;
         let sku = sku.ok_or_else(|| Error::internal("validated sku missing"))?;
         let row = self
             .app
@@ -981,6 +987,15 @@ impl ReservationService for Grpc {
         let req = request.into_inner();
         let mut v = Violations::new();
         require_idempotency_key(&mut v, &req.idempotency_key);
+        // Every hold is some channel's: its quota applies, and the caller must act for it.
+        if req.channel_id.trim().is_empty() {
+            v.add(
+                "channel_id",
+                "is required: the channel holding the stock (its quota applies)",
+            );
+        } else if req.channel_id.trim() != req.channel_id {
+            v.add("channel_id", "must not start or end with spaces");
+        }
         if req.lines.is_empty() {
             v.add("lines", "at least one line is required");
         }
@@ -1016,6 +1031,7 @@ impl ReservationService for Grpc {
             self.app.settings.default_ttl,
         );
         v.finish()?;
+        actor.require_channel(&req.channel_id)?;
         Ok(Response::new(
             self.app.reserve(&req, lines, ttl, &actor).await?,
         ))
@@ -1070,7 +1086,7 @@ impl ReservationService for Grpc {
         &self,
         request: Request<pb::ExtendReservationRequest>,
     ) -> Reply<pb::ExtendReservationResponse> {
-        caller(&request, RESERVERS)?;
+        let actor = caller(&request, RESERVERS)?;
         let req = request.into_inner();
         let mut v = Violations::new();
         let id = v.check("reservation_id", parse_id(&req.reservation_id));
@@ -1090,7 +1106,7 @@ impl ReservationService for Grpc {
         };
         v.finish()?;
         let id = id.ok_or_else(|| Error::internal("validated id missing"))?;
-        let reservation = self.app.extend(id, expiry).await?;
+        let reservation = self.app.extend(id, expiry, &actor).await?;
         Ok(Response::new(pb::ExtendReservationResponse {
             reservation: Some(reservation),
         }))
@@ -1100,11 +1116,11 @@ impl ReservationService for Grpc {
         &self,
         request: Request<pb::GetReservationRequest>,
     ) -> Reply<pb::GetReservationResponse> {
-        caller(&request, RESERVERS)?;
+        let actor = caller(&request, RESERVERS)?;
         let id = parse_id(&request.get_ref().reservation_id)
             .map_err(|e| Error::invalid("reservation_id", e))?;
         Ok(Response::new(pb::GetReservationResponse {
-            reservation: Some(self.app.get_reservation(id).await?),
+            reservation: Some(self.app.get_reservation(id, &actor).await?),
         }))
     }
 }

@@ -568,6 +568,8 @@ pub struct ReservationRow {
     pub status: String,
     pub channel_id: String,
     pub reference: String,
+    /// The principal that reserved; empty for reservations older than the column.
+    pub owner_id: String,
     pub expires_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -594,12 +596,14 @@ pub async fn insert_reservation(
     r: &ReservationRow,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO reservations (id, status, channel_id, reference, expires_at) VALUES ($1, $2, $3, $4, $5)",
+        "INSERT INTO reservations (id, status, channel_id, reference, owner_id, expires_at) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
     )
     .bind(r.id)
     .bind(&r.status)
     .bind(&r.channel_id)
     .bind(&r.reference)
+    .bind(&r.owner_id)
     .bind(r.expires_at)
     .execute(conn)
     .await
@@ -636,7 +640,7 @@ pub async fn reservation(
 ) -> Result<Option<(ReservationRow, Vec<ReservationLineRow>)>, sqlx::Error> {
     let lock = if for_update { " FOR UPDATE" } else { "" };
     let Some(row): Option<ReservationRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT id, status, channel_id, reference, expires_at, created_at, updated_at \
+        "SELECT id, status, channel_id, reference, owner_id, expires_at, created_at, updated_at \
          FROM reservations WHERE id = $1{lock}"
     )))
     .bind(id)

@@ -89,16 +89,46 @@ fn caller<T>(request: &Request<T>, roles: &[Role]) -> Result<Principal, Status> 
     Ok(principal)
 }
 
-/// Whether the caller's scope reaches the order: its channel, and for store-scoped callers one
-/// of the stores it was taken at, picked up at or fulfilled from.
+/// Whether the caller's scope reaches the order.
+///
+/// The scope rule: a caller limited to stores reaches the orders that touch one of its stores
+/// (taken, picked up or fulfilled there), whatever channel took them: an associate hands over an
+/// e-shop order collected at its store. A caller limited to channels only (a channel app, a
+/// channel manager) reaches the orders of its channels. Either way, what it does goes through
+/// its own channels and stores: the channel of an order it places, of a return or exchange it
+/// takes, and the store it acts at must be in its scope.
 fn sees(principal: &Principal, order: &pb::Order) -> bool {
     let scope = &principal.scope;
-    let mut stores = std::iter::once(order.store_id.as_str())
+    if scope.stores.is_empty() {
+        return scope.allows_channel(&order.channel_id);
+    }
+    std::iter::once(order.store_id.as_str())
         .chain(order.delivery.iter().map(|d| d.store_id.as_str()))
         .chain(order.fulfilments.iter().map(|f| f.location_id.as_str()))
-        .filter(|s| !s.is_empty());
-    scope.allows_channel(&order.channel_id)
-        && (scope.stores.is_empty() || stores.any(|s| scope.allows_store(s)))
+        .filter(|s| !s.is_empty())
+        .any(|s| scope.allows_store(s))
+}
+
+/// A return is reached by a caller that reaches its order, or, for store staff, by being taken
+/// at one of the caller's stores (returns are accepted anywhere).
+fn sees_return(principal: &Principal, order: &pb::Order, location_id: &str) -> bool {
+    sees(principal, order)
+        || (!principal.scope.stores.is_empty() && principal.scope.allows_store(location_id))
+}
+
+fn require_sees_return(
+    principal: &Principal,
+    order: &pb::Order,
+    location_id: &str,
+) -> Result<(), Error> {
+    if sees_return(principal, order, location_id) {
+        Ok(())
+    } else {
+        Err(Error::permission_denied(format!(
+            "order {} is outside the caller's channels and stores",
+            order.order_number
+        )))
+    }
 }
 
 fn require_sees(principal: &Principal, order: &pb::Order) -> Result<(), Error> {
@@ -453,6 +483,13 @@ async fn find(app: &App, key: Option<&pb::get_order_request::Key>) -> Result<pb:
 }
 
 impl Grpc {
+    /// The order a return belongs to.
+    async fn order_of(&self, r: &pb::Return) -> Result<pb::Order, Error> {
+        let id = Uuid::parse_str(&r.order_id)
+            .map_err(|_| Error::internal("a stored return names an order by a bad id"))?;
+        Ok(self.app.order(id, "order_id").await?.order)
+    }
+
     /// Loads the order for a caller that must see it.
     async fn visible(&self, principal: &Principal, id: Uuid) -> Result<pb::Order, Error> {
         let order = self.app.order(id, "order_id").await?.order;
@@ -1002,13 +1039,19 @@ impl Grpc {
         v.finish()?;
         let id = id.ok_or_else(|| Error::invalid("order_id", "must be a UUID"))?;
         let order = self.visible(principal, id).await?;
-        // Store staff act on fulfilments leaving their own stores.
+        // Store staff act on fulfilments leaving their own stores, and hand over the pickups
+        // collected at them.
         if !principal.scope.stores.is_empty() {
-            let ok = order
-                .fulfilments
-                .iter()
-                .filter(|f| fulfilment_id.is_empty() || f.id == fulfilment_id)
-                .any(|f| principal.scope.allows_store(&f.location_id));
+            let pickup_here = matches!(step, app::Step::Ready | app::Step::HandOver { .. })
+                && order.delivery.as_ref().is_some_and(|d| {
+                    !d.store_id.is_empty() && principal.scope.allows_store(&d.store_id)
+                });
+            let ok = pickup_here
+                || order
+                    .fulfilments
+                    .iter()
+                    .filter(|f| fulfilment_id.is_empty() || f.id == fulfilment_id)
+                    .any(|f| principal.scope.allows_store(&f.location_id));
             if !ok {
                 return Err(Error::permission_denied(
                     "the fulfilment leaves from a store outside the caller's scope",
@@ -1036,15 +1079,25 @@ impl ReturnService for Grpc {
             v.add("idempotency_key", "is required");
         }
         v.finish()?;
-        // Returns anywhere: the caller's scope is about where the items arrive.
+        // Returns anywhere: through the caller's channel, at the caller's store, of an order the
+        // caller reaches (store staff take back any order at their counter).
+        principal.require_channel(&r.channel_id)?;
         principal.require_store(&r.location_id)?;
+        let order_id = id.ok_or_else(|| Error::invalid("order_id", "must be a UUID"))?;
+        let order = self.app.order(order_id, "order_id").await?.order;
+        require_sees_return(&principal, &order, &r.location_id)?;
         let input = ReturnInput {
-            order_id: id.ok_or_else(|| Error::invalid("order_id", "must be a UUID"))?,
+            order_id,
             lines,
             channel_id: r.channel_id.clone(),
             location_id: r.location_id.clone(),
             items_received: r.items_received,
             note: r.note.clone(),
+            restock_key: Some(omni_runtime::idempotency::derived_key(
+                "return/restock",
+                &principal.id,
+                &r.idempotency_key,
+            )),
         };
         let created = self.app.create_return(&r, input, &principal.id).await?;
         Ok(Response::new(pb::CreateReturnResponse {
@@ -1075,6 +1128,8 @@ impl ReturnService for Grpc {
         let id = id.ok_or_else(|| Error::invalid("return_id", "must be a UUID"))?;
         let existing = self.app.get_return(id).await?;
         principal.require_store(&existing.location_id)?;
+        let order = self.order_of(&existing).await?;
+        require_sees_return(&principal, &order, &existing.location_id)?;
         let conditions = r
             .lines
             .iter()
@@ -1106,10 +1161,15 @@ impl ReturnService for Grpc {
             v.add("idempotency_key", "is required");
         }
         v.finish()?;
+        // The replacement is an order placed through the caller's channel, like PlaceOrder's.
+        principal.require_channel(&r.channel_id)?;
         principal.require_store(&r.location_id)?;
+        let order_id = id.ok_or_else(|| Error::invalid("order_id", "must be a UUID"))?;
+        let order = self.app.order(order_id, "order_id").await?.order;
+        require_sees_return(&principal, &order, &r.location_id)?;
         let input = ExchangeInput {
             idempotency_key: r.idempotency_key.clone(),
-            order_id: id.ok_or_else(|| Error::invalid("order_id", "must be a UUID"))?,
+            order_id,
             returned,
             replacements,
             delivery,
@@ -1151,6 +1211,9 @@ impl ReturnService for Grpc {
         }
         v.finish()?;
         let id = id.ok_or_else(|| Error::invalid("return_id", "must be a UUID"))?;
+        let existing = self.app.get_return(id).await?;
+        let order = self.order_of(&existing).await?;
+        require_sees_return(&principal, &order, &existing.location_id)?;
         let refunded = self.app.record_refund(&r, id, &principal.id).await?;
         Ok(Response::new(pb::RecordRefundResponse {
             order_return: Some(refunded),
@@ -1165,9 +1228,8 @@ impl ReturnService for Grpc {
         let id = Uuid::parse_str(&request.get_ref().return_id)
             .map_err(|_| Error::invalid("return_id", "must be a UUID"))?;
         let r = self.app.get_return(id).await?;
-        if !principal.scope.stores.is_empty() {
-            principal.require_store(&r.location_id)?;
-        }
+        let order = self.order_of(&r).await?;
+        require_sees_return(&principal, &order, &r.location_id)?;
         Ok(Response::new(pb::GetReturnResponse {
             order_return: Some(r),
         }))
@@ -1203,11 +1265,16 @@ impl ReturnService for Grpc {
                 }
             }
         }
+        // Callers limited to channels only list the returns of their channels' orders.
+        let order_channels = (principal.scope.stores.is_empty()
+            && !principal.scope.channels.is_empty())
+        .then(|| principal.scope.channels.clone());
         let filter = ReturnFilter {
             order_id: order,
             customer_id: (!r.customer_id.is_empty()).then(|| r.customer_id.clone()),
             location_id,
             channel_id: (!r.channel_id.is_empty()).then(|| r.channel_id.clone()),
+            order_channels,
             after: page_after(&r.page_token)?,
             limit: limit + 1,
         };
@@ -1230,7 +1297,7 @@ impl SourcingService for Grpc {
         &self,
         request: Request<pb::SetSourcingConfigRequest>,
     ) -> Reply<pb::SetSourcingConfigResponse> {
-        caller(&request, MANAGERS)?;
+        let principal = caller(&request, MANAGERS)?;
         let r = request.into_inner();
         let mut v = Violations::new();
         let Some(config) = r.config else {
@@ -1258,6 +1325,8 @@ impl SourcingService for Grpc {
             }
         }
         v.finish()?;
+        // A channel manager sets the sourcing of its own channels only.
+        principal.require_channel(&config.channel_id)?;
         let config = self.app.set_sourcing_config(config).await?;
         Ok(Response::new(pb::SetSourcingConfigResponse {
             config: Some(config),

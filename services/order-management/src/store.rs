@@ -470,6 +470,8 @@ pub struct ReturnFilter {
     pub customer_id: Option<String>,
     pub location_id: Option<String>,
     pub channel_id: Option<String>,
+    /// Only returns of orders taken through these channels.
+    pub order_channels: Option<Vec<String>>,
     pub after: Option<(DateTime<Utc>, Uuid)>,
     pub limit: i64,
 }
@@ -482,6 +484,7 @@ pub async fn list_returns(pool: &PgPool, f: &ReturnFilter) -> Result<Vec<Return>
            AND ($3::text IS NULL OR location_id = $3)
            AND ($4::text IS NULL OR channel_id = $4)
            AND ($5::timestamptz IS NULL OR (created_at, id) < ($5, $6))
+           AND ($8::text[] IS NULL OR order_id IN (SELECT id FROM orders WHERE channel_id = ANY($8)))
          ORDER BY created_at DESC, id DESC
          LIMIT $7",
     )
@@ -492,6 +495,7 @@ pub async fn list_returns(pool: &PgPool, f: &ReturnFilter) -> Result<Vec<Return>
     .bind(f.after.map(|a| a.0))
     .bind(f.after.map(|a| a.1))
     .bind(f.limit)
+    .bind(&f.order_channels)
     .fetch_all(pool)
     .await?;
     rows.iter().map(|d| decode(d)).collect()

@@ -148,6 +148,7 @@ async fn inventory_answers_from_postgres_while_redis_is_unreachable() {
                 quantity: 3,
                 location_ids: Vec::new(),
             }],
+            channel_id: "web".into(),
             ..Default::default()
         })
         .await

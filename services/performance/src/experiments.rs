@@ -212,8 +212,15 @@ impl ExperimentService for Experiments {
         validate(&e)?;
         let mut tx = self.pool.begin().await.map_err(Error::from)?;
         let scope = "performance.create_experiment";
-        if let Claim::Replay(reply) =
-            idempotency::claim(&mut tx, scope, "idempotency_key", &r.idempotency_key, &r).await?
+        if let Claim::Replay(reply) = idempotency::claim(
+            &mut tx,
+            scope,
+            "",
+            "idempotency_key",
+            &r.idempotency_key,
+            &r,
+        )
+        .await?
         {
             return Ok(Response::new(reply));
         }
@@ -228,7 +235,7 @@ impl ExperimentService for Experiments {
         let reply = pb::CreateExperimentResponse {
             experiment: Some(experiment_pb(&row)?),
         };
-        idempotency::complete(&mut tx, scope, &r.idempotency_key, &reply).await?;
+        idempotency::complete(&mut tx, scope, "", &r.idempotency_key, &reply).await?;
         tx.commit().await.map_err(Error::from)?;
         Ok(Response::new(reply))
     }
@@ -417,8 +424,15 @@ impl ExperimentService for Experiments {
         require_running(&row)?;
         let mut tx = self.pool.begin().await.map_err(Error::from)?;
         let scope = format!("performance.record_outcome/{}", row.id);
-        if let Claim::Replay(reply) =
-            idempotency::claim(&mut tx, &scope, "idempotency_key", &r.idempotency_key, &r).await?
+        if let Claim::Replay(reply) = idempotency::claim(
+            &mut tx,
+            &scope,
+            "",
+            "idempotency_key",
+            &r.idempotency_key,
+            &r,
+        )
+        .await?
         {
             return Ok(Response::new(reply));
         }
@@ -427,7 +441,7 @@ impl ExperimentService for Experiments {
         store::expose(&mut tx, row.id, &subject, &variant, "", at).await?;
         store::record_outcome(&mut tx, row.id, &subject, &variant, r.converted, value, at).await?;
         let reply = pb::RecordOutcomeResponse { variant };
-        idempotency::complete(&mut tx, &scope, &r.idempotency_key, &reply).await?;
+        idempotency::complete(&mut tx, &scope, "", &r.idempotency_key, &reply).await?;
         tx.commit().await.map_err(Error::from)?;
         Ok(Response::new(reply))
     }

@@ -1018,8 +1018,15 @@ impl ScorecardService for Grpc {
         self.check_scorecard(&s).await?;
         let mut tx = self.pool.begin().await.map_err(Error::from)?;
         let scope = "performance.create_scorecard";
-        if let Claim::Replay(reply) =
-            idempotency::claim(&mut tx, scope, "idempotency_key", &r.idempotency_key, &r).await?
+        if let Claim::Replay(reply) = idempotency::claim(
+            &mut tx,
+            scope,
+            "",
+            "idempotency_key",
+            &r.idempotency_key,
+            &r,
+        )
+        .await?
         {
             return Ok(Response::new(reply));
         }
@@ -1028,7 +1035,7 @@ impl ScorecardService for Grpc {
         let reply = pb::CreateScorecardResponse {
             scorecard: Some(scorecard_pb(row)?),
         };
-        idempotency::complete(&mut tx, scope, &r.idempotency_key, &reply).await?;
+        idempotency::complete(&mut tx, scope, "", &r.idempotency_key, &reply).await?;
         tx.commit().await.map_err(Error::from)?;
         Ok(Response::new(reply))
     }

@@ -38,6 +38,8 @@ pub struct App {
 /// A mutation's idempotency key with the encoded request it came with.
 #[derive(Debug, Clone)]
 pub struct Idem {
+    /// The principal whose key it is.
+    pub caller: String,
     pub scope: &'static str,
     pub key: String,
     pub request: Vec<u8>,
@@ -50,6 +52,7 @@ async fn claim(conn: &mut PgConnection, idem: Option<&Idem>) -> Result<Option<Uu
     match idempotency::claim::<Vec<u8>, String>(
         conn,
         idem.scope,
+        &idem.caller,
         "idempotency_key",
         &idem.key,
         &idem.request,
@@ -65,7 +68,7 @@ async fn claim(conn: &mut PgConnection, idem: Option<&Idem>) -> Result<Option<Uu
 
 async fn complete(conn: &mut PgConnection, idem: Option<&Idem>, id: Uuid) -> Result<()> {
     if let Some(idem) = idem {
-        idempotency::complete(conn, idem.scope, &idem.key, &id.to_string()).await?;
+        idempotency::complete(conn, idem.scope, &idem.caller, &idem.key, &id.to_string()).await?;
     }
     Ok(())
 }

@@ -144,9 +144,10 @@ fn json_attributes(raw: &str) -> std::collections::HashMap<String, String> {
     serde_json::from_str(raw).unwrap_or_default()
 }
 
-/// The idempotency record of a request, when it carries a key.
-fn idem<Q: Message>(scope: &'static str, key: &str, request: &Q) -> Option<Idem> {
+/// The idempotency record of `caller`'s request, when it carries a key.
+fn idem<Q: Message>(caller: &str, scope: &'static str, key: &str, request: &Q) -> Option<Idem> {
     (!key.trim().is_empty()).then(|| Idem {
+        caller: caller.to_owned(),
         scope,
         key: key.to_owned(),
         request: request.encode_to_vec(),

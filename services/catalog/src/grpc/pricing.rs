@@ -338,7 +338,8 @@ impl PricingService for Grpc {
         &self,
         request: Request<pb::RecordCompetitorPriceRequest>,
     ) -> GrpcResult<pb::RecordCompetitorPriceResponse> {
-        auth::principal(&request)?.require_any(COMPETITOR_FEEDS)?;
+        let actor = auth::principal(&request)?.clone();
+        actor.require_any(COMPETITOR_FEEDS)?;
         let req = request.into_inner();
         let mut v = Violations::new();
         let Some(c) = &req.competitor_price else {
@@ -386,6 +387,7 @@ impl PricingService for Grpc {
             return Err(internal("competitor_price"));
         };
         let key = idem(
+            &actor.id,
             "catalog.record_competitor_price",
             &req.idempotency_key,
             &req,

@@ -183,7 +183,12 @@ impl ChannelService for Grpc {
         };
         finish(v)?;
         let input = input.ok_or_else(|| internal("channel"))?;
-        let key = idem("catalog.create_channel", &req.idempotency_key, &req);
+        let key = idem(
+            &actor.id,
+            "catalog.create_channel",
+            &req.idempotency_key,
+            &req,
+        );
         let row = self
             .app
             .create_channel(input, key.as_ref(), &actor)
@@ -273,7 +278,8 @@ impl ProductService for Grpc {
         &self,
         request: Request<pb::CreateCategoryRequest>,
     ) -> GrpcResult<pb::CreateCategoryResponse> {
-        auth::principal(&request)?.require_any(EDITORS)?;
+        let actor = auth::principal(&request)?.clone();
+        actor.require_any(EDITORS)?;
         let req = request.into_inner();
         let mut v = Violations::new();
         let parent = v.check("parent_id", opt_uuid(&req.parent_id));
@@ -282,7 +288,12 @@ impl ProductService for Grpc {
         let (Some(parent), Some(name)) = (parent, name) else {
             return Err(internal("category"));
         };
-        let key = idem("catalog.create_category", &req.idempotency_key, &req);
+        let key = idem(
+            &actor.id,
+            "catalog.create_category",
+            &req.idempotency_key,
+            &req,
+        );
         let row = self
             .app
             .create_category(parent, name, key.as_ref())
@@ -356,7 +367,12 @@ impl ProductService for Grpc {
             }
         }
         let input = input.ok_or_else(|| internal("product"))?;
-        let key = idem("catalog.create_product", &req.idempotency_key, &req);
+        let key = idem(
+            &actor.id,
+            "catalog.create_product",
+            &req.idempotency_key,
+            &req,
+        );
         let product = self
             .app
             .create_product(input, skus, key.as_ref(), &actor)
@@ -473,7 +489,7 @@ impl ProductService for Grpc {
         let (Some(product_id), Some(input)) = (product_id, input) else {
             return Err(internal("sku"));
         };
-        let key = idem("catalog.create_sku", &req.idempotency_key, &req);
+        let key = idem(&actor.id, "catalog.create_sku", &req.idempotency_key, &req);
         let view = self
             .app
             .create_sku(product_id, input, key.as_ref(), &actor)

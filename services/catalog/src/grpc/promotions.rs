@@ -306,13 +306,30 @@ fn input_and_currency(v: &mut Violations, p: &pb::Promotion) -> Option<(Promotio
     promotion_input(v, p).map(|i| (i, currency))
 }
 
+/// A caller limited to channels changes only promotions limited to its channels; a promotion
+/// for every channel (none listed) needs a caller that is not limited to channels.
+fn require_channels(actor: &auth::Principal, channels: &[uuid::Uuid]) -> Result<(), Error> {
+    if actor.scope.channels.is_empty() {
+        return Ok(());
+    }
+    if channels.is_empty() {
+        return Err(Error::permission_denied(
+            "a promotion for every channel needs a caller not limited to channels",
+        ));
+    }
+    channels
+        .iter()
+        .try_for_each(|c| actor.require_channel(&c.to_string()))
+}
+
 #[tonic::async_trait]
 impl PromotionService for Grpc {
     async fn create_promotion(
         &self,
         request: Request<pb::CreatePromotionRequest>,
     ) -> GrpcResult<pb::CreatePromotionResponse> {
-        auth::principal(&request)?.require_any(EDITORS)?;
+        let actor = auth::principal(&request)?.clone();
+        actor.require_any(EDITORS)?;
         let req = request.into_inner();
         let mut v = Violations::new();
         let Some(p) = &req.promotion else {
@@ -322,7 +339,13 @@ impl PromotionService for Grpc {
         let input = input_and_currency(&mut v, p);
         finish(v)?;
         let (input, currency) = input.ok_or_else(|| internal("promotion"))?;
-        let key = idem("catalog.create_promotion", &req.idempotency_key, &req);
+        require_channels(&actor, &input.scope.channels)?;
+        let key = idem(
+            &actor.id,
+            "catalog.create_promotion",
+            &req.idempotency_key,
+            &req,
+        );
         let row = self
             .app
             .create_promotion(input, &currency, key.as_ref())
@@ -337,7 +360,8 @@ impl PromotionService for Grpc {
         &self,
         request: Request<pb::UpdatePromotionRequest>,
     ) -> GrpcResult<pb::UpdatePromotionResponse> {
-        auth::principal(&request)?.require_any(EDITORS)?;
+        let actor = auth::principal(&request)?.clone();
+        actor.require_any(EDITORS)?;
         let req = request.into_inner();
         let mut v = Violations::new();
         let Some(p) = &req.promotion else {
@@ -350,6 +374,10 @@ impl PromotionService for Grpc {
         let (Some(id), Some((input, currency))) = (id, input) else {
             return Err(internal("promotion"));
         };
+        // Both what the promotion reaches now and what it would reach.
+        let current = self.app.get_promotion(id).await.map_err(status)?;
+        require_channels(&actor, &current.channel_ids)?;
+        require_channels(&actor, &input.scope.channels)?;
         let row = self
             .app
             .update_promotion(id, p.version, input, &currency)
@@ -364,9 +392,12 @@ impl PromotionService for Grpc {
         &self,
         request: Request<pb::EndPromotionRequest>,
     ) -> GrpcResult<pb::EndPromotionResponse> {
-        auth::principal(&request)?.require_any(EDITORS)?;
+        let actor = auth::principal(&request)?.clone();
+        actor.require_any(EDITORS)?;
         let req = request.into_inner();
         let id = uuid(&req.promotion_id).map_err(|e| Error::invalid("promotion_id", e))?;
+        let current = self.app.get_promotion(id).await.map_err(status)?;
+        require_channels(&actor, &current.channel_ids)?;
         let row = self.app.end_promotion(id).await.map_err(status)?;
         Ok(Response::new(pb::EndPromotionResponse {
             promotion: Some(promotion_pb(row)?),

@@ -144,10 +144,12 @@ impl App {
         let mut decisions: Vec<Option<Decision>> = (0..batch.len()).map(|_| None).collect();
 
         // Idempotency: claim every key at once; the first request of a key in the batch owns it.
-        let keys: Vec<&str> = batch
+        // Keys are their callers' (stored as the runtime's idempotency module stores them).
+        let caller_keys: Vec<String> = batch
             .iter()
-            .map(|p| p.request.idempotency_key.as_str())
+            .map(|p| omni_runtime::idempotency::caller_key(&p.actor, &p.request.idempotency_key))
             .collect();
+        let keys: Vec<&str> = caller_keys.iter().map(String::as_str).collect();
         let encoded: Vec<Vec<u8>> = batch.iter().map(|p| p.request.encode_to_vec()).collect();
         let claimed: Vec<String> = sqlx::query_scalar(
             "INSERT INTO idempotency_keys (scope, key, request) \
@@ -310,6 +312,7 @@ impl App {
                 status: "active".into(),
                 channel_id: p.request.channel_id.clone(),
                 reference: p.request.reference.clone(),
+                owner_id: p.actor.clone(),
                 expires_at: Some(
                     now + chrono::Duration::from_std(p.ttl).map_err(anyhow::Error::from)?,
                 ),
@@ -369,15 +372,18 @@ impl App {
                 .iter()
                 .map(|r| r.1.reference.as_str())
                 .collect();
+            let owners: Vec<&str> = reservations.iter().map(|r| r.1.owner_id.as_str()).collect();
             let expiries: Vec<Option<chrono::DateTime<Utc>>> =
                 reservations.iter().map(|r| r.1.expires_at).collect();
             sqlx::query(
-                "INSERT INTO reservations (id, status, channel_id, reference, expires_at) \
-                 SELECT id, 'active', c, r, e FROM unnest($1::uuid[], $2::text[], $3::text[], $4::timestamptz[]) AS t(id, c, r, e)",
+                "INSERT INTO reservations (id, status, channel_id, reference, owner_id, expires_at) \
+                 SELECT id, 'active', c, r, o, e \
+                 FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::timestamptz[]) AS t(id, c, r, o, e)",
             )
             .bind(&ids)
             .bind(&channel_ids)
             .bind(&references)
+            .bind(&owners)
             .bind(&expiries)
             .execute(&mut *tx)
             .await?;

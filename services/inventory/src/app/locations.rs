@@ -15,12 +15,13 @@ impl App {
         &self,
         request: &pb::CreateLocationRequest,
         mut row: LocationRow,
-        _actor: &Principal,
+        actor: &Principal,
     ) -> Result<pb::CreateLocationResponse> {
         let mut tx = self.pool.begin().await?;
         if let Claim::Replay(reply) = idempotency::claim(
             &mut tx,
             "inventory.create_location",
+            &actor.id,
             "idempotency_key",
             &request.idempotency_key,
             request,
@@ -37,6 +38,7 @@ impl App {
         idempotency::complete(
             &mut tx,
             "inventory.create_location",
+            &actor.id,
             &request.idempotency_key,
             &reply,
         )

@@ -14,7 +14,7 @@ use chrono::Utc;
 use omni_proto::events::event::Payload;
 use omni_proto::events::{ReservationExpired, ReservedStock};
 use omni_proto::omni::inventory::v1 as pb;
-use omni_runtime::auth::Principal;
+use omni_runtime::auth::{Principal, Role};
 use omni_runtime::error::PreconditionViolation;
 use omni_runtime::idempotency::{self, Claim};
 use omni_runtime::{Error, Result};
@@ -52,6 +52,21 @@ pub(super) fn shortage_error(violations: Vec<PreconditionViolation>) -> Error {
     Error::FailedPrecondition {
         message: "not enough stock for every line; nothing was reserved".into(),
         violations,
+    }
+}
+
+/// A reservation is its owner's: only the principal that placed it, or an admin or service
+/// (order-management settles the holds it placed for orders), may read, release, fulfil or
+/// extend it. Another channel app holding a reservation id cannot free or sell the stock.
+fn require_owner(row: &ReservationRow, actor: &Principal) -> Result<()> {
+    let owns = !row.owner_id.is_empty() && row.owner_id == actor.id;
+    if owns || actor.has_any(&[Role::Admin, Role::Service]) {
+        Ok(())
+    } else {
+        Err(Error::permission_denied(format!(
+            "reservation {} belongs to another caller",
+            row.id
+        )))
     }
 }
 
@@ -95,7 +110,7 @@ impl App {
                 &self.redis,
                 &line.sku,
                 line.quantity,
-                &request.idempotency_key,
+                &idempotency::caller_key(&actor.id, &request.idempotency_key),
             )
             .await
             {
@@ -199,6 +214,7 @@ impl App {
         if let Claim::Replay(reply) = idempotency::claim(
             &mut tx,
             scope,
+            &actor.id,
             "idempotency_key",
             &request.idempotency_key,
             request,
@@ -297,6 +313,7 @@ impl App {
             status: "active".into(),
             channel_id: request.channel_id.clone(),
             reference: request.reference.clone(),
+            owner_id: actor.id.clone(),
             expires_at: Some(now + chrono::Duration::from_std(ttl).map_err(anyhow::Error::from)?),
             created_at: now,
             updated_at: now,
@@ -309,17 +326,18 @@ impl App {
         let reply = pb::ReserveResponse {
             reservation: Some(convert::reservation(&row, &held)),
         };
-        idempotency::complete(&mut tx, scope, &request.idempotency_key, &reply).await?;
+        idempotency::complete(&mut tx, scope, &actor.id, &request.idempotency_key, &reply).await?;
         tx.commit().await?;
         tracing::debug!(reservation_id = %row.id, lines = held.len(), "reserved");
         Ok((reply, true))
     }
 
-    pub async fn get_reservation(&self, id: Uuid) -> Result<pb::Reservation> {
+    pub async fn get_reservation(&self, id: Uuid, actor: &Principal) -> Result<pb::Reservation> {
         let mut conn = self.pool.acquire().await?;
         let (row, lines) = store::reservation(&mut conn, id, false)
             .await?
             .ok_or_else(|| Error::not_found(format!("reservation {id}")))?;
+        require_owner(&row, actor)?;
         Ok(convert::reservation(&row, &lines))
     }
 
@@ -347,6 +365,7 @@ impl App {
         if let Claim::Replay(reply) = idempotency::claim::<_, Reply>(
             &mut tx,
             scope,
+            &actor.id,
             "idempotency_key",
             idempotency_key,
             request,
@@ -358,6 +377,7 @@ impl App {
         let (row, lines) = store::reservation(&mut tx, id, true)
             .await?
             .ok_or_else(|| Error::not_found(format!("reservation {id}")))?;
+        require_owner(&row, actor)?;
         if row.status != "active" {
             return Err(Error::precondition(
                 "RESERVATION_STATE",
@@ -454,7 +474,7 @@ impl App {
             reservation: Some(reservation.clone()),
             movements: movements.clone(),
         };
-        idempotency::complete(&mut tx, scope, idempotency_key, &reply).await?;
+        idempotency::complete(&mut tx, scope, &actor.id, idempotency_key, &reply).await?;
         tx.commit().await?;
         self.outbox.wake();
         self.refresh(skus.iter()).await;
@@ -485,11 +505,17 @@ impl App {
         Ok((row, lines))
     }
 
-    pub async fn extend(&self, id: Uuid, ttl: Option<Duration>) -> Result<pb::Reservation> {
+    pub async fn extend(
+        &self,
+        id: Uuid,
+        ttl: Option<Duration>,
+        actor: &Principal,
+    ) -> Result<pb::Reservation> {
         let mut tx = self.pool.begin().await?;
         let (row, _) = store::reservation(&mut tx, id, true)
             .await?
             .ok_or_else(|| Error::not_found(format!("reservation {id}")))?;
+        require_owner(&row, actor)?;
         if row.status != "active" {
             return Err(Error::precondition(
                 "RESERVATION_STATE",

@@ -45,6 +45,7 @@ impl App {
         if let Claim::Replay(reply) = idempotency::claim(
             &mut tx,
             scope,
+            &actor.id,
             "idempotency_key",
             &request.idempotency_key,
             request,
@@ -74,13 +75,27 @@ impl App {
             let (sku, quantity) = &input.lines[i];
             let before = store::lock_level(&mut tx, sku, input.location).await?;
             let delta = domain::delta(input.kind, *quantity, before.on_hand);
-            if before.on_hand + delta < before.reserved {
+            let Some(on_hand) = before
+                .on_hand
+                .checked_add(delta)
+                .filter(|n| *n <= domain::MAX_ON_HAND)
+            else {
+                violations.push(PreconditionViolation::new(
+                    "ON_HAND_LIMIT",
+                    format!("lines[{i}]"),
+                    format!(
+                        "on hand would exceed {} units at one location",
+                        domain::MAX_ON_HAND
+                    ),
+                ));
+                continue;
+            };
+            if on_hand < before.reserved {
                 violations.push(PreconditionViolation::new(
                     "RESERVED_STOCK",
                     format!("lines[{i}]"),
                     format!(
-                        "on hand would be {} but {} units are reserved; release them first",
-                        before.on_hand + delta,
+                        "on hand would be {on_hand} but {} units are reserved; release them first",
                         before.reserved
                     ),
                 ));
@@ -129,7 +144,7 @@ impl App {
             movements: movements.iter().flatten().map(convert::movement).collect(),
             levels: levels.iter().map(|l| convert::level(l, None)).collect(),
         };
-        idempotency::complete(&mut tx, scope, &request.idempotency_key, &reply).await?;
+        idempotency::complete(&mut tx, scope, &actor.id, &request.idempotency_key, &reply).await?;
         tx.commit().await?;
         self.outbox.wake();
         self.refresh(skus.iter()).await;

@@ -47,6 +47,7 @@ impl App {
         if let Claim::Replay(reply) = idempotency::claim(
             &mut tx,
             scope,
+            &actor.id,
             "idempotency_key",
             &request.idempotency_key,
             request,
@@ -59,7 +60,7 @@ impl App {
         let reply = pb::CreateTransferResponse {
             transfer: Some(transfer),
         };
-        idempotency::complete(&mut tx, scope, &request.idempotency_key, &reply).await?;
+        idempotency::complete(&mut tx, scope, &actor.id, &request.idempotency_key, &reply).await?;
         tx.commit().await?;
         self.outbox.wake();
         self.refresh(skus.iter()).await;
@@ -161,6 +162,7 @@ impl App {
         if let Claim::Replay(reply) = idempotency::claim(
             &mut tx,
             scope,
+            &actor.id,
             "idempotency_key",
             &request.idempotency_key,
             request,
@@ -255,7 +257,7 @@ impl App {
         let reply = pb::ReceiveTransferResponse {
             transfer: Some(convert::transfer(&row, &updated)),
         };
-        idempotency::complete(&mut tx, scope, &request.idempotency_key, &reply).await?;
+        idempotency::complete(&mut tx, scope, &actor.id, &request.idempotency_key, &reply).await?;
         tx.commit().await?;
         self.outbox.wake();
         self.refresh(skus.iter()).await;
@@ -406,6 +408,7 @@ impl App {
         if let Claim::Replay(reply) = idempotency::claim(
             &mut tx,
             scope,
+            &actor.id,
             "idempotency_key",
             &request.idempotency_key,
             request,
@@ -442,7 +445,7 @@ impl App {
             touched.extend(skus);
         }
         let reply = pb::SuggestRebalanceResponse { moves, surging };
-        idempotency::complete(&mut tx, scope, &request.idempotency_key, &reply).await?;
+        idempotency::complete(&mut tx, scope, &actor.id, &request.idempotency_key, &reply).await?;
         tx.commit().await?;
         self.outbox.wake();
         self.refresh(touched.iter()).await;

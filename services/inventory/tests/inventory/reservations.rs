@@ -17,7 +17,7 @@ async fn flood(inv: &support::Inventory, sku: &str, buyers: usize) -> (usize, us
     let mut tasks = Vec::new();
     for _ in 0..buyers {
         let mut client = inv.reservations.clone();
-        let request = reserve_request(sku, 1, &[], "");
+        let request = reserve_request(sku, 1, &[], "web");
         tasks.push(tokio::spawn(async move { client.reserve(request).await }));
     }
     let (mut accepted, mut refused) = (0, 0);
@@ -103,7 +103,10 @@ async fn redis_lost_in_the_middle_of_a_hot_sale_never_oversells() {
             let mut ok = 0;
             for _ in 0..70 {
                 let mut c = inv_clients.clone();
-                if c.reserve(reserve_request(&sku, 1, &[], "")).await.is_ok() {
+                if c.reserve(reserve_request(&sku, 1, &[], "web"))
+                    .await
+                    .is_ok()
+                {
                     ok += 1;
                 }
             }
@@ -141,7 +144,7 @@ async fn holds_expire_and_release_their_stock() {
         .into_inner();
     let initial = watch.next().await.expect("initial").expect("ok");
     assert!(initial.initial);
-    let mut request = reserve_request(&sku, 3, &[], "");
+    let mut request = reserve_request(&sku, 3, &[], "web");
     request.ttl = Some(prost_types::Duration {
         seconds: 0,
         nanos: 200_000_000,
@@ -231,7 +234,7 @@ async fn lines_are_reserved_all_or_nothing() {
     let (a, b) = (sku(), sku());
     inv.receive(&wh, &a, 10).await;
     inv.receive(&wh, &b, 1).await;
-    let mut request = reserve_request(&a, 3, &[], "");
+    let mut request = reserve_request(&a, 3, &[], "web");
     request.lines.push(pb::ReserveLine {
         sku_id: b.clone(),
         quantity: 2,
@@ -286,7 +289,7 @@ async fn retries_return_the_first_reservation(hot: bool) {
             .await
             .expect("hot");
     }
-    let request = reserve_request(&sku, 2, &[], "");
+    let request = reserve_request(&sku, 2, &[], "web");
     let mut tasks = Vec::new();
     for _ in 0..20 {
         let mut c = inv.reservations.clone();
@@ -376,36 +379,36 @@ async fn bad_reservations_are_refused_and_write_nothing() {
 
     let err = inv
         .reservations
-        .reserve(reserve_request(&sku, 0, &[], ""))
+        .reserve(reserve_request(&sku, 0, &[], "web"))
         .await
         .expect_err("zero");
     assert_eq!(fields(&err), ["lines[0].quantity"]);
     let err = inv
         .reservations
-        .reserve(reserve_request("nope", 1, &[], ""))
+        .reserve(reserve_request("nope", 1, &[], "web"))
         .await
         .expect_err("bad sku");
     assert_eq!(fields(&err), ["lines[0].sku_id"]);
     let err = inv
         .reservations
-        .reserve(reserve_request(&support::sku(), 1, &[], ""))
+        .reserve(reserve_request(&support::sku(), 1, &[], "web"))
         .await
         .expect_err("unknown sku");
     assert_eq!(err.code(), Code::NotFound);
     let unknown_location = uuid::Uuid::now_v7().to_string();
     let err = inv
         .reservations
-        .reserve(reserve_request(&sku, 1, &[&unknown_location], ""))
+        .reserve(reserve_request(&sku, 1, &[&unknown_location], "web"))
         .await
         .expect_err("unknown location");
     assert_eq!(err.code(), Code::NotFound);
     let err = inv
         .reservations
-        .reserve(reserve_request(&sku, 4, &[], ""))
+        .reserve(reserve_request(&sku, 4, &[], "web"))
         .await
         .expect_err("more than exists");
     assert_eq!(err.code(), Code::FailedPrecondition);
-    let mut no_key = reserve_request(&sku, 1, &[], "");
+    let mut no_key = reserve_request(&sku, 1, &[], "web");
     no_key.idempotency_key.clear();
     let err = inv.reservations.reserve(no_key).await.expect_err("no key");
     assert_eq!(fields(&err), ["idempotency_key"]);
@@ -416,7 +419,7 @@ async fn bad_reservations_are_refused_and_write_nothing() {
         );
     let err = analyst
         .clone()
-        .reserve(reserve_request(&sku, 1, &[], ""))
+        .reserve(reserve_request(&sku, 1, &[], "web"))
         .await
         .expect_err("analysts read only");
     assert_eq!(err.code(), Code::PermissionDenied);
@@ -509,4 +512,135 @@ async fn contention_marks_a_sku_hot_by_itself() {
     assert_eq!(hot[0].source, pb::HotSource::Detected as i32);
     assert!(hot[0].until.is_some(), "a detected mark ends by itself");
     assert_ledger_consistent(&inv.db).await;
+}
+
+/// A channel app holds stock for the channels in its scope, every hold names its channel (so
+/// the channel's quota applies), and only the app that placed a hold (or an admin or service)
+/// can read, release, fulfil or extend it.
+#[tokio::test]
+async fn channel_apps_hold_for_their_channels_and_settle_only_their_own_holds() {
+    use omni_proto::omni::inventory::v1::reservation_service_client::ReservationServiceClient;
+    let mut inv = support::start().await;
+    let wh = inv.warehouse("WH-1").await;
+    let sku = sku();
+    inv.receive(&wh, &sku, 5).await;
+    let app = |channel: &str| {
+        ReservationServiceClient::new(inv.svc.with_token(&omni_testkit::token(
+            &[Role::ChannelApp],
+            Scope {
+                channels: vec![channel.into()],
+                stores: vec![],
+            },
+        )))
+    };
+    let mut web = app("web");
+    let mut other_web = app("web");
+    let before = inv.count("SELECT count(*) FROM reservations").await;
+
+    let err = web
+        .reserve(reserve_request(&sku, 1, &[], "livestream"))
+        .await
+        .expect_err("another channel");
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    let err = web
+        .reserve(reserve_request(&sku, 1, &[], ""))
+        .await
+        .expect_err("no channel");
+    assert_eq!(fields(&err), ["channel_id"]);
+    assert_eq!(inv.count("SELECT count(*) FROM reservations").await, before);
+
+    let held = web
+        .reserve(reserve_request(&sku, 2, &[], "web"))
+        .await
+        .expect("own channel")
+        .into_inner()
+        .reservation
+        .expect("reservation");
+    let id = held.id.clone();
+    let denied = [
+        other_web
+            .get_reservation(pb::GetReservationRequest {
+                reservation_id: id.clone(),
+            })
+            .await
+            .map(|_| ()),
+        other_web
+            .release(pb::ReleaseRequest {
+                idempotency_key: key(),
+                reservation_id: id.clone(),
+                ..Default::default()
+            })
+            .await
+            .map(|_| ()),
+        other_web
+            .fulfil(pb::FulfilRequest {
+                idempotency_key: key(),
+                reservation_id: id.clone(),
+                ..Default::default()
+            })
+            .await
+            .map(|_| ()),
+        other_web
+            .extend_reservation(pb::ExtendReservationRequest {
+                reservation_id: id.clone(),
+                expiry: Some(pb::extend_reservation_request::Expiry::NoExpiry(true)),
+            })
+            .await
+            .map(|_| ()),
+    ];
+    for (i, outcome) in denied.into_iter().enumerate() {
+        let err = outcome.expect_err("not the owner");
+        assert_eq!(err.code(), Code::PermissionDenied, "call {i}: {err:?}");
+    }
+    assert_eq!(inv.level(&sku, &wh).await.reserved, 2);
+
+    web.get_reservation(pb::GetReservationRequest {
+        reservation_id: id.clone(),
+    })
+    .await
+    .expect("the owner reads its hold");
+    web.release(pb::ReleaseRequest {
+        idempotency_key: key(),
+        reservation_id: id,
+        ..Default::default()
+    })
+    .await
+    .expect("the owner releases its hold");
+    assert_eq!(inv.level(&sku, &wh).await.reserved, 0);
+}
+
+/// A channel manager sets quotas on its own channels only.
+#[tokio::test]
+async fn channel_managers_set_quotas_of_their_own_channels() {
+    use omni_proto::omni::inventory::v1::stock_service_client::StockServiceClient;
+    let inv = support::start().await;
+    let manager = inv.svc.with_token(&omni_testkit::token(
+        &[Role::ChannelManager],
+        Scope {
+            channels: vec!["web".into()],
+            stores: vec![],
+        },
+    ));
+    let mut quotas = StockServiceClient::new(manager);
+    let sku = sku();
+    let err = quotas
+        .set_channel_quota(pb::SetChannelQuotaRequest {
+            sku_id: sku.clone(),
+            channel_id: "livestream".into(),
+            limit: Some(5),
+            ..Default::default()
+        })
+        .await
+        .expect_err("another channel");
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    assert_eq!(inv.count("SELECT count(*) FROM channel_quotas").await, 0);
+    quotas
+        .set_channel_quota(pb::SetChannelQuotaRequest {
+            sku_id: sku,
+            channel_id: "web".into(),
+            limit: Some(5),
+            ..Default::default()
+        })
+        .await
+        .expect("its own channel");
 }

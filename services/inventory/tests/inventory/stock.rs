@@ -291,3 +291,63 @@ async fn bad_movements_get_field_details_and_write_nothing() {
     assert_eq!(inv.count("SELECT count(*) FROM movements").await, 1);
     assert_eq!(inv.level(&sku, &wh).await.on_hand, 5);
 }
+
+/// A movement carries at most 100 lines and a billion units a line, and never takes on hand
+/// past its ceiling: each is refused with a clear error and changes nothing.
+#[tokio::test]
+async fn movements_are_bounded_and_on_hand_cannot_overflow() {
+    let mut inv = support::start().await;
+    let wh = inv.warehouse("WH-1").await;
+    let sku = sku();
+    inv.receive(&wh, &sku, 5).await;
+    let movement = |lines: Vec<pb::MovementLine>| pb::RecordMovementRequest {
+        idempotency_key: key(),
+        location_id: wh.clone(),
+        kind: pb::MovementKind::Receipt as i32,
+        lines,
+        reason: "delivery".into(),
+        reference: String::new(),
+    };
+    let line = |sku: &str, quantity: i64| pb::MovementLine {
+        sku_id: sku.into(),
+        quantity,
+    };
+    let ledger = inv.count("SELECT count(*) FROM movements").await;
+
+    let err = inv
+        .stock
+        .record_movement(movement(vec![line(&sku, i64::MAX)]))
+        .await
+        .expect_err("huge quantity");
+    assert_eq!(fields(&err), ["lines[0].quantity"]);
+    let err = inv
+        .stock
+        .record_movement(movement((0..101).map(|_| line(&sku, 1)).collect()))
+        .await
+        .expect_err("too many lines");
+    assert!(fields(&err).contains(&"lines".to_owned()), "{err:?}");
+    // A thousand lines (within the request limits) are refused at once, not compared pairwise.
+    let many: Vec<_> = (0..1000).map(|_| line(&support::sku(), 1)).collect();
+    let err = inv
+        .stock
+        .record_movement(movement(many))
+        .await
+        .expect_err("too many lines");
+    assert_eq!(err.code(), Code::InvalidArgument);
+
+    let db = inv.svc.db().await.expect("db");
+    sqlx::query("UPDATE stock_levels SET on_hand = 1000000000000 - 3 WHERE sku_id = $1")
+        .bind(&sku)
+        .execute(&db)
+        .await
+        .expect("near the ceiling");
+    let err = inv
+        .stock
+        .record_movement(movement(vec![line(&sku, 10)]))
+        .await
+        .expect_err("past the ceiling");
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert_eq!(precondition_types(&err), ["ON_HAND_LIMIT"]);
+    assert_eq!(inv.count("SELECT count(*) FROM movements").await, ledger);
+    assert_eq!(inv.level(&sku, &wh).await.on_hand, 1_000_000_000_000 - 3);
+}

@@ -157,7 +157,7 @@ impl Inventory {
         locations: &[&str],
     ) -> Result<pb::Reservation, tonic::Status> {
         self.reservations
-            .reserve(reserve_request(sku, quantity, locations, ""))
+            .reserve(reserve_request(sku, quantity, locations, "web"))
             .await
             .map(|r| r.into_inner().reservation.expect("reservation"))
     }

@@ -112,7 +112,8 @@ impl App {
         let mut tx = self.pool.begin().await?;
         if let Some((scope, key, request)) = key
             && let Claim::Replay(reply) =
-                idempotency::claim::<_, R>(&mut tx, scope, "idempotency_key", key, request).await?
+                idempotency::claim::<_, R>(&mut tx, scope, actor, "idempotency_key", key, request)
+                    .await?
         {
             return Ok(reply);
         }
@@ -125,7 +126,7 @@ impl App {
             self.save(&mut tx, &stored.order, actor, changes).await?;
         }
         if let Some((scope, key, _)) = key {
-            idempotency::complete(&mut tx, scope, key, &reply).await?;
+            idempotency::complete(&mut tx, scope, actor, key, &reply).await?;
         }
         tx.commit().await?;
         if changed {

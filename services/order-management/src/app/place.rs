@@ -78,7 +78,9 @@ impl App {
     #[tracing::instrument(name = "orders.place", skip_all, fields(channel_id = %input.channel_id, lines = input.lines.len()), err)]
     pub async fn place(&self, input: PlaceInput, actor: &str) -> Result<PlaceOrderResponse> {
         let scope = format!("PlaceOrder/{}", input.channel_id);
-        let key = input.idempotency_key.as_str();
+        // The key is the caller's: leases and replies are kept per principal.
+        let caller_key = idempotency::caller_key(actor, &input.idempotency_key);
+        let key = caller_key.as_str();
         // One try at a time per key: a concurrent retry waits for the first one's reply.
         let waiting_since = Instant::now();
         let (order_id, attempt) = loop {
@@ -96,7 +98,7 @@ impl App {
                 break lease;
             }
             // Busy or done: an earlier call's reply, once it committed.
-            if let Some(reply) = self.replay(&scope, &input).await? {
+            if let Some(reply) = self.replay(&scope, &input, actor).await? {
                 return Ok(reply);
             }
             if waiting_since.elapsed() > LEASE {
@@ -132,11 +134,17 @@ impl App {
 
     /// The reply of an earlier call with this key that committed, if any (read only: the
     /// waiting retries never hold the key's row).
-    async fn replay(&self, scope: &str, input: &PlaceInput) -> Result<Option<PlaceOrderResponse>> {
+    async fn replay(
+        &self,
+        scope: &str,
+        input: &PlaceInput,
+        actor: &str,
+    ) -> Result<Option<PlaceOrderResponse>> {
         let mut conn = self.pool.acquire().await?;
         let stored = idempotency::lookup::<_, PlaceOrderResponse>(
             &mut conn,
             scope,
+            actor,
             "idempotency_key",
             &input.idempotency_key,
             &input.request,
@@ -524,6 +532,7 @@ impl App {
         if let Claim::Replay(mut reply) = idempotency::claim::<_, PlaceOrderResponse>(
             &mut tx,
             scope,
+            actor,
             "idempotency_key",
             &input.idempotency_key,
             &input.request,
@@ -543,8 +552,13 @@ impl App {
             order: Some(order),
             created: true,
         };
-        idempotency::complete(&mut tx, scope, &input.idempotency_key, &reply).await?;
-        store::settle_attempt(&mut tx, scope, &input.idempotency_key).await?;
+        idempotency::complete(&mut tx, scope, actor, &input.idempotency_key, &reply).await?;
+        store::settle_attempt(
+            &mut tx,
+            scope,
+            &idempotency::caller_key(actor, &input.idempotency_key),
+        )
+        .await?;
         tx.commit().await?;
         Ok(Placed::Committed(reply))
     }

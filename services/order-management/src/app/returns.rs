@@ -40,6 +40,9 @@ pub struct ReturnInput {
     pub location_id: String,
     pub items_received: bool,
     pub note: String,
+    /// The idempotency key of the restock when the items are in hand, derived from the call's
+    /// own key so that a retry of the call never restocks twice (`None`: from the return id).
+    pub restock_key: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -165,6 +168,7 @@ impl App {
         if let Claim::Replay(reply) = idempotency::claim::<_, CreateReturnResponse>(
             &mut tx,
             "CreateReturn",
+            actor,
             "idempotency_key",
             &request.idempotency_key,
             request,
@@ -181,7 +185,14 @@ impl App {
         let reply = CreateReturnResponse {
             order_return: Some(r.clone()),
         };
-        idempotency::complete(&mut tx, "CreateReturn", &request.idempotency_key, &reply).await?;
+        idempotency::complete(
+            &mut tx,
+            "CreateReturn",
+            actor,
+            &request.idempotency_key,
+            &reply,
+        )
+        .await?;
         tx.commit().await?;
         self.announce(&r.order_id).await;
         Ok(r)
@@ -243,7 +254,12 @@ impl App {
         order.updated_at = ts(now);
         store::insert_return(conn, &r).await?;
         if input.items_received {
-            self.receive(conn, order, &mut r, actor).await?;
+            let restock_key = input
+                .restock_key
+                .clone()
+                .unwrap_or_else(|| format!("return/{}/restock", r.id));
+            self.receive(conn, order, &mut r, &restock_key, actor)
+                .await?;
             store::update_return(conn, &r).await?;
         }
         store::update_order(conn, order).await?;
@@ -256,6 +272,7 @@ impl App {
         conn: &mut PgConnection,
         order: &mut Order,
         r: &mut Return,
+        restock_key: &str,
         actor: &str,
     ) -> Result<()> {
         let now = Utc::now();
@@ -274,7 +291,7 @@ impl App {
                 self.upstreams.stock.clone(),
                 record_movement,
                 inventory::RecordMovementRequest {
-                    idempotency_key: format!("return/{}/restock", r.id),
+                    idempotency_key: restock_key.to_owned(),
                     location_id: r.location_id.clone(),
                     kind: inventory::MovementKind::Return as i32,
                     lines: restock,
@@ -315,6 +332,7 @@ impl App {
         if let Claim::Replay(reply) = idempotency::claim::<_, ReceiveReturnResponse>(
             &mut tx,
             "ReceiveReturn",
+            actor,
             "idempotency_key",
             &request.idempotency_key,
             request,
@@ -350,14 +368,22 @@ impl App {
         }
         let order_id = Uuid::parse_str(&r.order_id).map_err(|_| Error::internal("order id"))?;
         let mut stored = Self::lock(&mut tx, order_id, "return_id").await?;
-        self.receive(&mut tx, &mut stored.order, &mut r, actor)
+        let restock_key = format!("return/{}/restock", r.id);
+        self.receive(&mut tx, &mut stored.order, &mut r, &restock_key, actor)
             .await?;
         store::update_return(&mut tx, &r).await?;
         store::update_order(&mut tx, &stored.order).await?;
         let reply = ReceiveReturnResponse {
             order_return: Some(r.clone()),
         };
-        idempotency::complete(&mut tx, "ReceiveReturn", &request.idempotency_key, &reply).await?;
+        idempotency::complete(
+            &mut tx,
+            "ReceiveReturn",
+            actor,
+            &request.idempotency_key,
+            &reply,
+        )
+        .await?;
         tx.commit().await?;
         self.announce(&r.order_id).await;
         Ok(r)
@@ -374,6 +400,7 @@ impl App {
         if let Claim::Replay(reply) = idempotency::claim::<_, RecordRefundResponse>(
             &mut tx,
             "RecordRefund",
+            actor,
             "idempotency_key",
             &request.idempotency_key,
             request,
@@ -412,7 +439,14 @@ impl App {
         let reply = RecordRefundResponse {
             order_return: Some(r.clone()),
         };
-        idempotency::complete(&mut tx, "RecordRefund", &request.idempotency_key, &reply).await?;
+        idempotency::complete(
+            &mut tx,
+            "RecordRefund",
+            actor,
+            &request.idempotency_key,
+            &reply,
+        )
+        .await?;
         tx.commit().await?;
         Ok(r)
     }
@@ -491,6 +525,7 @@ impl App {
             if let Claim::Replay(reply) = idempotency::claim::<_, CreateExchangeResponse>(
                 &mut tx,
                 "CreateExchange",
+                actor,
                 "idempotency_key",
                 &input.idempotency_key,
                 &input.request,
@@ -509,6 +544,11 @@ impl App {
                         location_id: input.location_id.clone(),
                         items_received: true,
                         note: format!("exchanged for order {}", replacement.order_number),
+                        restock_key: Some(idempotency::derived_key(
+                            "exchange/restock",
+                            actor,
+                            &input.idempotency_key,
+                        )),
                     },
                     replacement.id.clone(),
                     Some(replacement_total),
@@ -526,8 +566,14 @@ impl App {
                 replacement: Some(replacement.clone()),
                 difference: Some(money(difference, &currency(&replacement))),
             };
-            idempotency::complete(&mut tx, "CreateExchange", &input.idempotency_key, &reply)
-                .await?;
+            idempotency::complete(
+                &mut tx,
+                "CreateExchange",
+                actor,
+                &input.idempotency_key,
+                &reply,
+            )
+            .await?;
             tx.commit().await?;
             Ok::<_, Error>(reply)
         }

@@ -7,4 +7,5 @@ mod imports;
 mod journeys;
 mod metrics;
 mod rejections;
+mod scope;
 mod support;

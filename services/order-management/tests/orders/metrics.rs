@@ -128,6 +128,7 @@ async fn inventory_counts_its_hot_gate_decisions() {
                     quantity: 1,
                     location_ids: Vec::new(),
                 }],
+                channel_id: "web".into(),
                 ..Default::default()
             })
             .await;
