@@ -115,7 +115,9 @@ async fn observe(shop: &Shop, methods: &[String]) -> (BTreeMap<String, String>, 
         }
         rows.dedup();
         if rows.len() != 1 {
-            faults.push(format!("{method}: the services serving it disagree: {rows:?}"));
+            faults.push(format!(
+                "{method}: the services serving it disagree: {rows:?}"
+            ));
         }
         observed.insert(method.clone(), rows.join(" | "));
     }
@@ -171,9 +173,9 @@ async fn every_rpc_answers_every_role_as_the_policy_says() {
     for method in &methods {
         match (policy.get(method), observed.get(method)) {
             (None, _) => problems.push(format!("{method}: no row in the policy")),
-            (Some(want), Some(got)) if want != got => {
-                problems.push(format!("{method}: policy says {want}, the service allows {got}"))
-            }
+            (Some(want), Some(got)) if want != got => problems.push(format!(
+                "{method}: policy says {want}, the service allows {got}"
+            )),
             _ => {}
         }
     }
