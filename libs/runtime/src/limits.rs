@@ -3,7 +3,8 @@
 //! Every string field of every request is at most [`DEFAULT_MAX_CHARS`] characters unless its
 //! comment in `proto/` says `At most N characters.`; every bytes field at most
 //! [`DEFAULT_MAX_BYTES`]; every repeated field (and map) at most [`DEFAULT_MAX_ITEMS`] entries
-//! unless its comment says `At most N entries.`; messages nest at most [`MAX_DEPTH`] deep.
+//! unless its comment says `At most N entries.`; messages nest at most [`MAX_DEPTH`] deep; no
+//! string holds a NUL character (Postgres text cannot store one).
 //! [`InputLimitsLayer`] reads each request's encoded message against the method's input type
 //! from [`omni_proto::FILE_DESCRIPTOR_SET`] (a wire-level walk: nothing is decoded twice into
 //! Rust types) and answers a violation with `INVALID_ARGUMENT` naming every offending field as
@@ -252,6 +253,10 @@ impl Contracts {
                         name,
                         format!("must be at most {} characters", field.max_chars),
                     )),
+                    // Postgres text cannot hold U+0000, and no name, code or reference needs it.
+                    Ok(s) if s.contains('\0') => {
+                        out.push(FieldViolation::new(name, "must not contain NUL characters"));
+                    }
                     Ok(_) => {}
                     Err(_) => out.push(FieldViolation::new(name, "must be UTF-8")),
                 },
@@ -388,7 +393,6 @@ mod tests {
             lines: vec![orders::OrderLineInput {
                 sku_id: "é".repeat(DEFAULT_MAX_CHARS),
                 quantity: 1,
-                ..Default::default()
             }],
             ..Default::default()
         };
@@ -422,6 +426,17 @@ mod tests {
         let violations = contracts().check(PLACE, &many.encode_to_vec());
         assert_eq!(violations.len(), 1);
         assert_eq!(violations[0].field, "coupon_codes");
+    }
+
+    #[test]
+    fn nul_characters_are_refused() {
+        let nul = orders::PlaceOrderRequest {
+            channel_order_ref: "web\u{0}1".into(),
+            ..Default::default()
+        };
+        let violations = contracts().check(PLACE, &nul.encode_to_vec());
+        assert_eq!(violations.len(), 1);
+        assert_eq!(violations[0].field, "channel_order_ref");
     }
 
     #[test]
