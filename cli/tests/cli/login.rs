@@ -95,7 +95,10 @@ async fn an_api_key_logs_a_channel_app_into_its_own_profile() {
             kind: id::PrincipalKind::ChannelApp as i32,
             name: "pos-lyon".into(),
             roles: vec![id::Role::ChannelApp as i32],
-            scope: None,
+            scope: Some(id::Scope {
+                channel_ids: vec!["0193f4d2-0000-7000-8000-000000000001".into()],
+                store_ids: vec![],
+            }),
         })
         .await
         .expect("api key")

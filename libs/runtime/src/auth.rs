@@ -6,6 +6,15 @@
 //! or expired token with `UNAUTHENTICATED` and puts the caller's [`Principal`] into the request's
 //! extensions, where handlers check roles and scopes with [`principal`] and
 //! [`Principal::require_any`].
+//!
+//! Revocation: tokens are short-lived (identity's `OMNI_TOKEN_TTL_SECS`, 900 s by default), and
+//! a disabled principal's tokens stop working within about a second everywhere. identity keeps
+//! the deny list, a Redis sorted set ([`REVOKED_KEY`]: principal id → when it was disabled, in
+//! Unix seconds) rebuilt from its database, so it survives Redis losing its data; every service
+//! polls it ([`TokenVerifier::watch_revocations`]) and refuses a token issued at or before its
+//! principal's entry. Polling a set that holds only the last token lifetime's disablements
+//! costs one small read per second and nothing per call; if Redis cannot be read the last
+//! known list stays in force.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,6 +32,10 @@ const ISSUER: &str = "omni-identity";
 const AUDIENCE: &str = "omni";
 /// Metadata carrying the end user's principal id when a service calls on their behalf.
 pub const ON_BEHALF_OF: &str = "x-omni-on-behalf-of";
+/// The deny list of disabled principals (inside the deployment's Redis namespace).
+pub const REVOKED_KEY: &str = "omni:identity:revoked";
+/// How often services read the deny list.
+pub const REVOCATION_POLL: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -200,7 +213,10 @@ struct Claims {
 pub struct TokenVerifier {
     key: DecodingKey,
     validation: Validation,
-    verified: std::sync::Mutex<std::collections::HashMap<String, (Principal, i64)>>,
+    /// Token → (principal, issued at, expires at).
+    verified: std::sync::Mutex<std::collections::HashMap<String, (Principal, i64, i64)>>,
+    /// Principal id → tokens issued at or before this Unix second are revoked.
+    revoked: std::sync::RwLock<std::collections::HashMap<String, i64>>,
 }
 
 /// Verified tokens kept at most; the memory is forgotten wholesale beyond it.
@@ -225,28 +241,100 @@ impl TokenVerifier {
             key,
             validation,
             verified: std::sync::Mutex::new(std::collections::HashMap::new()),
+            revoked: std::sync::RwLock::new(std::collections::HashMap::new()),
         })
     }
 
     pub fn verify(&self, token: &str) -> Result<Principal, Error> {
         let now = Utc::now().timestamp();
-        if let Ok(verified) = self.verified.lock()
-            && let Some((principal, exp)) = verified.get(token)
-            && *exp > now
-        {
-            return Ok(principal.clone());
-        }
-        let (principal, exp) = self.verify_signature(token)?;
-        if let Ok(mut verified) = self.verified.lock() {
-            if verified.len() >= VERIFIED_CAPACITY {
-                verified.clear();
+        let remembered = self.verified.lock().ok().and_then(|verified| {
+            verified
+                .get(token)
+                .filter(|(_, _, exp)| *exp > now)
+                .map(|(principal, iat, _)| (principal.clone(), *iat))
+        });
+        let (principal, iat) = match remembered {
+            Some(found) => found,
+            None => {
+                let (principal, iat, exp) = self.verify_signature(token)?;
+                if let Ok(mut verified) = self.verified.lock() {
+                    if verified.len() >= VERIFIED_CAPACITY {
+                        verified.clear();
+                    }
+                    verified.insert(token.to_owned(), (principal.clone(), iat, exp));
+                }
+                (principal, iat)
             }
-            verified.insert(token.to_owned(), (principal.clone(), exp));
+        };
+        if self.is_revoked(&principal.id, iat) {
+            return Err(Error::unauthenticated(
+                "the token was revoked: its principal is disabled",
+            ));
         }
         Ok(principal)
     }
 
-    fn verify_signature(&self, token: &str) -> Result<(Principal, i64), Error> {
+    /// Whether a token of `principal_id` issued at `issued_at` (Unix seconds) is revoked.
+    fn is_revoked(&self, principal_id: &str, issued_at: i64) -> bool {
+        self.revoked
+            .read()
+            .ok()
+            .and_then(|revoked| revoked.get(principal_id).copied())
+            .is_some_and(|disabled_at| issued_at <= disabled_at)
+    }
+
+    /// Replaces the deny list: principal id → tokens issued at or before it are refused.
+    pub fn set_revoked(&self, revoked: std::collections::HashMap<String, i64>) {
+        if let Ok(mut current) = self.revoked.write() {
+            *current = revoked;
+        }
+    }
+
+    /// Keeps the deny list in step with [`REVOKED_KEY`] until `shutdown`.
+    pub async fn watch_revocations(
+        self: Arc<Self>,
+        redis: crate::redis::Redis,
+        every: Duration,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) {
+        let key = redis.key(REVOKED_KEY);
+        let mut conn = redis.conn();
+        let mut failing = false;
+        loop {
+            let read: redis::RedisResult<Vec<(String, f64)>> = redis::cmd("ZRANGE")
+                .arg(&key)
+                .arg(0)
+                .arg(-1)
+                .arg("WITHSCORES")
+                .query_async(&mut conn)
+                .await;
+            match read {
+                Ok(entries) => {
+                    if failing {
+                        tracing::info!("the deny list of disabled principals is readable again");
+                        failing = false;
+                    }
+                    self.set_revoked(
+                        entries
+                            .into_iter()
+                            .map(|(id, at)| (id, at as i64))
+                            .collect(),
+                    );
+                }
+                Err(e) if !failing => {
+                    tracing::warn!(error = %e, "cannot read the deny list; keeping the last one");
+                    failing = true;
+                }
+                Err(_) => {}
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(every) => {}
+            }
+        }
+    }
+
+    fn verify_signature(&self, token: &str) -> Result<(Principal, i64, i64), Error> {
         let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(
             |e| match e.kind() {
                 jsonwebtoken::errors::ErrorKind::ExpiredSignature => {
@@ -256,7 +344,7 @@ impl TokenVerifier {
             },
         )?;
         let claims = data.claims;
-        let exp = claims.exp;
+        let (iat, exp) = (claims.iat, claims.exp);
         Ok((
             Principal {
                 id: claims.sub,
@@ -266,6 +354,7 @@ impl TokenVerifier {
                 scope: claims.scope,
                 on_behalf_of: None,
             },
+            iat,
             exp,
         ))
     }
@@ -472,6 +561,43 @@ mod tests {
             foreign.verify(&token),
             Err(Error::Unauthenticated(_))
         ));
+    }
+
+    #[test]
+    fn tokens_issued_before_a_revocation_are_refused() {
+        let keys = KeyPair::generate().unwrap();
+        let signer =
+            TokenSigner::from_private_pem(keys.private_pem.expose(), Duration::from_secs(600))
+                .unwrap();
+        let verifier = signer.verifier().unwrap();
+        let ana = staff(vec![Role::Analyst]);
+        let now = Utc::now();
+        let (old, _) = signer
+            .sign_at(
+                &ana,
+                now - chrono::Duration::seconds(60),
+                Duration::from_secs(600),
+            )
+            .unwrap();
+        let (fresh, _) = signer.sign_at(&ana, now, Duration::from_secs(600)).unwrap();
+        // Verified (and remembered) before the revocation, refused after it.
+        assert!(verifier.verify(&old).is_ok());
+        let disabled_at = (now - chrono::Duration::seconds(30)).timestamp();
+        verifier.set_revoked([(ana.id.clone(), disabled_at)].into());
+        let refused = verifier.verify(&old).unwrap_err();
+        assert!(refused.to_string().contains("revoked"), "{refused}");
+        // A token issued after the principal was disabled (and re-enabled) is fine, as are
+        // other principals' tokens.
+        assert!(verifier.verify(&fresh).is_ok());
+        let (other, _) = signer
+            .sign(&Principal {
+                id: "p2".into(),
+                ..ana.clone()
+            })
+            .unwrap();
+        assert!(verifier.verify(&other).is_ok());
+        verifier.set_revoked(Default::default());
+        assert!(verifier.verify(&old).is_ok());
     }
 
     #[test]

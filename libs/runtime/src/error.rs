@@ -43,6 +43,12 @@ pub enum Error {
     /// A dependency (Postgres, Redis, another service) cannot be reached.
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// The caller went over a limit; it may try again after `retry_after`.
+    #[error("resource exhausted: {message}")]
+    ResourceExhausted {
+        message: String,
+        retry_after: std::time::Duration,
+    },
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
@@ -375,6 +381,14 @@ impl From<Error> for Status {
                 tracing::warn!(reason = %m, "dependency unavailable");
                 Status::unavailable(m)
             }
+            Error::ResourceExhausted {
+                message,
+                retry_after,
+            } => Status::with_error_details(
+                Code::ResourceExhausted,
+                message,
+                ErrorDetails::with_retry_info(Some(retry_after)),
+            ),
             Error::Internal(e) => {
                 let trace_id = crate::telemetry::current_trace_id();
                 tracing::error!(error = ?e, %trace_id, "internal error");

@@ -89,6 +89,16 @@ impl Host {
         self.readiness.clone()
     }
 
+    /// Keeps `verifier`'s deny list of disabled principals in step with identity's until
+    /// shutdown (see [`crate::auth`]).
+    pub fn watch_revocations(&self, verifier: &Arc<crate::auth::TokenVerifier>, redis: &Redis) {
+        tokio::spawn(verifier.clone().watch_revocations(
+            redis.clone(),
+            crate::auth::REVOCATION_POLL,
+            self.shutdown.clone(),
+        ));
+    }
+
     /// Serves `routes` (each wrapped in an interceptor holding [`Host::readiness`]) with
     /// health and reflection until shutdown. `startup` (migrations, background workers) runs
     /// meanwhile; when it succeeds the service becomes ready, and health follows `pool` and

@@ -364,6 +364,7 @@ pub async fn identity_with(common: CommonConfig) -> anyhow::Result<Service> {
         token_ttl: Duration::from_secs(900),
         default_calling_code: "44".to_owned(),
         bootstrap_admin: None,
+        signin_limits: identity::throttle::Limits::default(),
     };
     Service::start("identity", common, move |listener, shutdown| {
         identity::run(config, listener, shutdown)

@@ -68,6 +68,7 @@ pub async fn run(
         cache: cache::Cache::new(redis.clone()),
     };
     let grpc = grpc::Grpc::new(app);
+    host.watch_revocations(&verifier, &redis);
     let auth = ServerAuth::new(verifier, host.readiness());
     let routes = Routes::new(ChannelServiceServer::with_interceptor(
         grpc.clone(),

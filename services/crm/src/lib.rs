@@ -89,6 +89,7 @@ pub async fn run(
     let grpc = grpc::Grpc::new(pool.clone(), outbox.clone());
     let handler = Arc::new(events::Events { grpc: grpc.clone() });
     let dead_letters = DeadLetters::new(SERVICE_NAME, pool.clone(), redis.clone(), handler.clone());
+    host.watch_revocations(&verifier, &redis);
     let auth = ServerAuth::new(verifier, host.readiness());
     let routes = Routes::new(CustomerViewServiceServer::with_interceptor(
         grpc.clone(),

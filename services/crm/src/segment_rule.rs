@@ -16,6 +16,10 @@
 //! ```
 //!
 //! e.g. `bought(category = "c-123", within_days = 30) and not bought(channel_kind = "store")`.
+//!
+//! A rule is at most [`MAX_RULE_CHARS`] characters and `not`/parentheses nest at most
+//! [`MAX_NESTING`] deep, so parsing, evaluating and dropping a rule never recurse deeper than
+//! a few hundred frames whatever a caller sends (the contract states both limits).
 
 use std::collections::HashSet;
 
@@ -23,6 +27,11 @@ use chrono::{DateTime, Duration, Utc};
 
 use crate::facts::Facts;
 use crate::rfm;
+
+/// The longest rule accepted, in characters.
+pub const MAX_RULE_CHARS: usize = 2_000;
+/// How deep `not` and parentheses may nest.
+pub const MAX_NESTING: usize = 32;
 
 /// Where and why a rule does not parse; `column` is 1-based.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -206,6 +215,8 @@ struct Parser {
     tokens: Vec<(usize, Token)>,
     pos: usize,
     end: usize,
+    /// `not`s and open parentheses around the current position.
+    nesting: usize,
 }
 
 impl Parser {
@@ -264,14 +275,31 @@ impl Parser {
         Ok(left)
     }
 
+    /// Enters one more level of `not` or parentheses.
+    fn nest(&mut self) -> Result<(), ParseError> {
+        if self.nesting == MAX_NESTING {
+            return self.fail(format!(
+                "'not' and parentheses nest more than {MAX_NESTING} deep"
+            ));
+        }
+        self.nesting += 1;
+        Ok(())
+    }
+
     fn unary(&mut self) -> Result<Expr, ParseError> {
-        if self.keyword("not") {
-            return Ok(Expr::Not(Box::new(self.unary()?)));
+        if matches!(self.peek(), Some(Token::Ident(w)) if w == "not") {
+            self.nest()?;
+            self.pos += 1;
+            let inner = self.unary()?;
+            self.nesting -= 1;
+            return Ok(Expr::Not(Box::new(inner)));
         }
         if self.peek() == Some(&Token::Open) {
+            self.nest()?;
             self.pos += 1;
             let inner = self.or()?;
             self.expect(Token::Close, "')'")?;
+            self.nesting -= 1;
             return Ok(inner);
         }
         let column = self.column();
@@ -415,11 +443,19 @@ impl Parser {
 
 /// Parses a rule; an empty rule or trailing input is an error.
 pub fn parse(src: &str) -> Result<Expr, ParseError> {
+    let chars = src.chars().count();
+    if chars > MAX_RULE_CHARS {
+        return Err(ParseError {
+            column: MAX_RULE_CHARS + 1,
+            message: format!("the rule is longer than {MAX_RULE_CHARS} characters"),
+        });
+    }
     let tokens = tokenize(src)?;
     let mut p = Parser {
         tokens,
         pos: 0,
-        end: src.chars().count() + 1,
+        end: chars + 1,
+        nesting: 0,
     };
     if p.peek().is_none() {
         return p.fail("the rule is empty");
@@ -556,5 +592,28 @@ mod tests {
         assert_eq!(col("(tier = \"gold\""), 15);
         assert_eq!(col("tier = \"gold"), 8);
         assert!(parse("rfm.monetary >= 4 or lifecycle = \"at_risk\"").is_ok());
+    }
+
+    #[test]
+    fn nesting_and_length_are_bounded() {
+        let leaf = "order_count > 1";
+        let nots = |n: usize| format!("{}{leaf}", "not ".repeat(n));
+        let parens = |n: usize| format!("{}{leaf}{}", "(".repeat(n), ")".repeat(n));
+        assert!(parse(&nots(MAX_NESTING)).is_ok());
+        assert!(parse(&parens(MAX_NESTING)).is_ok());
+        // One level more is refused where it starts, long before the stack is at risk.
+        let e = parse(&nots(MAX_NESTING + 1)).unwrap_err();
+        assert_eq!(e.column, 4 * MAX_NESTING + 1);
+        assert!(e.message.contains("nest"), "{e}");
+        assert!(parse(&parens(MAX_NESTING + 1)).is_err());
+        // Siblings do not add up: nesting is depth, not count.
+        let siblings = vec![format!("not {leaf}"); 60].join(" and ");
+        assert!(parse(&siblings).is_ok());
+        // A hostile rule of any size is refused without recursing through it.
+        let e = parse(&nots(1_000_000)).unwrap_err();
+        assert_eq!(e.column, MAX_RULE_CHARS + 1);
+        let longest = format!("{leaf}{}", " ".repeat(MAX_RULE_CHARS - leaf.len()));
+        assert!(parse(&longest).is_ok());
+        assert!(parse(&format!("{longest} ")).is_err());
     }
 }

@@ -9,13 +9,16 @@ use omni_proto::events::{
 };
 use omni_runtime::auth::{Principal, PrincipalKind, Role, Scope, TokenSigner};
 use omni_runtime::outbox::Outbox;
+use omni_runtime::redis::Redis;
 use omni_runtime::{Error, Result};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::credentials;
 use crate::domain::{self, MemberNumber, Phone, Resolution};
+use crate::revocations;
 use crate::store::{self, Customer, PrincipalRow};
+use crate::throttle::Throttle;
 
 /// A channel account as the caller named it.
 #[derive(Debug, Clone)]
@@ -55,6 +58,9 @@ pub struct App {
     pub pool: PgPool,
     pub outbox: Outbox,
     pub signer: Arc<TokenSigner>,
+    /// For the deny list of disabled principals.
+    pub redis: Redis,
+    pub throttle: Throttle,
 }
 
 /// A resolve attempt that lost a race and must start over with a fresh snapshot.
@@ -489,11 +495,23 @@ impl App {
         Ok((row, key.key))
     }
 
+    /// Disables a principal: it can no longer sign in, and its live tokens are refused by
+    /// every service within about a second (the deny list; if Redis cannot be written now,
+    /// the next rebuild from the database adds it, see [`revocations`]).
     pub async fn disable(&self, id: Uuid) -> Result<PrincipalRow> {
         let mut conn = self.pool.acquire().await?;
-        store::disable_principal(&mut conn, id)
+        let row = store::disable_principal(&mut conn, id)
             .await?
-            .ok_or_else(|| Error::not_found(format!("principal {id}")))
+            .ok_or_else(|| Error::not_found(format!("principal {id}")))?;
+        drop(conn);
+        let disabled_at = row
+            .disabled_at
+            .ok_or_else(|| Error::internal("a disabled principal without disabled_at"))?;
+        if let Err(e) = revocations::publish(&self.redis, id, disabled_at).await {
+            tracing::warn!(error = %e, principal_id = %id, "deny list not written; the next rebuild adds it");
+        }
+        tracing::info!(principal_id = %id, "principal disabled");
+        Ok(row)
     }
 
     /// Checks a password; every failure looks the same to the caller.

@@ -18,6 +18,10 @@ pub struct Config {
     /// An admin created (or whose password is reset) at start, for first access
     /// (`OMNI_BOOTSTRAP_ADMIN_LOGIN` and `OMNI_BOOTSTRAP_ADMIN_PASSWORD`, both or neither).
     pub bootstrap_admin: Option<(String, Secret<String>)>,
+    /// Failed sign-ins allowed per login and per peer address in a window
+    /// (`OMNI_SIGNIN_FAILURES_PER_LOGIN` default 10, `OMNI_SIGNIN_FAILURES_PER_PEER` default
+    /// 100, `OMNI_SIGNIN_WINDOW_SECS` default 300); see [`crate::throttle`].
+    pub signin_limits: crate::throttle::Limits,
 }
 
 impl Config {
@@ -79,7 +83,29 @@ impl Config {
                 ));
             }
         };
+        let defaults = crate::throttle::Limits::default();
+        let signin_limits = crate::throttle::Limits {
+            per_login: config::parse_or("OMNI_SIGNIN_FAILURES_PER_LOGIN", defaults.per_login)?,
+            per_peer: config::parse_or("OMNI_SIGNIN_FAILURES_PER_PEER", defaults.per_peer)?,
+            window: Duration::from_secs(config::parse_or(
+                "OMNI_SIGNIN_WINDOW_SECS",
+                defaults.window.as_secs(),
+            )?),
+        };
+        if signin_limits.per_login == 0 || signin_limits.per_peer == 0 {
+            return Err(ConfigError::new(
+                "OMNI_SIGNIN_FAILURES_PER_LOGIN",
+                "sign-in failure limits must be at least 1",
+            ));
+        }
+        if signin_limits.window.is_zero() {
+            return Err(ConfigError::new(
+                "OMNI_SIGNIN_WINDOW_SECS",
+                "must be at least 1",
+            ));
+        }
         Ok(Self {
+            signin_limits,
             common,
             signing_key_pem: Secret::new(signing_key_pem),
             token_ttl,

@@ -16,6 +16,7 @@ use uuid::Uuid;
 use crate::app::{AccountKey, App, CustomerKey, ResolveInput};
 use crate::domain::{self, MemberNumber, Phone};
 use crate::store::{Customer, PrincipalRow};
+use crate::throttle::Attempt;
 
 /// Roles that act for a channel: they may resolve customers and record consent.
 const CHANNEL_ROLES: &[Role] = &[
@@ -168,6 +169,26 @@ fn scope(v: &mut Violations, raw: Option<pb::Scope>) -> Scope {
     Scope {
         channels: raw.channel_ids,
         stores: raw.store_ids,
+    }
+}
+
+/// A scope of "everything" is for roles that are not tied to a place: a store associate is
+/// limited to at least one store, and a channel app to at least one channel (an empty list
+/// would mean all of them).
+fn require_bounded_scope(v: &mut Violations, kind: PrincipalKind, roles: &[Role], scope: &Scope) {
+    if roles.contains(&Role::StoreAssociate) && scope.stores.is_empty() {
+        v.add(
+            "scope.store_ids",
+            "a store associate must be limited to at least one store",
+        );
+    }
+    if (kind == PrincipalKind::ChannelApp || roles.contains(&Role::ChannelApp))
+        && scope.channels.is_empty()
+    {
+        v.add(
+            "scope.channel_ids",
+            "a channel app must be limited to at least one channel",
+        );
     }
 }
 
@@ -360,6 +381,7 @@ impl PrincipalService for Grpc {
         };
         let roles = roles(&mut v, &req.roles);
         let scope = scope(&mut v, req.scope);
+        require_bounded_scope(&mut v, PrincipalKind::Staff, &roles, &scope);
         v.finish()?;
         let login = login.ok_or_else(|| Error::internal("validated login missing"))?;
         let row = self
@@ -393,6 +415,9 @@ impl PrincipalService for Grpc {
         let name = v.check("name", domain::parse_name(&req.name));
         let roles = roles(&mut v, &req.roles);
         let scope = scope(&mut v, req.scope);
+        if let Some(kind) = kind {
+            require_bounded_scope(&mut v, kind, &roles, &scope);
+        }
         v.finish()?;
         let (Some(kind), Some(name)) = (kind, name) else {
             return Err(Error::internal("validated fields missing").into());
@@ -428,7 +453,9 @@ impl AuthService for Grpc {
         request: Request<pb::AuthenticateRequest>,
     ) -> std::result::Result<Response<pb::AuthenticateResponse>, Status> {
         use pb::authenticate_request::Credential;
-        let row = match request.into_inner().credential {
+        let peer = request.remote_addr().map(|a| a.ip());
+        let credential = request.into_inner().credential;
+        let login = match &credential {
             Some(Credential::Password(p)) => {
                 let mut v = Violations::new();
                 if p.login.trim().is_empty() {
@@ -438,14 +465,37 @@ impl AuthService for Grpc {
                     v.add("credential.password.password", "is required");
                 }
                 v.finish()?;
-                self.app
-                    .authenticate_password(&p.login.trim().to_ascii_lowercase(), &p.password)
-                    .await?
+                format!("staff:{}", p.login.trim().to_ascii_lowercase())
             }
-            Some(Credential::ApiKey(key)) => self.app.authenticate_api_key(key.trim()).await?,
+            Some(Credential::ApiKey(key)) => format!(
+                "key:{}",
+                crate::credentials::api_key_prefix(key.trim()).unwrap_or("-")
+            ),
             None => {
                 return Err(Error::invalid("credential", "give a password or an api_key").into());
             }
+        };
+        let attempt = Attempt { login, peer };
+        self.app.throttle.check(&attempt).await?;
+        let outcome = match credential {
+            Some(Credential::Password(p)) => {
+                self.app
+                    .authenticate_password(&p.login.trim().to_ascii_lowercase(), &p.password)
+                    .await
+            }
+            Some(Credential::ApiKey(key)) => self.app.authenticate_api_key(key.trim()).await,
+            None => Err(Error::internal("validated credential missing")),
+        };
+        let row = match outcome {
+            Ok(row) => {
+                self.app.throttle.succeeded(&attempt).await;
+                row
+            }
+            Err(e @ Error::Unauthenticated(_)) => {
+                self.app.throttle.failed(&attempt).await;
+                return Err(e.into());
+            }
+            Err(e) => return Err(e.into()),
         };
         let (token, expires_at) = self.app.issue_token(&row)?;
         tracing::info!(principal_id = %row.id, "authenticated");

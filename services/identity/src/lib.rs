@@ -10,7 +10,9 @@ pub mod config;
 pub mod credentials;
 pub mod domain;
 pub mod grpc;
+pub mod revocations;
 pub mod store;
+pub mod throttle;
 
 use std::sync::Arc;
 
@@ -65,8 +67,11 @@ pub async fn run(
         pool: pool.clone(),
         outbox: outbox.clone(),
         signer,
+        redis: redis.clone(),
+        throttle: throttle::Throttle::new(redis.clone(), config.signin_limits),
     };
     let grpc = grpc::Grpc::new(app, config.default_calling_code.clone());
+    host.watch_revocations(&verifier, &redis);
     let auth = ServerAuth::new(verifier, host.readiness());
     // AuthService needs no token: it is how callers get one.
     let routes = Routes::new(IdentityServiceServer::with_interceptor(
@@ -92,6 +97,12 @@ pub async fn run(
                 store::upsert_bootstrap_admin(&mut conn, login, &hash).await?;
                 tracing::info!(login = %login, "bootstrap admin ready");
             }
+            tokio::spawn(revocations::keep_in_step(
+                pool.clone(),
+                redis.clone(),
+                config.token_ttl,
+                shutdown.clone(),
+            ));
             tokio::spawn(
                 outbox
                     .relay(pool, redis, config.common.outbox_poll)

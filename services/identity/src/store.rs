@@ -320,11 +320,12 @@ pub struct PrincipalRow {
     pub scope_channels: Vec<String>,
     pub scope_stores: Vec<String>,
     pub disabled: bool,
+    pub disabled_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
 }
 
 const PRINCIPAL_COLUMNS: &str = "id, kind, name, display_name, password_hash, api_key_hash, \
-     roles, scope_channels, scope_stores, disabled, created_at";
+     roles, scope_channels, scope_stores, disabled, disabled_at, created_at";
 
 pub struct NewPrincipal<'a> {
     pub id: Uuid,
@@ -393,11 +394,24 @@ pub async fn disable_principal(
     id: Uuid,
 ) -> Result<Option<PrincipalRow>, sqlx::Error> {
     sqlx::query_as(AssertSqlSafe(format!(
-        "UPDATE principals SET disabled = true WHERE id = $1 RETURNING {PRINCIPAL_COLUMNS}"
+        "UPDATE principals SET disabled = true, \
+         disabled_at = CASE WHEN disabled THEN disabled_at ELSE now() END \
+         WHERE id = $1 RETURNING {PRINCIPAL_COLUMNS}"
     )))
     .bind(id)
     .fetch_optional(conn)
     .await
+}
+
+/// Principals disabled at or after `since`, with when.
+pub async fn disabled_since(
+    conn: &mut PgConnection,
+    since: DateTime<Utc>,
+) -> Result<Vec<(Uuid, DateTime<Utc>)>, sqlx::Error> {
+    sqlx::query_as("SELECT id, disabled_at FROM principals WHERE disabled AND disabled_at >= $1")
+        .bind(since)
+        .fetch_all(conn)
+        .await
 }
 
 /// Creates the bootstrap admin, or resets its password and re-enables it.
@@ -410,7 +424,7 @@ pub async fn upsert_bootstrap_admin(
         "INSERT INTO principals (id, kind, name, display_name, password_hash, roles, created_by) \
          VALUES ($1, 'staff', $2, 'Administrator', $3, ARRAY['admin'], 'bootstrap') \
          ON CONFLICT (name) WHERE kind = 'staff' \
-         DO UPDATE SET password_hash = excluded.password_hash, disabled = false, \
+         DO UPDATE SET password_hash = excluded.password_hash, disabled = false, disabled_at = NULL, \
          roles = CASE WHEN 'admin' = ANY(principals.roles) THEN principals.roles \
                       ELSE principals.roles || ARRAY['admin'] END",
     )

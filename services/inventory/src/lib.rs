@@ -88,6 +88,7 @@ pub async fn run(
     let grpc = grpc::Grpc::new(app.clone());
     // Unit costs from the catalog, for inventory values.
     let costs = Arc::new(valuation::Costs);
+    host.watch_revocations(&verifier, &redis);
     let auth = ServerAuth::new(verifier, host.readiness());
     let routes = Routes::new(LocationServiceServer::with_interceptor(
         grpc.clone(),

@@ -72,6 +72,7 @@ pub async fn run(
         },
     );
     let grpc = grpc::Grpc::new(app.clone());
+    host.watch_revocations(&verifier, &redis);
     let auth = ServerAuth::new(verifier, host.readiness());
     let routes = Routes::new(OrderServiceServer::with_interceptor(
         grpc.clone(),

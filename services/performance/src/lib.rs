@@ -129,6 +129,7 @@ pub async fn run_with(
     let outbox = Outbox::new(SERVICE_NAME);
     let experiments =
         experiments::Experiments::new(pool.clone(), outbox.clone(), config.currency.clone());
+    host.watch_revocations(&verifier, &redis);
     let auth = ServerAuth::new(verifier, host.readiness());
     let routes = Routes::new(InputServiceServer::with_interceptor(
         grpc.clone(),

@@ -694,7 +694,10 @@ async fn staff_and_services_authenticate_for_tokens_that_work() {
             password: "correct horse battery".into(),
             display_name: "Ana".into(),
             roles: vec![pb::Role::StoreAssociate as i32],
-            scope: None,
+            scope: Some(pb::Scope {
+                channel_ids: vec![],
+                store_ids: vec![uuid::Uuid::now_v7().to_string()],
+            }),
         })
         .await
         .expect("create staff")
@@ -806,6 +809,27 @@ async fn staff_and_services_authenticate_for_tokens_that_work() {
         .await
         .expect_err("disabled");
     assert_eq!(err.code(), Code::Unauthenticated);
+    // Nor does the token it already holds: every service polls identity's deny list.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(15);
+    let refused = loop {
+        match as_service.resolve_customer(by_phone("+447700900707")).await {
+            Err(e) => break e,
+            Ok(_) => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "a disabled principal's token still works"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    };
+    assert_eq!(refused.code(), Code::Unauthenticated);
+    assert!(refused.message().contains("revoked"), "{refused:?}");
+    // Others' tokens are untouched.
+    as_ana
+        .resolve_customer(by_phone("+447700900606"))
+        .await
+        .expect("ana's token still works");
     let err = auth
         .authenticate(pb::AuthenticateRequest { credential: None })
         .await
@@ -822,4 +846,150 @@ async fn staff_and_services_authenticate_for_tokens_that_work() {
         omni_runtime::auth::TokenVerifier::from_public_pem(&public.public_key_pem).expect("pem");
     let verified = verifier.verify(&session.access_token).expect("verifies");
     assert_eq!(verified.roles, vec![Role::StoreAssociate]);
+}
+
+#[tokio::test]
+async fn failed_sign_ins_are_throttled_per_login_and_per_peer() {
+    let svc = omni_testkit::identity().await.expect("identity");
+    let limits = identity::throttle::Limits::default();
+    let mut principals = PrincipalServiceClient::new(svc.admin());
+    let mut auth = AuthServiceClient::new(svc.channel());
+    principals
+        .create_staff(pb::CreateStaffRequest {
+            login: "rita".into(),
+            password: "correct horse battery".into(),
+            display_name: "Rita".into(),
+            roles: vec![pb::Role::Analyst as i32],
+            scope: None,
+        })
+        .await
+        .expect("staff");
+    let key = principals
+        .create_api_key(pb::CreateApiKeyRequest {
+            kind: pb::PrincipalKind::Service as i32,
+            name: "crm".into(),
+            roles: vec![pb::Role::Service as i32],
+            scope: None,
+        })
+        .await
+        .expect("api key")
+        .into_inner()
+        .api_key;
+    let password = |pw: &str| pb::AuthenticateRequest {
+        credential: Some(pb::authenticate_request::Credential::Password(
+            pb::PasswordCredential {
+                login: "rita".into(),
+                password: pw.into(),
+            },
+        )),
+    };
+    let api_key = |k: &str| pb::AuthenticateRequest {
+        credential: Some(pb::authenticate_request::Credential::ApiKey(k.into())),
+    };
+
+    // A success clears the login's count, so only consecutive failures add up.
+    for _ in 0..limits.per_login - 1 {
+        let err = auth
+            .authenticate(password("a wrong guess!"))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::Unauthenticated);
+    }
+    auth.authenticate(password("correct horse battery"))
+        .await
+        .expect("under the limit");
+    for _ in 0..limits.per_login {
+        let err = auth
+            .authenticate(password("a wrong guess!"))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::Unauthenticated);
+    }
+    let err = auth
+        .authenticate(password("correct horse battery"))
+        .await
+        .expect_err("the login is locked for the window, even with the right password");
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(err.message().contains("this login"), "{err:?}");
+    let retry = err.get_details_retry_info().expect("retry info");
+    let delay = retry.retry_delay.expect("a delay");
+    assert!(delay > std::time::Duration::ZERO && delay <= limits.window);
+
+    // Other logins from the same peer still sign in, until the peer's own limit.
+    auth.authenticate(api_key(&key))
+        .await
+        .expect("another login");
+    let failed_so_far = 2 * limits.per_login - 1;
+    for i in failed_so_far..limits.per_peer {
+        let err = auth
+            .authenticate(api_key(&format!("omni_guess{i:05}_{}", "x".repeat(32))))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+    }
+    let err = auth
+        .authenticate(api_key(&key))
+        .await
+        .expect_err("the peer is over its limit");
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(err.message().contains("this address"), "{err:?}");
+}
+
+#[tokio::test]
+async fn store_associates_and_channel_apps_need_a_bounded_scope() {
+    let svc = omni_testkit::identity().await.expect("identity");
+    let mut principals = PrincipalServiceClient::new(svc.admin());
+    let err = principals
+        .create_staff(pb::CreateStaffRequest {
+            login: "sam".into(),
+            password: "a long enough password".into(),
+            display_name: "Sam".into(),
+            roles: vec![pb::Role::StoreAssociate as i32],
+            scope: Some(pb::Scope {
+                channel_ids: vec![uuid::Uuid::now_v7().to_string()],
+                store_ids: vec![],
+            }),
+        })
+        .await
+        .expect_err("an associate of every store");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert_eq!(fields(&err), ["scope.store_ids"]);
+    let err = principals
+        .create_api_key(pb::CreateApiKeyRequest {
+            kind: pb::PrincipalKind::ChannelApp as i32,
+            name: "pos".into(),
+            roles: vec![pb::Role::ChannelApp as i32],
+            scope: None,
+        })
+        .await
+        .expect_err("an app of every channel");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert_eq!(fields(&err), ["scope.channel_ids"]);
+
+    // Nothing was created: the login is still free.
+    principals
+        .create_staff(pb::CreateStaffRequest {
+            login: "sam".into(),
+            password: "a long enough password".into(),
+            display_name: "Sam".into(),
+            roles: vec![pb::Role::StoreAssociate as i32],
+            scope: Some(pb::Scope {
+                channel_ids: vec![],
+                store_ids: vec![uuid::Uuid::now_v7().to_string()],
+            }),
+        })
+        .await
+        .expect("bounded to one store");
+    principals
+        .create_api_key(pb::CreateApiKeyRequest {
+            kind: pb::PrincipalKind::ChannelApp as i32,
+            name: "pos".into(),
+            roles: vec![pb::Role::ChannelApp as i32],
+            scope: Some(pb::Scope {
+                channel_ids: vec![uuid::Uuid::now_v7().to_string()],
+                store_ids: vec![],
+            }),
+        })
+        .await
+        .expect("bounded to one channel");
 }

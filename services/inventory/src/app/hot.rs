@@ -524,6 +524,13 @@ fn clone_error(e: &Error) -> Error {
         Error::Unauthenticated(m) => Error::Unauthenticated(m.clone()),
         Error::PermissionDenied(m) => Error::PermissionDenied(m.clone()),
         Error::Unavailable(m) => Error::Unavailable(m.clone()),
+        Error::ResourceExhausted {
+            message,
+            retry_after,
+        } => Error::ResourceExhausted {
+            message: message.clone(),
+            retry_after: *retry_after,
+        },
         Error::Internal(e) => Error::Internal(anyhow::anyhow!("{e:#}")),
     }
 }
