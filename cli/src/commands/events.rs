@@ -1,5 +1,5 @@
 //! `omni events`: the dead letters of a service's event consumer (crm, performance,
-//! inventory): events it refused for good, listed with their error and replayed once the cause
+//! inventory, orders): events it refused for good, listed with their error and replayed once the cause
 //! is mended (admin).
 
 use clap::{Subcommand, ValueEnum};
@@ -17,6 +17,7 @@ pub enum Consumer {
     Crm,
     Performance,
     Inventory,
+    Orders,
 }
 
 impl From<Consumer> for Service {
@@ -25,6 +26,7 @@ impl From<Consumer> for Service {
             Consumer::Crm => Service::Crm,
             Consumer::Performance => Service::Performance,
             Consumer::Inventory => Service::Inventory,
+            Consumer::Orders => Service::Orders,
         }
     }
 }

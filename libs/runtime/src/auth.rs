@@ -120,6 +120,49 @@ impl Scope {
         self.stores.is_empty() || self.stores.iter().any(|s| s == store_id)
     }
 
+    /// Whether the scope reaches a record (an order, a ticket, an interaction) taken in
+    /// `channel_id` and touching `stores` (where it was taken, picked up, fulfilled).
+    ///
+    /// The scope rule, the same in every service: a scope limited to stores reaches the
+    /// records that touch one of its stores, whatever channel took them (an associate hands
+    /// over an e-shop order collected at its store); a scope limited to channels only reaches
+    /// its channels' records; an unlimited scope reaches everything. A record tied to no
+    /// channel and no store is the customer's own and reached by every scope.
+    pub fn reaches<'a>(&self, channel_id: &str, stores: impl IntoIterator<Item = &'a str>) -> bool {
+        let mut stores = stores.into_iter().filter(|s| !s.is_empty()).peekable();
+        if channel_id.is_empty() && stores.peek().is_none() {
+            return true;
+        }
+        if self.stores.is_empty() {
+            return self.allows_channel(channel_id);
+        }
+        stores.any(|s| self.allows_store(s))
+    }
+
+    /// The channels a channel-level read (live sales, traffic, spend) covers: those `asked`
+    /// (every channel when empty), within the scope. A scope listing channels reads only those
+    /// (all of them when none is asked); a scope limited to stores and no channel cannot read
+    /// channel figures. `PERMISSION_DENIED` names the first channel out of scope.
+    pub fn channels_within(&self, asked: &[String]) -> Result<Vec<String>, Error> {
+        if self.channels.is_empty() {
+            if !self.stores.is_empty() {
+                return Err(Error::permission_denied(
+                    "channel figures need a channel in the caller's scope; it lists stores only",
+                ));
+            }
+            return Ok(asked.to_vec());
+        }
+        if asked.is_empty() {
+            return Ok(self.channels.clone());
+        }
+        if let Some(outside) = asked.iter().find(|c| !self.channels.contains(c)) {
+            return Err(Error::permission_denied(format!(
+                "channel {outside} is outside the caller's scope"
+            )));
+        }
+        Ok(asked.to_vec())
+    }
+
     /// Whether everything `inner` allows, `self` allows too.
     pub fn covers(&self, inner: &Scope) -> bool {
         let covers = |outer: &[String], inner: &[String]| {
@@ -615,6 +658,57 @@ mod tests {
             .unwrap();
         let err = signer.verifier().unwrap().verify(&token).unwrap_err();
         assert_eq!(err.to_string(), "unauthenticated: the token has expired");
+    }
+
+    #[test]
+    fn scopes_reach_records_by_store_first_then_channel() {
+        let unlimited = Scope::default();
+        let till = Scope {
+            channels: vec!["till".into()],
+            stores: vec!["lyon".into()],
+        };
+        let web_app = Scope {
+            channels: vec!["web".into()],
+            stores: vec![],
+        };
+        assert!(unlimited.reaches("web", ["paris"]));
+        // Store staff reach an e-shop order picked up at their store, not one elsewhere.
+        assert!(till.reaches("web", ["", "lyon"]));
+        assert!(!till.reaches("till", ["paris"]));
+        assert!(!till.reaches("web", [""]));
+        assert!(web_app.reaches("web", ["paris"]));
+        assert!(!web_app.reaches("till", ["lyon"]));
+        // The customer's own records (no channel, no store) are reached by everyone.
+        assert!(till.reaches("", [""]) && web_app.reaches("", []));
+    }
+
+    #[test]
+    fn channel_reads_stay_within_the_scope() {
+        let web = |c: &[&str], s: &[&str]| Scope {
+            channels: c.iter().map(|c| (*c).to_owned()).collect(),
+            stores: s.iter().map(|s| (*s).to_owned()).collect(),
+        };
+        let asked = |c: &[&str]| c.iter().map(|c| (*c).to_owned()).collect::<Vec<_>>();
+        assert_eq!(Scope::default().channels_within(&[]).unwrap(), asked(&[]));
+        assert_eq!(
+            web(&["web", "app"], &[]).channels_within(&[]).unwrap(),
+            asked(&["web", "app"])
+        );
+        assert_eq!(
+            web(&["web", "app"], &[])
+                .channels_within(&asked(&["app"]))
+                .unwrap(),
+            asked(&["app"])
+        );
+        let e = web(&["web"], &[])
+            .channels_within(&asked(&["web", "till"]))
+            .unwrap_err();
+        assert!(matches!(e, Error::PermissionDenied(m) if m.contains("till")));
+        assert!(web(&[], &["lyon"]).channels_within(&[]).is_err());
+        assert_eq!(
+            web(&["till"], &["lyon"]).channels_within(&[]).unwrap(),
+            asked(&["till"])
+        );
     }
 
     #[test]

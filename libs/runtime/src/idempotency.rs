@@ -9,7 +9,12 @@
 //!
 //! Keys belong to their caller: the same key sent by two principals names two different
 //! mutations, so one caller can neither replay nor block another's (a key is stored as
-//! `<principal id>/<key>` within its scope).
+//! `<principal id>/<key>` within its scope, and a claim without a caller is refused).
+//!
+//! A stored request and reply may carry a customer's personal data (an order's delivery
+//! address, a ticket's subject). Such calls name their subject with [`complete_about`] (the
+//! customer, or an order of theirs), and erasing the customer [`forget`]s those rows: a retry
+//! after the erasure runs afresh and meets the erased customer.
 
 use prost::Message;
 use sqlx::PgConnection;
@@ -58,6 +63,12 @@ pub async fn claim<Q: Message, R: Message + Default>(
     }
     if key.len() > 200 {
         return Err(Error::invalid(field, "must be at most 200 characters"));
+    }
+    if caller.is_empty() {
+        // Keys without their caller could collide across principals, or be squatted.
+        return Err(Error::internal(
+            "an idempotency key claimed without its caller",
+        ));
     }
     let key = &caller_key(caller, key);
     let encoded = request.encode_to_vec();
@@ -133,14 +144,52 @@ pub async fn complete<R: Message>(
     key: &str,
     response: &R,
 ) -> Result<()> {
+    store_reply(conn, scope, caller, key, None, response).await
+}
+
+/// As [`complete`], for a call whose request or reply may carry the personal data of
+/// `subject` (a customer id, or an order id): erasing it [`forget`]s the key.
+pub async fn complete_about<R: Message>(
+    conn: &mut PgConnection,
+    scope: &str,
+    caller: &str,
+    key: &str,
+    subject: &str,
+    response: &R,
+) -> Result<()> {
+    store_reply(conn, scope, caller, key, Some(subject), response).await
+}
+
+async fn store_reply<R: Message>(
+    conn: &mut PgConnection,
+    scope: &str,
+    caller: &str,
+    key: &str,
+    subject: Option<&str>,
+    response: &R,
+) -> Result<()> {
     let key = &caller_key(caller, key);
-    sqlx::query("UPDATE idempotency_keys SET response = $3 WHERE scope = $1 AND key = $2")
-        .bind(scope)
-        .bind(key)
-        .bind(response.encode_to_vec())
-        .execute(conn)
-        .await?;
+    sqlx::query(
+        "UPDATE idempotency_keys SET response = $3, subject = $4 WHERE scope = $1 AND key = $2",
+    )
+    .bind(scope)
+    .bind(key)
+    .bind(response.encode_to_vec())
+    .bind(subject)
+    .execute(conn)
+    .await?;
     Ok(())
+}
+
+/// Deletes the stored requests and replies about any of `subjects` (an erased customer and
+/// their orders); returns how many.
+pub async fn forget(conn: &mut PgConnection, subjects: &[String]) -> Result<u64> {
+    let deleted = sqlx::query("DELETE FROM idempotency_keys WHERE subject = ANY($1)")
+        .bind(subjects)
+        .execute(conn)
+        .await?
+        .rows_affected();
+    Ok(deleted)
 }
 
 #[cfg(test)]

@@ -10,7 +10,9 @@
 //!
 //! - a published row is kept, with the stream position it was published at, until every
 //!   consumer group of the stream has acknowledged that position (or for `retention`, a week,
-//!   for a group that stopped consuming); rows are deleted when they are known consumed;
+//!   for a group that stopped consuming); rows are deleted when they are known consumed, and
+//!   the stream is trimmed to the same point, so Redis keeps no event every group has applied
+//!   (an erased customer's data does not outlive its erasure there);
 //! - the relay keeps a marker key beside the stream (`omni:events:<service>:relay`). When the
 //!   marker is gone, Redis has lost what it held: the relay sets it again and marks every kept
 //!   row unpublished, so they are all published again (consumers skip those they had applied,
@@ -20,7 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use omni_proto::events::{Event, event::Payload};
-use prost::Message as _;
+use prost::Message;
 use redis::streams::StreamMaxlen;
 use sqlx::{PgConnection, PgPool};
 use tokio::sync::Notify;
@@ -83,6 +85,40 @@ impl Outbox {
             .execute(conn)
             .await?;
         Ok(event)
+    }
+
+    /// Rewrites, in the caller's transaction, the kept events of `event_type` that `edit`
+    /// changes (it returns whether it did): erasing a customer removes their personal data
+    /// from the events not yet known consumed. Returns how many were rewritten. A copy already
+    /// in the stream stays there until every group has acknowledged it (see
+    /// [`Relay::delete_consumed`]).
+    pub async fn redact(
+        &self,
+        conn: &mut PgConnection,
+        event_type: &str,
+        mut edit: impl FnMut(&mut Event) -> bool,
+    ) -> crate::Result<u64> {
+        let rows: Vec<(i64, Vec<u8>)> = sqlx::query_as(
+            "SELECT seq, payload FROM outbox WHERE event_type = $1 ORDER BY seq FOR UPDATE",
+        )
+        .bind(event_type)
+        .fetch_all(&mut *conn)
+        .await?;
+        let mut rewritten = 0;
+        for (seq, payload) in rows {
+            let Ok(mut event) = Event::decode(payload.as_slice()) else {
+                continue;
+            };
+            if edit(&mut event) {
+                sqlx::query("UPDATE outbox SET payload = $2 WHERE seq = $1")
+                    .bind(seq)
+                    .bind(event.encode_to_vec())
+                    .execute(&mut *conn)
+                    .await?;
+                rewritten += 1;
+            }
+        }
+        Ok(rewritten)
     }
 
     /// Tells this process's relay that committed events are waiting.
@@ -253,7 +289,11 @@ impl Relay {
         Ok(())
     }
 
-    /// Deletes published rows every consumer group has acknowledged, and rows past retention.
+    /// Deletes published rows every consumer group has acknowledged, and rows past retention,
+    /// and trims the stream the same way: an entry every group has acknowledged, or older than
+    /// retention, leaves Redis too. The stream then holds only what some group still has to
+    /// read, so what an event carried is gone from Redis once it has been applied everywhere
+    /// (the outbox rows, kept until then, are what a Redis data loss is recovered from).
     pub async fn delete_consumed(&self) -> crate::Result<()> {
         let groups = crate::metrics::groups(&self.redis, &self.stream).await?;
         // Everything before the oldest pending entry and up to the last delivered one is
@@ -265,7 +305,23 @@ impl Relay {
                 None => (g.last_delivered, true),
             })
             .min();
+        let cutoff =
+            chrono::Utc::now() - chrono::Duration::from_std(self.retention).unwrap_or_default();
+        // Entries below this id are acknowledged by every group, or past retention.
+        let mut keep_from = StreamPos {
+            ms: cutoff.timestamp_millis(),
+            seq: 0,
+        };
         if let Some((pos, inclusive)) = bound {
+            let first_unacknowledged = if inclusive {
+                StreamPos {
+                    ms: pos.ms,
+                    seq: pos.seq.saturating_add(1),
+                }
+            } else {
+                pos
+            };
+            keep_from = keep_from.max(first_unacknowledged);
             let op = if inclusive { "<=" } else { "<" };
             // `op` is one of the two constants above, never input.
             sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -277,11 +333,17 @@ impl Relay {
             .execute(&self.pool)
             .await?;
         }
-        let cutoff =
-            chrono::Utc::now() - chrono::Duration::from_std(self.retention).unwrap_or_default();
         sqlx::query("DELETE FROM outbox WHERE published_at < $1")
             .bind(cutoff)
             .execute(&self.pool)
+            .await?;
+        // Exact trimming (`=`): an acknowledged entry must not linger by the approximation.
+        let _: i64 = redis::cmd("XTRIM")
+            .arg(&self.stream)
+            .arg("MINID")
+            .arg("=")
+            .arg(keep_from.to_string())
+            .query_async(&mut self.redis.conn())
             .await?;
         Ok(())
     }

@@ -37,7 +37,7 @@ fn services<'a>(shop: &'a Shop, path: &str) -> Vec<&'a Service> {
         "crm" => vec![&shop.crm],
         "performance" => vec![&shop.performance],
         // Every service with event consumers serves its dead letters.
-        "events" => vec![&shop.inventory, &shop.crm, &shop.performance],
+        "events" => vec![&shop.inventory, &shop.orders, &shop.crm, &shop.performance],
         _ => vec![],
     }
 }

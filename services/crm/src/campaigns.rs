@@ -320,12 +320,17 @@ impl Grpc {
     }
 
     #[tracing::instrument(name = "crm.send_campaign", skip_all, fields(campaign_id = %req.campaign_id, dry_run = req.dry_run), err)]
-    async fn send(&self, req: pb::SendCampaignRequest) -> Result<pb::SendCampaignResponse, Error> {
+    async fn send(
+        &self,
+        caller: &str,
+        req: pb::SendCampaignRequest,
+    ) -> Result<pb::SendCampaignResponse, Error> {
         const SCOPE: &str = "crm.send_campaign";
         let id = parse_id(&req.campaign_id, "campaign_id")?;
         let mut tx = self.pool.begin().await?;
         if !req.dry_run
-            && let Some(reply) = idem::replay(&mut tx, SCOPE, &req.idempotency_key, &req).await?
+            && let Some(reply) =
+                idem::replay(&mut tx, SCOPE, caller, &req.idempotency_key, &req).await?
         {
             return Ok(reply);
         }
@@ -397,7 +402,7 @@ impl Grpc {
             tx.rollback().await?;
             return Ok(reply);
         }
-        idem::remember(&mut tx, SCOPE, &req.idempotency_key, &reply).await?;
+        idem::remember(&mut tx, SCOPE, caller, &req.idempotency_key, None, &reply).await?;
         tx.commit().await?;
         self.outbox.wake();
         tracing::info!(campaign_id = %id, targeted = members.len(), "campaign sent");
@@ -469,12 +474,15 @@ impl CampaignService for Grpc {
         request: Request<pb::CreateCampaignRequest>,
     ) -> Reply<pb::CreateCampaignResponse> {
         const SCOPE: &str = "crm.create_campaign";
-        caller(&request, WRITERS)?;
+        let who = caller(&request, WRITERS)?;
+        let caller = who.id.as_str();
         let req = request.into_inner();
         let c = req.campaign.clone().unwrap_or_default();
         let segment = validate(&c)?;
         let mut tx = self.pool.begin().await.map_err(Error::from)?;
-        if let Some(reply) = idem::replay(&mut tx, SCOPE, &req.idempotency_key, &req).await? {
+        if let Some(reply) =
+            idem::replay(&mut tx, SCOPE, caller, &req.idempotency_key, &req).await?
+        {
             return Ok(Response::new(reply));
         }
         check_references(&mut tx, &c, segment).await?;
@@ -493,7 +501,7 @@ impl CampaignService for Grpc {
         let reply = pb::CreateCampaignResponse {
             campaign: Some(campaign_pb(&row)),
         };
-        idem::remember(&mut tx, SCOPE, &req.idempotency_key, &reply).await?;
+        idem::remember(&mut tx, SCOPE, caller, &req.idempotency_key, None, &reply).await?;
         tx.commit().await.map_err(Error::from)?;
         Ok(Response::new(reply))
     }
@@ -593,8 +601,10 @@ impl CampaignService for Grpc {
         &self,
         request: Request<pb::SendCampaignRequest>,
     ) -> Reply<pb::SendCampaignResponse> {
-        caller(&request, WRITERS)?;
-        Ok(Response::new(self.send(request.into_inner()).await?))
+        let who = caller(&request, WRITERS)?;
+        Ok(Response::new(
+            self.send(&who.id, request.into_inner()).await?,
+        ))
     }
 
     async fn get_campaign_report(
@@ -784,9 +794,10 @@ impl CampaignService for Grpc {
         &self,
         request: Request<pb::CreateOfferRuleRequest>,
     ) -> Reply<pb::CreateOfferRuleResponse> {
-        caller(&request, WRITERS)?;
+        let who = caller(&request, WRITERS)?;
         Ok(Response::new(
-            self.create_offer_rule(request.into_inner()).await?,
+            self.create_offer_rule(&who.id, request.into_inner())
+                .await?,
         ))
     }
 

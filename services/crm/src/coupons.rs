@@ -327,6 +327,7 @@ impl Grpc {
 impl Grpc {
     async fn create_template(
         &self,
+        caller: &str,
         req: pb::CreateCouponTemplateRequest,
     ) -> Result<pb::CreateCouponTemplateResponse, Error> {
         const SCOPE: &str = "crm.create_coupon_template";
@@ -377,7 +378,9 @@ impl Grpc {
         }
         v.finish()?;
         let mut tx = self.pool.begin().await?;
-        if let Some(reply) = idem::replay(&mut tx, SCOPE, &req.idempotency_key, &req).await? {
+        if let Some(reply) =
+            idem::replay(&mut tx, SCOPE, caller, &req.idempotency_key, &req).await?
+        {
             return Ok(reply);
         }
         let row: TemplateRow = sqlx::query_as(
@@ -404,12 +407,16 @@ impl Grpc {
         let reply = pb::CreateCouponTemplateResponse {
             template: Some(template_pb(&row)),
         };
-        idem::remember(&mut tx, SCOPE, &req.idempotency_key, &reply).await?;
+        idem::remember(&mut tx, SCOPE, caller, &req.idempotency_key, None, &reply).await?;
         tx.commit().await?;
         Ok(reply)
     }
 
-    async fn issue(&self, req: pb::IssueCouponsRequest) -> Result<pb::IssueCouponsResponse, Error> {
+    async fn issue(
+        &self,
+        caller: &str,
+        req: pb::IssueCouponsRequest,
+    ) -> Result<pb::IssueCouponsResponse, Error> {
         const SCOPE: &str = "crm.issue_coupons";
         let template_id = parse_template_id(&req.template_id)?;
         let recipients = match &req.recipients {
@@ -427,7 +434,9 @@ impl Grpc {
             }
         };
         let mut tx = self.pool.begin().await?;
-        if let Some(reply) = idem::replay(&mut tx, SCOPE, &req.idempotency_key, &req).await? {
+        if let Some(reply) =
+            idem::replay(&mut tx, SCOPE, caller, &req.idempotency_key, &req).await?
+        {
             return Ok(reply);
         }
         let Some(t) = template(&mut tx, template_id).await? else {
@@ -483,13 +492,17 @@ impl Grpc {
                 }
             }
         };
-        idem::remember(&mut tx, SCOPE, &req.idempotency_key, &reply).await?;
+        idem::remember(&mut tx, SCOPE, caller, &req.idempotency_key, None, &reply).await?;
         tx.commit().await?;
         self.outbox.wake();
         Ok(reply)
     }
 
-    async fn redeem_coupon(&self, req: pb::RedeemCouponRequest) -> Result<pb::Coupon, Error> {
+    async fn redeem_coupon(
+        &self,
+        caller: &str,
+        req: pb::RedeemCouponRequest,
+    ) -> Result<pb::Coupon, Error> {
         let mut v = Violations::new();
         if req.code.trim().is_empty() {
             v.add("code", "required");
@@ -506,6 +519,7 @@ impl Grpc {
         if let Some(reply) = idem::replay::<_, pb::RedeemCouponResponse>(
             &mut tx,
             REDEEM_SCOPE,
+            caller,
             &req.idempotency_key,
             &req,
         )
@@ -568,7 +582,15 @@ impl Grpc {
         let reply = pb::RedeemCouponResponse {
             coupon: Some(coupon_pb(&row, &t)),
         };
-        idem::remember(&mut tx, REDEEM_SCOPE, &req.idempotency_key, &reply).await?;
+        idem::remember(
+            &mut tx,
+            REDEEM_SCOPE,
+            caller,
+            &req.idempotency_key,
+            None,
+            &reply,
+        )
+        .await?;
         tx.commit().await?;
         self.outbox.wake();
         tracing::info!(coupon_id = %row.id, order_id = %req.order_id, channel_id = %req.channel_id, "coupon redeemed");
@@ -630,9 +652,9 @@ impl CouponService for Grpc {
         &self,
         request: Request<pb::CreateCouponTemplateRequest>,
     ) -> Reply<pb::CreateCouponTemplateResponse> {
-        caller(&request, MANAGERS)?;
+        let who = caller(&request, MANAGERS)?;
         Ok(Response::new(
-            self.create_template(request.into_inner()).await?,
+            self.create_template(&who.id, request.into_inner()).await?,
         ))
     }
 
@@ -687,11 +709,13 @@ impl CouponService for Grpc {
         &self,
         request: Request<pb::IssueCouponsRequest>,
     ) -> Reply<pb::IssueCouponsResponse> {
-        caller(
+        let who = caller(
             &request,
             &[Role::Admin, Role::ChannelManager, Role::Service],
         )?;
-        Ok(Response::new(self.issue(request.into_inner()).await?))
+        Ok(Response::new(
+            self.issue(&who.id, request.into_inner()).await?,
+        ))
     }
 
     async fn get_coupon(
@@ -781,8 +805,8 @@ impl CouponService for Grpc {
         &self,
         request: Request<pb::RedeemCouponRequest>,
     ) -> Reply<pb::RedeemCouponResponse> {
-        caller(&request, USERS)?;
-        let coupon = Grpc::redeem_coupon(self, request.into_inner()).await?;
+        let who = caller(&request, USERS)?;
+        let coupon = Grpc::redeem_coupon(self, &who.id, request.into_inner()).await?;
         Ok(Response::new(pb::RedeemCouponResponse {
             coupon: Some(coupon),
         }))

@@ -189,6 +189,7 @@ pub async fn recent(
 impl Grpc {
     async fn record_feedback(
         &self,
+        caller: &str,
         req: pb::RecordFeedbackRequest,
     ) -> Result<pb::RecordFeedbackResponse, Error> {
         const SCOPE: &str = "crm.record_feedback";
@@ -223,7 +224,9 @@ impl Grpc {
         };
         v.finish()?;
         let mut tx = self.pool.begin().await?;
-        if let Some(reply) = idem::replay(&mut tx, SCOPE, &req.idempotency_key, &req).await? {
+        if let Some(reply) =
+            idem::replay(&mut tx, SCOPE, caller, &req.idempotency_key, &req).await?
+        {
             return Ok(reply);
         }
         let customer = if f.customer_id.is_empty() {
@@ -290,7 +293,15 @@ impl Grpc {
         let reply = pb::RecordFeedbackResponse {
             feedback: Some(feedback_pb(row)),
         };
-        idem::remember(&mut tx, SCOPE, &req.idempotency_key, &reply).await?;
+        idem::remember(
+            &mut tx,
+            SCOPE,
+            caller,
+            &req.idempotency_key,
+            Some(&customer),
+            &reply,
+        )
+        .await?;
         tx.commit().await?;
         self.outbox.wake();
         Ok(reply)
@@ -298,6 +309,7 @@ impl Grpc {
 
     async fn record_interaction(
         &self,
+        caller: &str,
         req: pb::RecordInteractionRequest,
     ) -> Result<pb::RecordInteractionResponse, Error> {
         const SCOPE: &str = "crm.record_interaction";
@@ -322,7 +334,9 @@ impl Grpc {
         v.finish()?;
         let at = from_ts(i.occurred_at.as_ref()).unwrap_or_else(Utc::now);
         let mut tx = self.pool.begin().await?;
-        if let Some(reply) = idem::replay(&mut tx, SCOPE, &req.idempotency_key, &req).await? {
+        if let Some(reply) =
+            idem::replay(&mut tx, SCOPE, caller, &req.idempotency_key, &req).await?
+        {
             return Ok(reply);
         }
         let customer = store::resolve(&mut tx, &asked).await?;
@@ -369,7 +383,15 @@ impl Grpc {
         let reply = pb::RecordInteractionResponse {
             interaction: Some(interaction_pb(row)),
         };
-        idem::remember(&mut tx, SCOPE, &req.idempotency_key, &reply).await?;
+        idem::remember(
+            &mut tx,
+            SCOPE,
+            caller,
+            &req.idempotency_key,
+            Some(&customer),
+            &reply,
+        )
+        .await?;
         tx.commit().await?;
         self.outbox.wake();
         Ok(reply)
@@ -382,9 +404,9 @@ impl EngagementService for Grpc {
         &self,
         request: Request<pb::RecordFeedbackRequest>,
     ) -> Reply<pb::RecordFeedbackResponse> {
-        caller(&request, RECORDERS)?;
+        let who = caller(&request, RECORDERS)?;
         Ok(Response::new(
-            Grpc::record_feedback(self, request.into_inner()).await?,
+            Grpc::record_feedback(self, &who.id, request.into_inner()).await?,
         ))
     }
 
@@ -481,9 +503,9 @@ impl EngagementService for Grpc {
         &self,
         request: Request<pb::RecordInteractionRequest>,
     ) -> Reply<pb::RecordInteractionResponse> {
-        caller(&request, RECORDERS)?;
+        let who = caller(&request, RECORDERS)?;
         Ok(Response::new(
-            Grpc::record_interaction(self, request.into_inner()).await?,
+            Grpc::record_interaction(self, &who.id, request.into_inner()).await?,
         ))
     }
 

@@ -96,7 +96,7 @@ async fn apply(
             Some(m.survivor_id.clone())
         }
         Payload::CustomerErased(e) => {
-            store::erase(conn, &e.customer_id).await?;
+            store::erase(conn, &e.customer_id, &e.merged_ids).await?;
             None
         }
         Payload::CustomerConsentChanged(c) => {

@@ -8,7 +8,7 @@ use omni_proto::omni::crm::v1 as pb;
 use omni_proto::omni::crm::v1::customer_view_service_server::CustomerViewService;
 use omni_proto::omni::crm::v1::loyalty_service_server::LoyaltyService;
 use omni_runtime::Error;
-use omni_runtime::auth::{self, Principal, Role};
+use omni_runtime::auth::{self, Principal, Role, Scope};
 use omni_runtime::error::Violations;
 use omni_runtime::outbox::Outbox;
 use omni_runtime::paging;
@@ -105,7 +105,18 @@ fn net(o: &OrderRow) -> i64 {
 }
 
 impl Grpc {
-    async fn view(&self, req: pb::GetCustomerViewRequest) -> Result<pb::CustomerView, Error> {
+    /// The single customer view as a caller with `scope` sees it. The customer-level figures
+    /// (profile, points, tier, RFM, lifecycle, segments, order count, total spend, first and
+    /// last purchase) are the customer's whoever asks: an associate serves the whole customer.
+    /// So are open service tickets: customer service is one desk across channels (a store
+    /// hears of a livestream complaint), as `ListTickets` shows them. The channel records
+    /// (orders, spend per channel, interactions) are those the scope reaches
+    /// ([`omni_runtime::auth::Scope::reaches`]).
+    async fn view(
+        &self,
+        req: pb::GetCustomerViewRequest,
+        scope: &Scope,
+    ) -> Result<pb::CustomerView, Error> {
         let asked = customer_id(&req.customer_id)?;
         let mut v = Violations::new();
         if !(0..=MAX_LIMIT).contains(&req.order_limit) {
@@ -150,7 +161,17 @@ impl Grpc {
         let (score, lifecycle, tier) = facts::derived(scored.get(&id), &order_facts, &rules, now);
         let segments = segments::of_customer(&mut conn, &id).await?;
         let open_tickets = tickets::open_of(&mut conn, &id).await?;
-        let interactions = engagement::recent(&mut conn, &id, interaction_limit).await?;
+        let limited = *scope != Scope::default();
+        let reaches = |channel_id: &str, store_id: &str| scope.reaches(channel_id, [store_id]);
+        // A scoped caller's interactions are picked from the most a caller may ask for.
+        let read = if limited {
+            i64::from(MAX_LIMIT)
+        } else {
+            interaction_limit
+        };
+        let mut interactions = engagement::recent(&mut conn, &id, read).await?;
+        interactions.retain(|i| reaches(&i.channel_id, &i.store_id));
+        interactions.truncate(usize::try_from(interaction_limit).unwrap_or(0));
         let associate = associates::assignment(&mut conn, &id).await?;
         let opt_ins = store::opt_ins(&mut conn, &id).await?;
         conn.commit().await?;
@@ -160,7 +181,10 @@ impl Grpc {
             .unwrap_or_default();
         let counted: Vec<&OrderRow> = orders.iter().filter(|o| o.status != CANCELLED).collect();
         let mut per_channel: BTreeMap<&str, pb::ChannelSpend> = BTreeMap::new();
-        for o in &counted {
+        for o in counted
+            .iter()
+            .filter(|o| reaches(&o.channel_id, &o.store_id))
+        {
             let spend =
                 per_channel
                     .entry(o.channel_id.as_str())
@@ -211,6 +235,7 @@ impl Grpc {
             spend_per_channel: per_channel.into_values().collect(),
             orders: orders
                 .iter()
+                .filter(|o| reaches(&o.channel_id, &o.store_id))
                 .take(limit)
                 .map(|o| pb::OrderSummary {
                     order_id: o.order_id.clone(),
@@ -243,6 +268,7 @@ impl Grpc {
 
     async fn adjust(
         &self,
+        caller: &str,
         req: pb::AdjustPointsRequest,
     ) -> Result<pb::AdjustPointsResponse, Error> {
         const SCOPE: &str = "crm.adjust_points";
@@ -259,7 +285,9 @@ impl Grpc {
         }
         v.finish()?;
         let mut tx = self.pool.begin().await?;
-        if let Some(reply) = idem::replay(&mut tx, SCOPE, &req.idempotency_key, &req).await? {
+        if let Some(reply) =
+            idem::replay(&mut tx, SCOPE, caller, &req.idempotency_key, &req).await?
+        {
             return Ok(reply);
         }
         let id = store::resolve(&mut tx, &id).await?;
@@ -276,13 +304,14 @@ impl Grpc {
         let reply = pb::AdjustPointsResponse {
             entry: Some(entry(row)),
         };
-        idem::remember(&mut tx, SCOPE, &req.idempotency_key, &reply).await?;
+        idem::remember(&mut tx, SCOPE, caller, &req.idempotency_key, None, &reply).await?;
         tx.commit().await?;
         Ok(reply)
     }
 
     async fn cancel_redemption(
         &self,
+        caller: &str,
         req: pb::CancelPointsRedemptionRequest,
     ) -> Result<pb::CancelPointsRedemptionResponse, Error> {
         const SCOPE: &str = "crm.cancel_points_redemption";
@@ -292,7 +321,9 @@ impl Grpc {
             .parse()
             .map_err(|_| Error::invalid("entry_id", "must be a UUID"))?;
         let mut tx = self.pool.begin().await?;
-        if let Some(reply) = idem::replay(&mut tx, SCOPE, &req.idempotency_key, &req).await? {
+        if let Some(reply) =
+            idem::replay(&mut tx, SCOPE, caller, &req.idempotency_key, &req).await?
+        {
             return Ok(reply);
         }
         let Some(redeemed) = store::entry_for_update(&mut tx, entry_id).await? else {
@@ -313,13 +344,14 @@ impl Grpc {
         let reply = pb::CancelPointsRedemptionResponse {
             entry: Some(entry(row)),
         };
-        idem::remember(&mut tx, SCOPE, &req.idempotency_key, &reply).await?;
+        idem::remember(&mut tx, SCOPE, caller, &req.idempotency_key, None, &reply).await?;
         tx.commit().await?;
         Ok(reply)
     }
 
     async fn redeem(
         &self,
+        caller: &str,
         req: pb::RedeemPointsRequest,
     ) -> Result<pb::RedeemPointsResponse, Error> {
         const SCOPE: &str = "crm.redeem_points";
@@ -331,7 +363,9 @@ impl Grpc {
             ));
         }
         let mut tx = self.pool.begin().await?;
-        if let Some(reply) = idem::replay(&mut tx, SCOPE, &req.idempotency_key, &req).await? {
+        if let Some(reply) =
+            idem::replay(&mut tx, SCOPE, caller, &req.idempotency_key, &req).await?
+        {
             return Ok(reply);
         }
         let id = store::resolve(&mut tx, &id).await?;
@@ -354,7 +388,7 @@ impl Grpc {
             value: (rules.point_value > 0)
                 .then(|| money(req.points * rules.point_value, &rules.currency)),
         };
-        idem::remember(&mut tx, SCOPE, &req.idempotency_key, &reply).await?;
+        idem::remember(&mut tx, SCOPE, caller, &req.idempotency_key, None, &reply).await?;
         tx.commit().await?;
         tracing::info!(points = req.points, balance_after, "points redeemed");
         Ok(reply)
@@ -367,8 +401,8 @@ impl CustomerViewService for Grpc {
         &self,
         request: Request<pb::GetCustomerViewRequest>,
     ) -> Reply<pb::GetCustomerViewResponse> {
-        caller(&request, READERS)?;
-        let view = self.view(request.into_inner()).await?;
+        let who = caller(&request, READERS)?;
+        let view = self.view(request.into_inner(), &who.scope).await?;
         Ok(Response::new(pb::GetCustomerViewResponse {
             view: Some(view),
         }))
@@ -467,17 +501,20 @@ impl LoyaltyService for Grpc {
         &self,
         request: Request<pb::RedeemPointsRequest>,
     ) -> Reply<pb::RedeemPointsResponse> {
-        caller(&request, REDEEMERS)?;
-        Ok(Response::new(self.redeem(request.into_inner()).await?))
+        let who = caller(&request, REDEEMERS)?;
+        Ok(Response::new(
+            self.redeem(&who.id, request.into_inner()).await?,
+        ))
     }
 
     async fn cancel_points_redemption(
         &self,
         request: Request<pb::CancelPointsRedemptionRequest>,
     ) -> Reply<pb::CancelPointsRedemptionResponse> {
-        caller(&request, REDEEMERS)?;
+        let who = caller(&request, REDEEMERS)?;
         Ok(Response::new(
-            self.cancel_redemption(request.into_inner()).await?,
+            self.cancel_redemption(&who.id, request.into_inner())
+                .await?,
         ))
     }
 
@@ -485,8 +522,10 @@ impl LoyaltyService for Grpc {
         &self,
         request: Request<pb::AdjustPointsRequest>,
     ) -> Reply<pb::AdjustPointsResponse> {
-        caller(&request, &[Role::Admin])?;
-        Ok(Response::new(self.adjust(request.into_inner()).await?))
+        let who = caller(&request, &[Role::Admin])?;
+        Ok(Response::new(
+            self.adjust(&who.id, request.into_inner()).await?,
+        ))
     }
 
     async fn get_loyalty_rules(

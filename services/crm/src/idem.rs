@@ -12,27 +12,36 @@ use sqlx::PgConnection;
 pub async fn replay<Q: Message, R: Message + Default>(
     conn: &mut PgConnection,
     scope: &str,
+    caller: &str,
     key: &str,
     request: &Q,
 ) -> Result<Option<R>, Error> {
     if key.is_empty() {
         return Ok(None);
     }
-    match idempotency::claim(conn, scope, "", "idempotency_key", key, request).await? {
+    match idempotency::claim(conn, scope, caller, "idempotency_key", key, request).await? {
         Claim::Fresh => Ok(None),
         Claim::Replay(reply) => Ok(Some(reply)),
     }
 }
 
-/// Stores the reply of a call that claimed `key` (nothing without a key).
+/// Stores the reply of a call that claimed `key` (nothing without a key); `about` names the
+/// customer whose personal data the request or reply may carry, so erasing them forgets it.
 pub async fn remember<R: Message>(
     conn: &mut PgConnection,
     scope: &str,
+    caller: &str,
     key: &str,
+    about: Option<&str>,
     reply: &R,
 ) -> Result<(), Error> {
     if key.is_empty() {
         return Ok(());
     }
-    idempotency::complete(conn, scope, "", key, reply).await
+    match about {
+        Some(customer) => {
+            idempotency::complete_about(conn, scope, caller, key, customer, reply).await
+        }
+        None => idempotency::complete(conn, scope, caller, key, reply).await,
+    }
 }

@@ -115,13 +115,16 @@ fn action_content(action: &pb::OfferAction) -> pb::MessageContent {
 impl Grpc {
     pub(crate) async fn create_offer_rule(
         &self,
+        caller: &str,
         req: pb::CreateOfferRuleRequest,
     ) -> Result<pb::CreateOfferRuleResponse, Error> {
         const SCOPE: &str = "crm.create_offer_rule";
         let r = req.rule.clone().unwrap_or_default();
         let (condition, action) = validate(&r)?;
         let mut tx = self.pool.begin().await?;
-        if let Some(reply) = idem::replay(&mut tx, SCOPE, &req.idempotency_key, &req).await? {
+        if let Some(reply) =
+            idem::replay(&mut tx, SCOPE, caller, &req.idempotency_key, &req).await?
+        {
             return Ok(reply);
         }
         check_template(
@@ -148,7 +151,7 @@ impl Grpc {
         let reply = pb::CreateOfferRuleResponse {
             rule: Some(rule_pb(&row)),
         };
-        idem::remember(&mut tx, SCOPE, &req.idempotency_key, &reply).await?;
+        idem::remember(&mut tx, SCOPE, caller, &req.idempotency_key, None, &reply).await?;
         tx.commit().await?;
         Ok(reply)
     }

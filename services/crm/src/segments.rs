@@ -198,6 +198,7 @@ pub async fn members(conn: &mut PgConnection, id: Uuid) -> Result<Vec<String>, E
 impl Grpc {
     async fn create_segment(
         &self,
+        caller: &str,
         req: pb::CreateSegmentRequest,
     ) -> Result<pb::CreateSegmentResponse, Error> {
         let s = req.segment.clone().unwrap_or_default();
@@ -214,8 +215,14 @@ impl Grpc {
                 }),
             });
         }
-        if let Some(reply) =
-            idem::replay(&mut tx, "crm.create_segment", &req.idempotency_key, &req).await?
+        if let Some(reply) = idem::replay(
+            &mut tx,
+            "crm.create_segment",
+            caller,
+            &req.idempotency_key,
+            &req,
+        )
+        .await?
         {
             return Ok(reply);
         }
@@ -233,7 +240,15 @@ impl Grpc {
         let reply = pb::CreateSegmentResponse {
             segment: Some(segment_pb(&row, count)),
         };
-        idem::remember(&mut tx, "crm.create_segment", &req.idempotency_key, &reply).await?;
+        idem::remember(
+            &mut tx,
+            "crm.create_segment",
+            caller,
+            &req.idempotency_key,
+            None,
+            &reply,
+        )
+        .await?;
         tx.commit().await?;
         Ok(reply)
     }
@@ -289,9 +304,9 @@ impl SegmentService for Grpc {
         &self,
         request: Request<pb::CreateSegmentRequest>,
     ) -> Reply<pb::CreateSegmentResponse> {
-        caller(&request, WRITERS)?;
+        let who = caller(&request, WRITERS)?;
         Ok(Response::new(
-            Grpc::create_segment(self, request.into_inner()).await?,
+            Grpc::create_segment(self, &who.id, request.into_inner()).await?,
         ))
     }
 

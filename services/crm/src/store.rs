@@ -172,40 +172,41 @@ pub async fn merge(conn: &mut PgConnection, survivor: &str, merged: &str) -> Res
     crate::facts::refresh_stats(conn, survivor).await
 }
 
-/// Removes the personal data of a customer; orders and points stay, keyed by the bare id.
-pub async fn erase(conn: &mut PgConnection, customer_id: &str) -> Result<(), Error> {
+/// Removes the personal data of a customer and of the duplicates merged into it (`merged`,
+/// as identity names them, and any crm saw merged): contact details, free text (ticket
+/// subjects and descriptions, notes, feedback, interaction notes) and the stored replies of
+/// calls about them. Orders, points and figures stay, keyed by the bare ids.
+pub async fn erase(
+    conn: &mut PgConnection,
+    customer_id: &str,
+    merged: &[String],
+) -> Result<(), Error> {
     ensure_customer(conn, customer_id).await?;
-    sqlx::query(
+    let asked: Vec<String> = std::iter::once(customer_id.to_owned())
+        .chain(merged.iter().cloned())
+        .collect();
+    let ids: Vec<String> = sqlx::query_scalar(
         "UPDATE customers SET member_number = '', name = '', phone = '', email = '', erased = true
-         WHERE customer_id = $1",
+         WHERE customer_id = ANY($1) OR merged_into = ANY($1) RETURNING customer_id",
     )
-    .bind(customer_id)
-    .execute(&mut *conn)
+    .bind(&asked)
+    .fetch_all(&mut *conn)
     .await?;
     // Free text may carry personal data too.
-    sqlx::query("UPDATE feedback SET comment = '' WHERE customer_id = $1")
-        .bind(customer_id)
-        .execute(&mut *conn)
-        .await?;
-    sqlx::query("UPDATE interactions SET note = '' WHERE customer_id = $1")
-        .bind(customer_id)
-        .execute(&mut *conn)
-        .await?;
-    sqlx::query("UPDATE tickets SET description = '' WHERE customer_id = $1")
-        .bind(customer_id)
-        .execute(&mut *conn)
-        .await?;
-    sqlx::query(
+    for statement in [
+        "UPDATE feedback SET comment = '' WHERE customer_id = ANY($1)",
+        "UPDATE interactions SET note = '' WHERE customer_id = ANY($1)",
+        "UPDATE tickets SET subject = '', description = '' WHERE customer_id = ANY($1)",
         "UPDATE ticket_notes SET body = '' WHERE ticket_id IN
-             (SELECT id FROM tickets WHERE customer_id = $1)",
-    )
-    .bind(customer_id)
-    .execute(&mut *conn)
-    .await?;
-    sqlx::query("UPDATE consents SET opt_in = false, updated_at = now() WHERE customer_id = $1")
-        .bind(customer_id)
-        .execute(conn)
-        .await?;
+             (SELECT id FROM tickets WHERE customer_id = ANY($1))",
+        "UPDATE consents SET opt_in = false, updated_at = now() WHERE customer_id = ANY($1)",
+    ] {
+        sqlx::query(statement)
+            .bind(&ids)
+            .execute(&mut *conn)
+            .await?;
+    }
+    omni_runtime::idempotency::forget(conn, &ids).await?;
     Ok(())
 }
 

@@ -205,6 +205,7 @@ async fn level(conn: &mut PgConnection, kind: i32, tier: &str) -> Result<(i64, i
 impl Grpc {
     async fn open_ticket(
         &self,
+        caller: &str,
         req: pb::OpenTicketRequest,
     ) -> Result<pb::OpenTicketResponse, Error> {
         const SCOPE: &str = "crm.open_ticket";
@@ -227,7 +228,9 @@ impl Grpc {
         }
         v.finish()?;
         let mut tx = self.pool.begin().await?;
-        if let Some(reply) = idem::replay(&mut tx, SCOPE, &req.idempotency_key, &req).await? {
+        if let Some(reply) =
+            idem::replay(&mut tx, SCOPE, caller, &req.idempotency_key, &req).await?
+        {
             return Ok(reply);
         }
         let id = store::resolve(&mut tx, &asked).await?;
@@ -266,7 +269,15 @@ impl Grpc {
         let reply = pb::OpenTicketResponse {
             ticket: Some(ticket_pb(&mut tx, row).await?),
         };
-        idem::remember(&mut tx, SCOPE, &req.idempotency_key, &reply).await?;
+        idem::remember(
+            &mut tx,
+            SCOPE,
+            caller,
+            &req.idempotency_key,
+            Some(&id),
+            &reply,
+        )
+        .await?;
         tx.commit().await?;
         Ok(reply)
     }
@@ -282,7 +293,9 @@ impl Grpc {
             return Err(Error::invalid("body", "1 to 10000 characters"));
         }
         let mut tx = self.pool.begin().await?;
-        if let Some(reply) = idem::replay(&mut tx, SCOPE, &req.idempotency_key, &req).await? {
+        if let Some(reply) =
+            idem::replay(&mut tx, SCOPE, author, &req.idempotency_key, &req).await?
+        {
             return Ok(reply);
         }
         let t = ticket(&mut tx, id, true).await?;
@@ -312,10 +325,19 @@ impl Grpc {
         .bind(req.customer_visible)
         .fetch_one(&mut *tx)
         .await?;
+        let customer = row.customer_id.clone();
         let reply = pb::AddTicketNoteResponse {
             ticket: Some(ticket_pb(&mut tx, row).await?),
         };
-        idem::remember(&mut tx, SCOPE, &req.idempotency_key, &reply).await?;
+        idem::remember(
+            &mut tx,
+            SCOPE,
+            author,
+            &req.idempotency_key,
+            Some(&customer),
+            &reply,
+        )
+        .await?;
         tx.commit().await?;
         Ok(reply)
     }
@@ -406,9 +428,9 @@ impl TicketService for Grpc {
         &self,
         request: Request<pb::OpenTicketRequest>,
     ) -> Reply<pb::OpenTicketResponse> {
-        caller(&request, WORKERS)?;
+        let who = caller(&request, WORKERS)?;
         Ok(Response::new(
-            Grpc::open_ticket(self, request.into_inner()).await?,
+            Grpc::open_ticket(self, &who.id, request.into_inner()).await?,
         ))
     }
 

@@ -342,7 +342,27 @@ impl App {
             .await?
             .ok_or_else(|| Error::not_found(format!("customer {id}")))?;
         if row.erased_at.is_none() {
-            store::erase(&mut tx, canonical).await?;
+            let merged = store::erase(&mut tx, canonical).await?;
+            let erased: Vec<String> = std::iter::once(canonical)
+                .chain(merged.iter().copied())
+                .map(|id| id.to_string())
+                .collect();
+            // The registrations still waiting in the outbox carried the contact details.
+            self.outbox
+                .redact(
+                    &mut tx,
+                    "identity.customer_registered",
+                    |event| match &mut event.payload {
+                        Some(Payload::CustomerRegistered(r)) if erased.contains(&r.customer_id) => {
+                            r.phone.clear();
+                            r.email.clear();
+                            r.name.clear();
+                            true
+                        }
+                        _ => false,
+                    },
+                )
+                .await?;
             self.outbox
                 .add(
                     &mut tx,
@@ -351,6 +371,7 @@ impl App {
                     &actor.id,
                     Payload::CustomerErased(CustomerErased {
                         customer_id: canonical.to_string(),
+                        merged_ids: merged.iter().map(Uuid::to_string).collect(),
                     }),
                 )
                 .await?;

@@ -261,7 +261,8 @@ pub async fn merge(
 }
 
 /// Removes a customer's personal data (and that of the records merged into it); keeps ids.
-pub async fn erase(conn: &mut PgConnection, id: Uuid) -> Result<(), sqlx::Error> {
+/// Erases the customer `id` and the duplicates merged into it; returns those duplicates' ids.
+pub async fn erase(conn: &mut PgConnection, id: Uuid) -> Result<Vec<Uuid>, sqlx::Error> {
     sqlx::query("DELETE FROM channel_accounts WHERE customer_id = $1")
         .bind(id)
         .execute(&mut *conn)
@@ -270,19 +271,19 @@ pub async fn erase(conn: &mut PgConnection, id: Uuid) -> Result<(), sqlx::Error>
         .bind(id)
         .execute(&mut *conn)
         .await?;
-    sqlx::query(
+    let erased: Vec<Uuid> = sqlx::query_scalar(
         "UPDATE customers SET name = '', phone = NULL, email = NULL, \
          erased_at = coalesce(erased_at, now()), updated_at = now() \
-         WHERE id = $1 OR merged_into = $1",
+         WHERE id = $1 OR merged_into = $1 RETURNING id",
     )
     .bind(id)
-    .execute(&mut *conn)
+    .fetch_all(&mut *conn)
     .await?;
     sqlx::query("UPDATE merges SET reason = '' WHERE survivor_id = $1")
         .bind(id)
         .execute(&mut *conn)
         .await?;
-    Ok(())
+    Ok(erased.into_iter().filter(|e| *e != id).collect())
 }
 
 pub async fn upsert_consent(

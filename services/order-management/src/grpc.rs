@@ -89,24 +89,17 @@ fn caller<T>(request: &Request<T>, roles: &[Role]) -> Result<Principal, Status> 
     Ok(principal)
 }
 
-/// Whether the caller's scope reaches the order.
-///
-/// The scope rule: a caller limited to stores reaches the orders that touch one of its stores
-/// (taken, picked up or fulfilled there), whatever channel took them: an associate hands over an
-/// e-shop order collected at its store. A caller limited to channels only (a channel app, a
-/// channel manager) reaches the orders of its channels. Either way, what it does goes through
-/// its own channels and stores: the channel of an order it places, of a return or exchange it
-/// takes, and the store it acts at must be in its scope.
+/// Whether the caller's scope reaches the order: [`omni_runtime::auth::Scope::reaches`] over
+/// the stores it was taken, picked up or fulfilled at. Either way, what a caller does goes
+/// through its own channels and stores: the channel of an order it places, of a return or
+/// exchange it takes, and the store it acts at must be in its scope.
 fn sees(principal: &Principal, order: &pb::Order) -> bool {
-    let scope = &principal.scope;
-    if scope.stores.is_empty() {
-        return scope.allows_channel(&order.channel_id);
-    }
-    std::iter::once(order.store_id.as_str())
-        .chain(order.delivery.iter().map(|d| d.store_id.as_str()))
-        .chain(order.fulfilments.iter().map(|f| f.location_id.as_str()))
-        .filter(|s| !s.is_empty())
-        .any(|s| scope.allows_store(s))
+    principal.scope.reaches(
+        &order.channel_id,
+        std::iter::once(order.store_id.as_str())
+            .chain(order.delivery.iter().map(|d| d.store_id.as_str()))
+            .chain(order.fulfilments.iter().map(|f| f.location_id.as_str())),
+    )
 }
 
 /// A return is reached by a caller that reaches its order, or, for store staff, by being taken

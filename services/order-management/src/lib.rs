@@ -5,11 +5,12 @@
 //! Layers: [`grpc`] validates and maps the contract, [`app`] runs each use case (one
 //! transaction per change, calls to other services inside it with derived idempotency keys),
 //! [`domain`] decides without I/O (lifecycle, sourcing, refunds), [`store`] talks to Postgres
-//! and [`upstream`] to the other services.
+//! and [`upstream`] to the other services; [`erasure`] applies identity's customer erasures.
 
 pub mod app;
 pub mod config;
 pub mod domain;
+pub mod erasure;
 pub mod grpc;
 pub mod store;
 pub mod upstream;
@@ -19,6 +20,7 @@ use omni_proto::omni::orders::v1::order_service_server::OrderServiceServer;
 use omni_proto::omni::orders::v1::return_service_server::ReturnServiceServer;
 use omni_proto::omni::orders::v1::sourcing_service_server::SourcingServiceServer;
 use omni_runtime::auth::{ServerAuth, TokenVerifier};
+use omni_runtime::consumer::{Consumer, ConsumerConfig, DeadLetters};
 use omni_runtime::redis::Redis;
 use omni_runtime::server::Host;
 use std::sync::Arc;
@@ -32,7 +34,8 @@ pub const SERVICE_NAME: &str = "order-management";
 pub const MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// Serves order-management on `listener` until `shutdown` is cancelled; background work
-/// (outbox relay, the sweeper of lapsed orders, change notifications) stops with it.
+/// (outbox relay, the sweeper of lapsed orders, change notifications, identity's erasures)
+/// stops with it.
 pub async fn run(
     config: Config,
     listener: TcpListener,
@@ -45,6 +48,7 @@ pub async fn run(
             "omni.orders.v1.FulfilmentService",
             "omni.orders.v1.ReturnService",
             "omni.orders.v1.SourcingService",
+            omni_runtime::consumer::DEAD_LETTER_SERVICE,
         ],
         &config.common,
         listener,
@@ -86,7 +90,12 @@ pub async fn run(
         grpc.clone(),
         auth.clone(),
     ))
-    .add_service(SourcingServiceServer::with_interceptor(grpc, auth));
+    .add_service(SourcingServiceServer::with_interceptor(grpc, auth.clone()));
+    let erasures = Arc::new(erasure::Erasures);
+    let routes = routes.add_service(
+        DeadLetters::new(SERVICE_NAME, pool.clone(), redis.clone(), erasures.clone())
+            .into_service(auth),
+    );
 
     let startup = {
         let (pool, redis) = (pool.clone(), redis.clone());
@@ -94,9 +103,16 @@ pub async fn run(
             omni_runtime::db::migrate(&pool, MIGRATOR, &shutdown).await?;
             tokio::spawn(
                 app.outbox
-                    .relay(pool, redis, config.common.outbox_poll)
+                    .relay(pool.clone(), redis.clone(), config.common.outbox_poll)
                     .run(shutdown.clone()),
             );
+            let erasures = Consumer::new(
+                ConsumerConfig::new(SERVICE_NAME, erasure::SOURCES).tuned(&config.common),
+                pool,
+                redis,
+                erasures,
+            )?;
+            tokio::spawn(erasures.run(shutdown.clone()));
             tokio::spawn(
                 app.clone()
                     .sweep_loop(config.sweep_interval, shutdown.clone()),

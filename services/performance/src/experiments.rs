@@ -206,7 +206,7 @@ impl ExperimentService for Experiments {
         &self,
         request: Request<pb::CreateExperimentRequest>,
     ) -> Reply<pb::CreateExperimentResponse> {
-        caller(&request, WRITERS)?;
+        let who = caller(&request, WRITERS)?;
         let r = request.into_inner();
         let e = r.experiment.clone().unwrap_or_default();
         validate(&e)?;
@@ -215,7 +215,7 @@ impl ExperimentService for Experiments {
         if let Claim::Replay(reply) = idempotency::claim(
             &mut tx,
             scope,
-            "",
+            &who.id,
             "idempotency_key",
             &r.idempotency_key,
             &r,
@@ -235,7 +235,7 @@ impl ExperimentService for Experiments {
         let reply = pb::CreateExperimentResponse {
             experiment: Some(experiment_pb(&row)?),
         };
-        idempotency::complete(&mut tx, scope, "", &r.idempotency_key, &reply).await?;
+        idempotency::complete(&mut tx, scope, &who.id, &r.idempotency_key, &reply).await?;
         tx.commit().await.map_err(Error::from)?;
         Ok(Response::new(reply))
     }
@@ -398,7 +398,7 @@ impl ExperimentService for Experiments {
         &self,
         request: Request<pb::RecordOutcomeRequest>,
     ) -> Reply<pb::RecordOutcomeResponse> {
-        caller(&request, CALLERS)?;
+        let who = caller(&request, CALLERS)?;
         let r = request.into_inner();
         let mut v = Violations::new();
         let subject = subject(&mut v, &r.subject_id);
@@ -427,7 +427,7 @@ impl ExperimentService for Experiments {
         if let Claim::Replay(reply) = idempotency::claim(
             &mut tx,
             &scope,
-            "",
+            &who.id,
             "idempotency_key",
             &r.idempotency_key,
             &r,
@@ -441,7 +441,7 @@ impl ExperimentService for Experiments {
         store::expose(&mut tx, row.id, &subject, &variant, "", at).await?;
         store::record_outcome(&mut tx, row.id, &subject, &variant, r.converted, value, at).await?;
         let reply = pb::RecordOutcomeResponse { variant };
-        idempotency::complete(&mut tx, &scope, "", &r.idempotency_key, &reply).await?;
+        idempotency::complete(&mut tx, &scope, &who.id, &r.idempotency_key, &reply).await?;
         tx.commit().await.map_err(Error::from)?;
         Ok(Response::new(reply))
     }

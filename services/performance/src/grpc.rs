@@ -454,7 +454,7 @@ impl InputService for Grpc {
         &self,
         request: Request<pb::ListTrafficRequest>,
     ) -> Reply<pb::ListTrafficResponse> {
-        caller(&request, INPUT_READERS)?;
+        let principal = caller(&request, INPUT_READERS)?;
         let r = request.into_inner();
         let mut v = Violations::new();
         let range = day_range(&mut v, "days", r.days.as_ref());
@@ -477,6 +477,7 @@ impl InputService for Grpc {
                 }),
         );
         v.finish()?;
+        let channels = principal.scope.channels_within(&channels)?;
         let (Some(range), Some(size), Some(after)) = (range, size, after) else {
             return Err(Error::invalid("days", "is required").into());
         };
@@ -493,7 +494,7 @@ impl InputService for Grpc {
         &self,
         request: Request<pb::ListSpendRequest>,
     ) -> Reply<pb::ListSpendResponse> {
-        caller(&request, INPUT_READERS)?;
+        let principal = caller(&request, INPUT_READERS)?;
         let r = request.into_inner();
         let mut v = Violations::new();
         let range = day_range(&mut v, "days", r.days.as_ref());
@@ -530,6 +531,7 @@ impl InputService for Grpc {
                 }),
         );
         v.finish()?;
+        let channels = principal.scope.channels_within(&channels)?;
         let (Some(range), Some(size), Some(after)) = (range, size, after) else {
             return Err(Error::invalid("days", "is required").into());
         };
@@ -578,6 +580,12 @@ impl KpiService for Grpc {
         v.finish()?;
         let Some(range) = range else {
             return Err(Error::invalid("range", "is required").into());
+        };
+        // A caller limited to channels reports on those channels.
+        let channels = if principal.scope.stores.is_empty() {
+            principal.scope.channels_within(&channels)?
+        } else {
+            channels
         };
         // A store associate sees its own stores only.
         if !principal.has_any(&[Role::Admin, Role::ChannelManager, Role::Analyst]) {
@@ -638,13 +646,14 @@ impl KpiService for Grpc {
         &self,
         request: Request<pb::GetClvReportRequest>,
     ) -> Reply<pb::GetClvReportResponse> {
-        caller(&request, SCORECARD_READERS)?;
+        let principal = caller(&request, SCORECARD_READERS)?;
         let r = request.into_inner();
         let mut v = Violations::new();
         let acquired = day_range(&mut v, "acquired", r.acquired.as_ref());
         let channels = channel_ids(&mut v, "channel_ids", &r.channel_ids);
         let source = source(&mut v, r.source);
         v.finish()?;
+        let channels = principal.scope.channels_within(&channels)?;
         let Some(acquired) = acquired else {
             return Err(Error::invalid("acquired", "is required").into());
         };
@@ -682,7 +691,7 @@ impl KpiService for Grpc {
         &self,
         request: Request<pb::GetCohortRetentionRequest>,
     ) -> Reply<pb::GetCohortRetentionResponse> {
-        caller(&request, SCORECARD_READERS)?;
+        let principal = caller(&request, SCORECARD_READERS)?;
         let r = request.into_inner();
         let mut v = Violations::new();
         let acquired = day_range(&mut v, "acquired", r.acquired.as_ref());
@@ -697,6 +706,7 @@ impl KpiService for Grpc {
             }
         };
         v.finish()?;
+        let channels = principal.scope.channels_within(&channels)?;
         let Some(acquired) = acquired else {
             return Err(Error::invalid("acquired", "is required").into());
         };
@@ -733,11 +743,12 @@ impl KpiService for Grpc {
         &self,
         request: Request<pb::WatchLiveSalesRequest>,
     ) -> Reply<Self::WatchLiveSalesStream> {
-        caller(&request, KPI_READERS)?;
+        let principal = caller(&request, KPI_READERS)?;
         let r = request.into_inner();
         let mut v = Violations::new();
         let channels = channel_ids(&mut v, "channel_ids", &r.channel_ids);
         v.finish()?;
+        let channels = principal.scope.channels_within(&channels)?;
         self.require_known("channel_ids", &channels).await?;
         let mut changes = self.sales_changed.subscribe();
         let this = self.clone();
@@ -1012,7 +1023,7 @@ impl ScorecardService for Grpc {
         &self,
         request: Request<pb::CreateScorecardRequest>,
     ) -> Reply<pb::CreateScorecardResponse> {
-        caller(&request, ADMIN)?;
+        let who = caller(&request, ADMIN)?;
         let r = request.into_inner();
         let s = r.scorecard.clone().unwrap_or_default();
         self.check_scorecard(&s).await?;
@@ -1021,7 +1032,7 @@ impl ScorecardService for Grpc {
         if let Claim::Replay(reply) = idempotency::claim(
             &mut tx,
             scope,
-            "",
+            &who.id,
             "idempotency_key",
             &r.idempotency_key,
             &r,
@@ -1035,7 +1046,7 @@ impl ScorecardService for Grpc {
         let reply = pb::CreateScorecardResponse {
             scorecard: Some(scorecard_pb(row)?),
         };
-        idempotency::complete(&mut tx, scope, "", &r.idempotency_key, &reply).await?;
+        idempotency::complete(&mut tx, scope, &who.id, &r.idempotency_key, &reply).await?;
         tx.commit().await.map_err(Error::from)?;
         Ok(Response::new(reply))
     }

@@ -79,6 +79,7 @@ async fn emit(pool: &PgPool, outbox: &Outbox, n: usize) -> Vec<String> {
                 "tester",
                 Payload::CustomerErased(CustomerErased {
                     customer_id: format!("customer-{i}"),
+                    merged_ids: Vec::new(),
                 }),
             )
             .await

@@ -452,3 +452,51 @@ async fn a_merge_moves_tickets_interactions_and_consent_to_the_survivor() {
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].customer_id, a);
 }
+
+#[tokio::test]
+async fn idempotency_keys_belong_to_their_caller() {
+    let w = World::start().await;
+    let ada = w.register("+447700900611", "Ada").await;
+    w.view_when(&ada, |_| true).await;
+    let as_worker = || {
+        TicketServiceClient::new(
+            w.crm
+                .with_token(&omni_testkit::token(&[Role::Admin], Scope::default())),
+        )
+    };
+    let (mut first, mut second) = (as_worker(), as_worker());
+    let request = |subject: &str| pb::OpenTicketRequest {
+        idempotency_key: "shared-key".into(),
+        customer_id: ada.clone(),
+        kind: 1,
+        channel_id: "eshop".into(),
+        subject: subject.into(),
+        ..Default::default()
+    };
+    let mine = first
+        .open_ticket(request("the zip broke"))
+        .await
+        .expect("first caller")
+        .into_inner()
+        .ticket
+        .expect("ticket");
+    // Another caller's same key is another call: neither refused nor given the first reply.
+    let theirs = second
+        .open_ticket(request("wrong size"))
+        .await
+        .expect("second caller, same key, other request")
+        .into_inner()
+        .ticket
+        .expect("ticket");
+    assert_ne!(mine.id, theirs.id);
+    assert_eq!(theirs.subject, "wrong size");
+    // Each caller's retry gets its own first reply.
+    let again = first
+        .open_ticket(request("the zip broke"))
+        .await
+        .expect("retry")
+        .into_inner()
+        .ticket
+        .expect("ticket");
+    assert_eq!(again.id, mine.id);
+}

@@ -378,3 +378,66 @@ async fn events_wait_out_a_database_outage_and_none_is_dead_lettered() {
             .expect_err("not an admin");
     assert_eq!(refused.code(), Code::PermissionDenied);
 }
+
+#[tokio::test]
+async fn a_scoped_caller_sees_the_whole_customer_but_only_the_orders_its_scope_reaches() {
+    use omni_proto::omni::crm::v1::customer_view_service_client::CustomerViewServiceClient;
+    use omni_runtime::auth::{Role, Scope};
+
+    let w = World::start().await;
+    let id = w.register("+447700900191", "Ada").await;
+    let online = order(&id, "web", ChannelKind::EShop, 12_000);
+    let store = order(&id, "store-1", ChannelKind::Store, 5_050);
+    let live = order(&id, "live", ChannelKind::Livestream, 3_000);
+    for o in [&online, &store, &live] {
+        w.orders.complete(o).await;
+    }
+    w.view_when(&id, |v| v.order_count == 3).await;
+
+    let view_as = async |roles: &[Role], channels: &[&str], stores: &[&str]| {
+        let token = omni_testkit::token(
+            roles,
+            Scope {
+                channels: channels.iter().map(|c| (*c).to_owned()).collect(),
+                stores: stores.iter().map(|s| (*s).to_owned()).collect(),
+            },
+        );
+        CustomerViewServiceClient::new(w.crm.with_token(&token))
+            .get_customer_view(pb::GetCustomerViewRequest {
+                customer_id: id.clone(),
+                ..Default::default()
+            })
+            .await
+            .expect("view")
+            .into_inner()
+            .view
+            .expect("view")
+    };
+    let channels = |v: &pb::CustomerView| {
+        let mut c: Vec<String> = v.orders.iter().map(|o| o.channel_id.clone()).collect();
+        c.sort();
+        c
+    };
+
+    // An associate of store-1 serves the whole customer (profile, totals, points), and sees
+    // the orders that touched its store, not those of the e-shop or the livestream.
+    let associate = view_as(&[Role::StoreAssociate], &["store-1"], &["store-1"]).await;
+    assert_eq!(
+        associate.profile.as_ref().map(|p| p.name.as_str()),
+        Some("Ada")
+    );
+    assert_eq!(associate.order_count, 3);
+    assert_eq!(
+        associate.total_spend.as_ref().map(|m| m.minor_units),
+        Some(20_050)
+    );
+    assert_eq!(channels(&associate), ["store-1"]);
+    assert_eq!(associate.spend_per_channel.len(), 1);
+
+    // The e-shop's app sees its own orders only; an unscoped manager sees all three.
+    let app = view_as(&[Role::ChannelApp], &["web"], &[]).await;
+    assert_eq!(channels(&app), ["web"]);
+    assert_eq!(spend(&app, "web").1, 12_000);
+    let manager = view_as(&[Role::ChannelManager], &[], &[]).await;
+    assert_eq!(channels(&manager), ["live", "store-1", "web"]);
+}

@@ -126,7 +126,8 @@ impl App {
             self.save(&mut tx, &stored.order, actor, changes).await?;
         }
         if let Some((scope, key, _)) = key {
-            idempotency::complete(&mut tx, scope, actor, key, &reply).await?;
+            let subject = order_id.to_string();
+            idempotency::complete_about(&mut tx, scope, actor, key, &subject, &reply).await?;
         }
         tx.commit().await?;
         if changed {

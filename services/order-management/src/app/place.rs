@@ -548,11 +548,20 @@ impl App {
                 .add(&mut tx, event_type, &order.id, actor, payload)
                 .await?;
         }
+        let subject = order.id.clone();
         let reply = PlaceOrderResponse {
             order: Some(order),
             created: true,
         };
-        idempotency::complete(&mut tx, scope, actor, &input.idempotency_key, &reply).await?;
+        idempotency::complete_about(
+            &mut tx,
+            scope,
+            actor,
+            &input.idempotency_key,
+            &subject,
+            &reply,
+        )
+        .await?;
         store::settle_attempt(
             &mut tx,
             scope,

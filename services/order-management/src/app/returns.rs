@@ -185,11 +185,12 @@ impl App {
         let reply = CreateReturnResponse {
             order_return: Some(r.clone()),
         };
-        idempotency::complete(
+        idempotency::complete_about(
             &mut tx,
             "CreateReturn",
             actor,
             &request.idempotency_key,
+            &r.order_id,
             &reply,
         )
         .await?;
@@ -376,11 +377,12 @@ impl App {
         let reply = ReceiveReturnResponse {
             order_return: Some(r.clone()),
         };
-        idempotency::complete(
+        idempotency::complete_about(
             &mut tx,
             "ReceiveReturn",
             actor,
             &request.idempotency_key,
+            &r.order_id,
             &reply,
         )
         .await?;
@@ -439,11 +441,12 @@ impl App {
         let reply = RecordRefundResponse {
             order_return: Some(r.clone()),
         };
-        idempotency::complete(
+        idempotency::complete_about(
             &mut tx,
             "RecordRefund",
             actor,
             &request.idempotency_key,
+            &r.order_id,
             &reply,
         )
         .await?;
@@ -566,11 +569,12 @@ impl App {
                 replacement: Some(replacement.clone()),
                 difference: Some(money(difference, &currency(&replacement))),
             };
-            idempotency::complete(
+            idempotency::complete_about(
                 &mut tx,
                 "CreateExchange",
                 actor,
                 &input.idempotency_key,
+                &replacement.id,
                 &reply,
             )
             .await?;

@@ -2,6 +2,7 @@
 //! inventory, crm and performance services started by the testkit.
 
 mod concurrency;
+mod erasure;
 mod events;
 mod imports;
 mod journeys;

@@ -1,6 +1,6 @@
 //! Traffic and spend: one figure per (channel, day[, category]), replaced when recorded again;
-//! unknown channels and bad figures refused with nothing written; channel apps on their own
-//! channels only.
+//! unknown channels and bad figures refused with nothing written; channel apps record and read
+//! their own channels only.
 
 use omni_proto::common::ChannelKind;
 use omni_proto::omni::performance::v1 as pb;
@@ -188,4 +188,53 @@ async fn a_channel_app_records_its_own_channel_only() {
         .await
         .expect_err("analysts read only");
     assert_eq!(analyst.code(), tonic::Code::PermissionDenied);
+
+    // It reads its own channel's figures only: everything it may see when it names none, a
+    // refusal naming the channel when it asks for another.
+    p.inputs
+        .record_traffic(traffic("eshop", day(2026, 3, 1), 40))
+        .await
+        .expect("the e-shop's figure, by an admin");
+    let all = |channel_ids: Vec<String>| pb::ListTrafficRequest {
+        days: range(day(2026, 3, 1), day(2026, 3, 31)),
+        channel_ids,
+        ..Default::default()
+    };
+    let own = app
+        .list_traffic(all(Vec::new()))
+        .await
+        .expect("own traffic")
+        .into_inner();
+    assert_eq!(
+        own.traffic
+            .iter()
+            .map(|t| t.channel_id.as_str())
+            .collect::<Vec<_>>(),
+        ["live"]
+    );
+    let other = app
+        .list_traffic(all(vec!["eshop".into()]))
+        .await
+        .expect_err("another channel's traffic");
+    assert_eq!(other.code(), tonic::Code::PermissionDenied);
+    assert!(other.message().contains("eshop"), "{}", other.message());
+    // An analyst limited to a store has no channel of its own to read figures of.
+    let store_analyst = InputServiceClient::new(p.svc.with_token(&omni_testkit::token(
+        &[Role::Analyst],
+        Scope {
+            stores: vec!["lyon".into()],
+            ..Scope::default()
+        },
+    )))
+    .list_spend(pb::ListSpendRequest {
+        days: range(day(2026, 3, 1), day(2026, 3, 31)),
+        ..Default::default()
+    })
+    .await;
+    assert!(
+        store_analyst
+            .as_ref()
+            .is_err_and(|e| e.code() == tonic::Code::PermissionDenied),
+        "{store_analyst:?}"
+    );
 }
