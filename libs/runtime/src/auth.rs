@@ -139,15 +139,35 @@ impl Scope {
         stores.any(|s| self.allows_store(s))
     }
 
-    /// The channels a channel-level read (live sales, traffic, spend) covers: those `asked`
-    /// (every channel when empty), within the scope. A scope listing channels reads only those
-    /// (all of them when none is asked); a scope limited to stores and no channel cannot read
-    /// channel figures. `PERMISSION_DENIED` names the first channel out of scope.
+    /// The scope as SQL parameters for [`Scope::reaches_sql`]: the stores, then the channels,
+    /// each `None` when that dimension does not limit.
+    pub fn sql_lists(&self) -> (Option<&[String]>, Option<&[String]>) {
+        fn limit(l: &[String]) -> Option<&[String]> {
+            (!l.is_empty()).then_some(l)
+        }
+        (limit(&self.stores), limit(&self.channels))
+    }
+
+    /// A SQL condition equal to [`Scope::reaches`] for a row's `channel` and `store` columns,
+    /// with [`Scope::sql_lists`] bound at `$stores` and `$channels`: for list queries that
+    /// page, so a page holds only what the caller may see.
+    pub fn reaches_sql(channel: &str, store: &str, stores: usize, channels: usize) -> String {
+        format!(
+            "(({channel} = '' AND {store} = '') \
+             OR (${stores}::TEXT[] IS NOT NULL AND {store} = ANY(${stores})) \
+             OR (${stores}::TEXT[] IS NULL AND (${channels}::TEXT[] IS NULL OR {channel} = ANY(${channels}))))"
+        )
+    }
+
+    /// The channels a channel-level read or change (live sales, traffic, spend, promotions)
+    /// covers: those `asked` (every channel when empty), within the scope. A scope listing
+    /// channels covers only those (all of them when none is asked); a scope limited to stores
+    /// and no channel covers none. `PERMISSION_DENIED` names the first channel out of scope.
     pub fn channels_within(&self, asked: &[String]) -> Result<Vec<String>, Error> {
         if self.channels.is_empty() {
             if !self.stores.is_empty() {
                 return Err(Error::permission_denied(
-                    "channel figures need a channel in the caller's scope; it lists stores only",
+                    "the caller's scope lists stores only: no channel is its own",
                 ));
             }
             return Ok(asked.to_vec());
@@ -161,6 +181,22 @@ impl Scope {
             )));
         }
         Ok(asked.to_vec())
+    }
+
+    /// `PERMISSION_DENIED` unless a change that applies in `channels` (every channel when
+    /// empty: a promotion, a coupon, a campaign) is within the scope: an unlimited scope makes
+    /// any; a limited one names only channels of its own, and never "every channel"; a scope
+    /// limited to stores alone has no channel of its own.
+    pub fn require_channels(&self, channels: &[String]) -> Result<(), Error> {
+        if *self == Scope::default() {
+            return Ok(());
+        }
+        if channels.is_empty() {
+            return Err(Error::permission_denied(
+                "every channel needs a caller not limited to channels or stores",
+            ));
+        }
+        self.channels_within(channels).map(drop)
     }
 
     /// Whether everything `inner` allows, `self` allows too.

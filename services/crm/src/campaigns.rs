@@ -479,6 +479,8 @@ impl CampaignService for Grpc {
         let req = request.into_inner();
         let c = req.campaign.clone().unwrap_or_default();
         let segment = validate(&c)?;
+        // A manager limited to channels reaches customers through its own channels only.
+        who.scope.require_channels(&c.channel_ids)?;
         let mut tx = self.pool.begin().await.map_err(Error::from)?;
         if let Some(reply) =
             idem::replay(&mut tx, SCOPE, caller, &req.idempotency_key, &req).await?
@@ -602,6 +604,16 @@ impl CampaignService for Grpc {
         request: Request<pb::SendCampaignRequest>,
     ) -> Reply<pb::SendCampaignResponse> {
         let who = caller(&request, WRITERS)?;
+        let id = parse_id(&request.get_ref().campaign_id, "campaign_id")?;
+        let channels: Option<Vec<String>> =
+            sqlx::query_scalar("SELECT channel_ids FROM campaigns WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(Error::from)?;
+        if let Some(channels) = channels {
+            who.scope.require_channels(&channels)?;
+        }
         Ok(Response::new(
             self.send(&who.id, request.into_inner()).await?,
         ))

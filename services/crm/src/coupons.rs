@@ -653,6 +653,12 @@ impl CouponService for Grpc {
         request: Request<pb::CreateCouponTemplateRequest>,
     ) -> Reply<pb::CreateCouponTemplateResponse> {
         let who = caller(&request, MANAGERS)?;
+        // A manager limited to channels makes coupons for its own channels only.
+        let t = request.get_ref().template.clone().unwrap_or_default();
+        who.scope.require_channels(&t.channel_ids)?;
+        if !t.issuing_channel_id.is_empty() {
+            who.require_channel(&t.issuing_channel_id)?;
+        }
         Ok(Response::new(
             self.create_template(&who.id, request.into_inner()).await?,
         ))
@@ -713,6 +719,10 @@ impl CouponService for Grpc {
             &request,
             &[Role::Admin, Role::ChannelManager, Role::Service],
         )?;
+        let issuing = &request.get_ref().issuing_channel_id;
+        if !issuing.is_empty() {
+            who.require_channel(issuing)?;
+        }
         Ok(Response::new(
             self.issue(&who.id, request.into_inner()).await?,
         ))

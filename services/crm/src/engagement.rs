@@ -11,7 +11,7 @@ use omni_proto::events::event::Payload;
 use omni_proto::omni::crm::v1 as pb;
 use omni_proto::omni::crm::v1::engagement_service_server::EngagementService;
 use omni_runtime::Error;
-use omni_runtime::auth::Role;
+use omni_runtime::auth::{Role, Scope};
 use omni_runtime::error::Violations;
 use omni_runtime::paging;
 use sqlx::PgConnection;
@@ -414,7 +414,7 @@ impl EngagementService for Grpc {
         &self,
         request: Request<pb::ListFeedbackRequest>,
     ) -> Reply<pb::ListFeedbackResponse> {
-        caller(&request, READERS)?;
+        let who = caller(&request, READERS)?;
         let req = request.into_inner();
         let (from, until) = range(req.days.as_ref())?;
         let size = paging::page_size(req.page_size)?;
@@ -429,15 +429,18 @@ impl EngagementService for Grpc {
         } else {
             store::resolve(&mut conn, &customer_id(&req.customer_id)?).await?
         };
-        let rows: Vec<FeedbackRow> = sqlx::query_as(
+        let (stores, channels) = who.scope.sql_lists();
+        let rows: Vec<FeedbackRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT * FROM feedback WHERE id < $1
                  AND ($2 = '' OR customer_id = $2)
                  AND ($3 = '' OR channel_id = $3)
                  AND ($4 = '' OR store_id = $4)
                  AND ($5::TIMESTAMPTZ IS NULL OR recorded_at >= $5)
                  AND ($6::TIMESTAMPTZ IS NULL OR recorded_at < $6)
+                 AND {}
              ORDER BY id DESC LIMIT $7",
-        )
+            Scope::reaches_sql("channel_id", "store_id", 8, 9)
+        )))
         .bind(before)
         .bind(&customer)
         .bind(req.channel_id.trim())
@@ -445,6 +448,8 @@ impl EngagementService for Grpc {
         .bind(from)
         .bind(until)
         .bind(size)
+        .bind(stores)
+        .bind(channels)
         .fetch_all(&mut *conn)
         .await
         .map_err(Error::from)?;
@@ -462,18 +467,23 @@ impl EngagementService for Grpc {
         &self,
         request: Request<pb::SummarizeFeedbackRequest>,
     ) -> Reply<pb::SummarizeFeedbackResponse> {
-        caller(&request, READERS)?;
+        let who = caller(&request, READERS)?;
         let req = request.into_inner();
         let (from, until) = range(req.days.as_ref())?;
-        let rows: Vec<(String, String, i32, i32)> = sqlx::query_as(
+        let (stores, channels) = who.scope.sql_lists();
+        let rows: Vec<(String, String, i32, i32)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT channel_id, store_id, scale, score FROM feedback
              WHERE (cardinality($1::TEXT[]) = 0 OR channel_id = ANY($1))
                  AND ($2::TIMESTAMPTZ IS NULL OR recorded_at >= $2)
-                 AND ($3::TIMESTAMPTZ IS NULL OR recorded_at < $3)",
-        )
+                 AND ($3::TIMESTAMPTZ IS NULL OR recorded_at < $3)
+                 AND {}",
+            Scope::reaches_sql("channel_id", "store_id", 4, 5)
+        )))
         .bind(&req.channel_ids)
         .bind(from)
         .bind(until)
+        .bind(stores)
+        .bind(channels)
         .fetch_all(&self.pool)
         .await
         .map_err(Error::from)?;
@@ -513,7 +523,7 @@ impl EngagementService for Grpc {
         &self,
         request: Request<pb::ListInteractionsRequest>,
     ) -> Reply<pb::ListInteractionsResponse> {
-        caller(&request, READERS)?;
+        let who = caller(&request, READERS)?;
         let req = request.into_inner();
         let asked = customer_id(&req.customer_id)?;
         let since = from_ts(req.since.as_ref());
@@ -528,19 +538,24 @@ impl EngagementService for Grpc {
         if store::customer(&mut conn, &customer).await?.is_none() {
             return Err(Error::not_found(format!("customer {asked}")).into());
         }
-        let rows: Vec<InteractionRow> = sqlx::query_as(
+        let (stores, channels) = who.scope.sql_lists();
+        let rows: Vec<InteractionRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT * FROM interactions WHERE customer_id = $1 AND id < $2
                  AND (cardinality($3::INT[]) = 0 OR kind = ANY($3))
                  AND ($4 = '' OR channel_id = $4)
                  AND ($5::TIMESTAMPTZ IS NULL OR occurred_at >= $5)
+                 AND {}
              ORDER BY id DESC LIMIT $6",
-        )
+            Scope::reaches_sql("channel_id", "store_id", 7, 8)
+        )))
         .bind(&customer)
         .bind(before)
         .bind(&req.kinds)
         .bind(req.channel_id.trim())
         .bind(since)
         .bind(size)
+        .bind(stores)
+        .bind(channels)
         .fetch_all(&mut *conn)
         .await
         .map_err(Error::from)?;

@@ -1330,9 +1330,10 @@ impl SourcingService for Grpc {
         &self,
         request: Request<pb::GetSourcingConfigRequest>,
     ) -> Reply<pb::GetSourcingConfigResponse> {
-        caller(&request, ANY)?;
+        let principal = caller(&request, ANY)?;
         let id = &request.get_ref().channel_id;
         Uuid::parse_str(id).map_err(|_| Error::invalid("channel_id", "must be a UUID"))?;
+        principal.require_channel(id)?;
         let config = self.app.sourcing_config(id).await?;
         Ok(Response::new(pb::GetSourcingConfigResponse {
             config: Some(config),
@@ -1343,13 +1344,16 @@ impl SourcingService for Grpc {
         &self,
         request: Request<pb::ListSourcingConfigsRequest>,
     ) -> Reply<pb::ListSourcingConfigsResponse> {
-        caller(&request, ANY)?;
+        let principal = caller(&request, ANY)?;
         let r = request.into_inner();
         let limit = paging::page_size(r.page_size)?;
         let after = paging::decode_token(&r.page_token)?;
-        let mut configs = store::list_sourcing_configs(&self.app.pool, after.as_deref(), limit + 1)
-            .await
-            .map_err(Status::from)?;
+        // A caller limited to channels lists its channels' configs.
+        let (_, channels) = principal.scope.sql_lists();
+        let mut configs =
+            store::list_sourcing_configs(&self.app.pool, channels, after.as_deref(), limit + 1)
+                .await
+                .map_err(Status::from)?;
         let next_page_token = paginate(&mut configs, limit, |c| Some(c.channel_id.clone()));
         Ok(Response::new(pb::ListSourcingConfigsResponse {
             configs,
@@ -1361,13 +1365,14 @@ impl SourcingService for Grpc {
         &self,
         request: Request<pb::PreviewSourcingRequest>,
     ) -> Reply<pb::PreviewSourcingResponse> {
-        caller(&request, ANY)?;
+        let principal = caller(&request, ANY)?;
         let r = request.into_inner();
         let mut v = Violations::new();
         uuid(&mut v, "channel_id", &r.channel_id);
         let wants = lines(&mut v, "lines", &r.lines);
         let delivery = delivery(&mut v, "delivery", r.delivery.as_ref());
         v.finish()?;
+        principal.require_channel(&r.channel_id)?;
         let (decision, alternative_store_ids) = self
             .app
             .preview_sourcing(PreviewInput {

@@ -528,17 +528,21 @@ pub async fn put_sourcing_config(pool: &PgPool, config: &SourcingConfig) -> Resu
     Ok(())
 }
 
+/// Sourcing configs by channel id after `after`, of `channels` only when given.
 pub async fn list_sourcing_configs(
     pool: &PgPool,
+    channels: Option<&[String]>,
     after: Option<&str>,
     limit: i64,
 ) -> Result<Vec<SourcingConfig>> {
     let rows: Vec<Vec<u8>> = sqlx::query_scalar(
         "SELECT doc FROM sourcing_configs WHERE ($1::text IS NULL OR channel_id > $1)
+             AND ($3::text[] IS NULL OR channel_id = ANY($3))
          ORDER BY channel_id LIMIT $2",
     )
     .bind(after)
     .bind(limit)
+    .bind(channels)
     .fetch_all(pool)
     .await?;
     rows.iter().map(|d| decode(d)).collect()

@@ -320,14 +320,6 @@ impl Grpc {
     }
 }
 
-/// A channel app records only its own channels.
-fn require_channel(principal: &Principal, channel_id: &str) -> Result<()> {
-    if principal.has_any(&[Role::Admin, Role::ChannelManager, Role::Service]) {
-        return Ok(());
-    }
-    principal.require_channel(channel_id)
-}
-
 #[tonic::async_trait]
 impl InputService for Grpc {
     #[tracing::instrument(name = "performance.record_traffic", skip_all, err)]
@@ -363,7 +355,8 @@ impl InputService for Grpc {
         let Some(day) = day else {
             return Err(Error::invalid("traffic.day", "is required").into());
         };
-        require_channel(&principal, &t.channel_id)?;
+        // A caller limited to channels (an app, a channel's manager) records its own.
+        principal.require_channel(&t.channel_id)?;
         self.require_known("traffic.channel_id", std::slice::from_ref(&t.channel_id))
             .await?;
         let row = store::record_traffic(
@@ -430,7 +423,7 @@ impl InputService for Grpc {
         let Some(day) = day else {
             return Err(Error::invalid("spend.day", "is required").into());
         };
-        require_channel(&principal, &s.channel_id)?;
+        principal.require_channel(&s.channel_id)?;
         self.require_known("spend.channel_id", std::slice::from_ref(&s.channel_id))
             .await?;
         let row = store::record_spend(
@@ -581,26 +574,24 @@ impl KpiService for Grpc {
         let Some(range) = range else {
             return Err(Error::invalid("range", "is required").into());
         };
-        // A caller limited to channels reports on those channels.
+        // A caller limited to stores reports on those stores (whatever its role), one limited
+        // to channels only on those channels.
         let channels = if principal.scope.stores.is_empty() {
             principal.scope.channels_within(&channels)?
         } else {
             channels
         };
-        // A store associate sees its own stores only.
-        if !principal.has_any(&[Role::Admin, Role::ChannelManager, Role::Analyst]) {
+        if !principal.scope.stores.is_empty() {
             if stores.is_empty() {
                 stores = principal.scope.stores.clone();
-            }
-            if stores.is_empty() {
-                return Err(Error::permission_denied(
-                    "store associates report on their own stores",
-                )
-                .into());
             }
             for s in &stores {
                 principal.require_store(s)?;
             }
+        } else if !principal.has_any(&[Role::Admin, Role::ChannelManager, Role::Analyst]) {
+            return Err(
+                Error::permission_denied("store associates report on their own stores").into(),
+            );
         }
         self.require_known("channel_ids", &channels).await?;
         let sel = Selection {

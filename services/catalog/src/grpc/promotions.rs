@@ -307,19 +307,11 @@ fn input_and_currency(v: &mut Violations, p: &pb::Promotion) -> Option<(Promotio
 }
 
 /// A caller limited to channels changes only promotions limited to its channels; a promotion
-/// for every channel (none listed) needs a caller that is not limited to channels.
+/// for every channel (none listed) needs a caller not limited at all. A caller limited to
+/// stores alone has no channel of its own to promote in.
 fn require_channels(actor: &auth::Principal, channels: &[uuid::Uuid]) -> Result<(), Error> {
-    if actor.scope.channels.is_empty() {
-        return Ok(());
-    }
-    if channels.is_empty() {
-        return Err(Error::permission_denied(
-            "a promotion for every channel needs a caller not limited to channels",
-        ));
-    }
-    channels
-        .iter()
-        .try_for_each(|c| actor.require_channel(&c.to_string()))
+    let channels: Vec<String> = channels.iter().map(uuid::Uuid::to_string).collect();
+    actor.scope.require_channels(&channels)
 }
 
 #[tonic::async_trait]

@@ -187,3 +187,55 @@ async fn store_associates_cannot_change_prices_and_analysts_only_read() {
         .unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
 }
+
+#[tokio::test]
+async fn promotions_stay_within_the_callers_channels() {
+    let c = start().await;
+    let r = retailer(&c).await;
+    let as_scope = |channels: Vec<String>, stores: Vec<String>| {
+        PromotionServiceClient::new(c.svc.with_token(&omni_testkit::token(
+            &[Role::ChannelManager],
+            Scope { channels, stores },
+        )))
+    };
+    let promotion = |channel_ids: Vec<String>| pb::CreatePromotionRequest {
+        idempotency_key: String::new(),
+        promotion: Some(pb::Promotion {
+            name: "Spring".into(),
+            rule: Some(pb::promotion::Rule::PercentOff(pb::PercentOffRule {
+                percent_bps: 1000,
+            })),
+            scope: Some(pb::PromotionScope {
+                channel_ids,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    };
+    let eshop_manager = as_scope(vec![r.eshop.id.clone()], vec![]);
+    eshop_manager
+        .clone()
+        .create_promotion(promotion(vec![r.eshop.id.clone()]))
+        .await
+        .expect("its own channel");
+    for (who, mut client, channels) in [
+        (
+            "the e-shop's manager, the store's channel",
+            eshop_manager.clone(),
+            vec![r.store_lyon.id.clone()],
+        ),
+        ("the e-shop's manager, every channel", eshop_manager, vec![]),
+        // A manager limited to a store has no channel of its own to promote in.
+        (
+            "a store's manager, every channel",
+            as_scope(vec![], vec!["lyon".into()]),
+            vec![],
+        ),
+    ] {
+        let err = client
+            .create_promotion(promotion(channels))
+            .await
+            .expect_err(who);
+        assert_eq!(err.code(), Code::PermissionDenied, "{who}");
+    }
+}

@@ -285,3 +285,44 @@ async fn a_merge_moves_coupons_to_the_survivor() {
         .expect("coupon");
     assert_eq!(redeemed.customer_id, survivor);
 }
+
+#[tokio::test]
+async fn a_channels_manager_makes_coupons_for_its_own_channels_only() {
+    use omni_runtime::auth::Scope;
+
+    let w = World::start().await;
+    let mut web_manager = CouponServiceClient::new(w.crm.with_token(&omni_testkit::token(
+        &[Role::ChannelManager],
+        Scope {
+            channels: vec!["web".into()],
+            ..Scope::default()
+        },
+    )));
+    let template = |channels: &[&str]| pb::CreateCouponTemplateRequest {
+        template: Some(pb::CouponTemplate {
+            name: "five off".into(),
+            discount: Some(pb::coupon_template::Discount::AmountOff(Money {
+                minor_units: 500,
+                currency: "EUR".into(),
+            })),
+            channel_ids: channels.iter().map(|c| (*c).to_owned()).collect(),
+            validity: Some(TimeRange {
+                start: at(-60),
+                end: at(3_600),
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    web_manager
+        .create_coupon_template(template(&["web"]))
+        .await
+        .expect("its own channel");
+    for channels in [&["live"][..], &[][..]] {
+        let err = web_manager
+            .create_coupon_template(template(channels))
+            .await
+            .expect_err("another channel, or every channel");
+        assert_eq!(err.code(), Code::PermissionDenied, "{channels:?}");
+    }
+}

@@ -380,6 +380,28 @@ async fn interactions_are_logged_with_channel_and_time_and_shown_newest_first() 
         .interactions;
     assert_eq!(only_visits.len(), 1);
     assert_eq!(only_visits[0].channel_id, "store-1");
+    // A caller limited to the livestream lists the livestream's interactions only.
+    let live_app = EngagementServiceClient::new(w.crm.with_token(&omni_testkit::token(
+        &[Role::ChannelApp],
+        Scope {
+            channels: vec!["live".into()],
+            ..Scope::default()
+        },
+    )));
+    let seen: Vec<String> = live_app
+        .clone()
+        .list_interactions(pb::ListInteractionsRequest {
+            customer_id: ada.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("list as the livestream")
+        .into_inner()
+        .interactions
+        .into_iter()
+        .map(|i| i.channel_id)
+        .collect();
+    assert_eq!(seen, ["live"]);
     let unknown = engagement(&w)
         .record_interaction(pb::RecordInteractionRequest {
             interaction: Some(pb::Interaction {

@@ -483,6 +483,26 @@ async fn bad_reservations_are_refused_and_write_nothing() {
         .await
         .expect_err("every store");
     assert_eq!(fields(&err), ["location_id"]);
+    // The scope limits whatever the role: an analyst limited to store A reads A only.
+    let mut store_analyst =
+        omni_proto::omni::inventory::v1::stock_service_client::StockServiceClient::new(
+            inv.svc.with_token(&omni_testkit::token(
+                &[Role::Analyst],
+                Scope {
+                    channels: vec![],
+                    stores: vec![store_a.clone()],
+                },
+            )),
+        );
+    store_analyst
+        .list_stock_levels(list(&store_a))
+        .await
+        .expect("own store");
+    let err = store_analyst
+        .list_stock_levels(list(&store_b))
+        .await
+        .expect_err("another store");
+    assert_eq!(err.code(), Code::PermissionDenied);
 }
 
 #[tokio::test]

@@ -299,4 +299,43 @@ async fn channel_managers_set_the_sourcing_of_their_own_channels() {
         .set_sourcing_config(config(&w.eshop.id))
         .await
         .expect("its own channel");
+
+    // It reads and previews its own channels' sourcing only.
+    sourcing
+        .get_sourcing_config(pb::GetSourcingConfigRequest {
+            channel_id: w.eshop.id.clone(),
+        })
+        .await
+        .expect("its own channel's config");
+    let err = sourcing
+        .get_sourcing_config(pb::GetSourcingConfigRequest {
+            channel_id: w.livestream.id.clone(),
+        })
+        .await
+        .expect_err("another channel's config");
+    assert_eq!(err.code(), Code::PermissionDenied);
+    w.sourcing()
+        .set_sourcing_config(config(&w.livestream.id))
+        .await
+        .expect("the livestream's config, by an admin");
+    let listed: Vec<String> = sourcing
+        .list_sourcing_configs(pb::ListSourcingConfigsRequest::default())
+        .await
+        .expect("list")
+        .into_inner()
+        .configs
+        .into_iter()
+        .map(|c| c.channel_id)
+        .collect();
+    assert_eq!(listed, std::slice::from_ref(&w.eshop.id));
+    let err = sourcing
+        .preview_sourcing(pb::PreviewSourcingRequest {
+            channel_id: w.livestream.id.clone(),
+            lines: vec![line(&w.tee_m, 1)],
+            delivery: ship_to(home_villeurbanne()),
+            ..Default::default()
+        })
+        .await
+        .expect_err("another channel's sourcing");
+    assert_eq!(err.code(), Code::PermissionDenied);
 }

@@ -441,6 +441,33 @@ async fn store_and_associate_rows_carry_their_own_figures() {
         .await
         .expect_err("other store");
     assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+    // So does an analyst limited to that store: the scope limits whatever the role.
+    let mut store_analyst =
+        omni_proto::omni::performance::v1::kpi_service_client::KpiServiceClient::new(
+            p.svc.with_token(&omni_testkit::token(
+                &[Role::Analyst],
+                Scope {
+                    stores: vec!["S1".into()],
+                    ..Scope::default()
+                },
+            )),
+        );
+    let theirs = store_analyst
+        .get_kpi_report(pb::GetKpiReportRequest {
+            dimension: pb::KpiDimension::Store as i32,
+            ..march()
+        })
+        .await
+        .expect("own store")
+        .into_inner();
+    assert_eq!(
+        theirs
+            .rows
+            .iter()
+            .map(|r| r.store_id.as_str())
+            .collect::<Vec<_>>(),
+        ["S1"]
+    );
 }
 
 #[tokio::test]
