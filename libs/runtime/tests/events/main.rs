@@ -484,3 +484,53 @@ async fn refused_events_are_dead_lettered_with_their_error_and_replay_once() {
     assert_eq!(done.len(), 3, "{done:?}");
     assert!(done.iter().all(|(_, times)| *times == 1));
 }
+
+#[tokio::test]
+async fn what_every_group_has_acknowledged_leaves_the_stream_and_the_outbox() {
+    let (pool, redis) = setup().await;
+    let outbox = Outbox::new("source");
+    emit(&pool, &outbox, 10).await;
+    let relay = outbox.relay(pool.clone(), redis.clone(), Duration::from_millis(20));
+    assert_eq!(relay.publish_pending().await.expect("publish"), 10);
+    let stream = relay.stream().to_owned();
+    let mut conn = redis.conn();
+    for group in ["first", "second"] {
+        let _: () = conn
+            .xgroup_create(&stream, group, "0")
+            .await
+            .expect("group");
+    }
+    // "first" reads and acknowledges six events, "second" reads four and acknowledges two.
+    let read = async |group: &str, count: usize, ack: usize| {
+        let mut conn = redis.conn();
+        let reply: redis::streams::StreamReadReply = conn
+            .xread_options(
+                &[&stream],
+                &[">"],
+                &redis::streams::StreamReadOptions::default()
+                    .group(group, "c")
+                    .count(count),
+            )
+            .await
+            .expect("read");
+        let ids: Vec<String> = reply.keys[0].ids.iter().map(|e| e.id.clone()).collect();
+        let _: i64 = conn.xack(&stream, group, &ids[..ack]).await.expect("ack");
+    };
+    read("first", 6, 6).await;
+    read("second", 4, 2).await;
+    relay.delete_consumed().await.expect("cleanup");
+    // Both groups have acknowledged the first two: those go; the third is pending in "second".
+    let len: usize = conn.xlen(&stream).await.expect("xlen");
+    assert_eq!(len, 8);
+    let kept: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+    assert_eq!(kept, 8);
+
+    read("second", 6, 6).await;
+    relay.delete_consumed().await.expect("cleanup");
+    // "second" still has its third and fourth pending.
+    let len: usize = conn.xlen(&stream).await.expect("xlen");
+    assert_eq!(len, 8);
+}
