@@ -161,12 +161,6 @@ fn location_row(v: &mut Violations, l: &pb::Location, creating: bool) -> Locatio
     if kind != "store" && l.pickup_enabled {
         v.add("location.pickup_enabled", "only stores hand orders over");
     }
-    if kind == "store" && l.channel_id.trim().is_empty() {
-        v.add(
-            "location.channel_id",
-            "a store needs its catalog channel id",
-        );
-    }
     if !(0..1440).contains(&l.pickup_cutoff_minute) {
         v.add(
             "location.pickup_cutoff_minute",

@@ -38,7 +38,9 @@ fn channel_input(v: &mut Violations, c: &pb::Channel) -> Option<ChannelInput> {
     let currency = v.check("channel.currency", domain::parse_currency(&c.currency));
     let store_location_id = c.store_location_id.trim().to_owned();
     match kind {
-        Some(ChannelKind::Store) => {
+        // A store channel may be created before its inventory location and linked later
+        // (UpdateChannel), so neither has to invent the other's id.
+        Some(ChannelKind::Store) if !store_location_id.is_empty() => {
             if let Err(e) = uuid(&store_location_id) {
                 v.add(
                     "channel.store_location_id",
@@ -46,6 +48,7 @@ fn channel_input(v: &mut Violations, c: &pb::Channel) -> Option<ChannelInput> {
                 );
             }
         }
+        Some(ChannelKind::Store) => {}
         Some(_) if !store_location_id.is_empty() => {
             v.add(
                 "channel.store_location_id",

@@ -355,7 +355,7 @@ async fn bad_sku_input_gets_its_own_status_and_writes_nothing() {
         events_before + 1
     );
 
-    // Channels: a store needs its inventory location; other kinds must not have one.
+    // Channels: a store's inventory location is a location id; other kinds have none.
     let err = c
         .channels()
         .create_channel(pb::CreateChannelRequest {
@@ -364,6 +364,7 @@ async fn bad_sku_input_gets_its_own_status_and_writes_nothing() {
                 kind: ChannelKind::Store as i32,
                 name: "Store".into(),
                 currency: "EUR".into(),
+                store_location_id: "LYS-01".into(),
                 ..Default::default()
             }),
         })
@@ -663,4 +664,43 @@ async fn changes_are_published_as_events_through_the_outbox() {
     assert_eq!(minor(&price.list_price), 2990);
     assert_eq!(price.deviation_bps, -2000);
     assert!(price.under_exception);
+}
+
+#[tokio::test]
+async fn a_store_channel_is_created_before_its_location_and_linked_later() {
+    let c = start().await;
+    let created = c
+        .channels()
+        .create_channel(pb::CreateChannelRequest {
+            idempotency_key: String::new(),
+            channel: Some(pb::Channel {
+                kind: ChannelKind::Store as i32,
+                name: "Store Lyon".into(),
+                currency: "EUR".into(),
+                active: true,
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("a store channel without its location yet")
+        .into_inner()
+        .channel
+        .expect("channel");
+    assert_eq!(created.store_location_id, "");
+    // Inventory creates the location with this channel's id; the channel then links to it.
+    let location = uuid::Uuid::now_v7().to_string();
+    let linked = c
+        .channels()
+        .update_channel(pb::UpdateChannelRequest {
+            channel: Some(pb::Channel {
+                store_location_id: location.clone(),
+                ..created
+            }),
+        })
+        .await
+        .expect("linked")
+        .into_inner()
+        .channel
+        .expect("channel");
+    assert_eq!(linked.store_location_id, location);
 }

@@ -247,3 +247,52 @@ async fn locations_are_created_updated_with_versions_and_listed() {
     assert_eq!(listed.locations.len(), 1);
     assert_eq!(listed.locations[0].name, "Lyon Bellecour");
 }
+
+#[tokio::test]
+async fn a_store_location_is_created_before_its_channel_and_linked_later() {
+    let mut inv = support::start().await;
+    let id = inv
+        .location(pb::Location {
+            code: "ST-NEW".into(),
+            name: "Store to open".into(),
+            kind: pb::LocationKind::Store as i32,
+            address: Some(omni_proto::common::Address {
+                city: "Lyon".into(),
+                location: Some(omni_proto::common::GeoPoint {
+                    latitude: 45.76,
+                    longitude: 4.83,
+                }),
+                ..Default::default()
+            }),
+            time_zone: omni_testkit::daytime_zone(),
+            ..Default::default()
+        })
+        .await;
+    let got = inv
+        .locations
+        .get_location(pb::GetLocationRequest {
+            location_id: id.clone(),
+        })
+        .await
+        .expect("get")
+        .into_inner()
+        .location
+        .expect("location");
+    assert_eq!(got.channel_id, "");
+    // The catalog's store channel is created with this location's id, then linked here.
+    let channel = uuid::Uuid::now_v7().to_string();
+    let linked = inv
+        .locations
+        .update_location(pb::UpdateLocationRequest {
+            location: Some(pb::Location {
+                channel_id: channel.clone(),
+                ..got
+            }),
+        })
+        .await
+        .expect("linked")
+        .into_inner()
+        .location
+        .expect("location");
+    assert_eq!(linked.channel_id, channel);
+}
