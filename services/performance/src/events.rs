@@ -102,20 +102,108 @@ fn date(d: Option<&omni_proto::common::Date>) -> Option<NaiveDate> {
     )
 }
 
+/// An order event's facts: the order as it now stands, when, and whether it cancels it.
+fn order_change(event: &Event) -> Option<(Option<&OrderFacts>, DateTime<Utc>, bool)> {
+    let at = time(event.occurred_at.as_ref()).unwrap_or_else(Utc::now);
+    match event.payload.as_ref()? {
+        Payload::OrderPlaced(e) => Some((e.order.as_ref(), at, false)),
+        Payload::OrderPaid(e) => Some((e.order.as_ref(), at, false)),
+        Payload::OrderFulfilled(e) => Some((e.order.as_ref(), at, false)),
+        Payload::OrderCancelled(e) => Some((e.order.as_ref(), at, true)),
+        _ => None,
+    }
+}
+
+/// One order's events of a batch folded into one change. Applying the fold gives what
+/// applying each event in turn gives: an order's facts are replaced by its latest event's,
+/// except that cancellation sticks and ready times, once known, are kept (the same rules
+/// [`store::apply_order`] applies against the stored facts, and they compose), so the
+/// intermediate contributions would only cancel out in the rollups.
+struct Folded<'a> {
+    /// The merged fact row.
+    row: OrderRow,
+    /// The latest event's facts, time and cancel flag (attribution, experiments, channel).
+    facts: &'a OrderFacts,
+    occurred_at: DateTime<Utc>,
+    cancelled: bool,
+}
+
+impl<'a> Folded<'a> {
+    fn new(facts: &'a OrderFacts, occurred_at: DateTime<Utc>, cancelled: bool) -> Self {
+        Folded {
+            row: order_row(facts, occurred_at, cancelled),
+            facts,
+            occurred_at,
+            cancelled,
+        }
+    }
+
+    fn then(&mut self, next: Folded<'a>) {
+        let mut row = next.row;
+        row.cancelled |= self.row.cancelled;
+        row.ready_at = row.ready_at.or(self.row.ready_at);
+        row.promised_ready_at = row.promised_ready_at.or(self.row.promised_ready_at);
+        *self = Folded { row, ..next };
+    }
+}
+
+/// Applies the folded order changes, in the order their orders first appeared.
+async fn flush(conn: &mut PgConnection, folded: &mut Vec<Folded<'_>>) -> Result<()> {
+    for f in folded.drain(..) {
+        apply(conn, f.facts, f.row, f.occurred_at, f.cancelled).await?;
+    }
+    Ok(())
+}
+
 impl Handler for Facts {
     async fn handle(&self, conn: &mut PgConnection, event: &Event) -> Result<()> {
+        self.handle_batch(conn, std::slice::from_ref(event)).await
+    }
+
+    /// Folds each order's consecutive events (placed, paid, fulfilled, cancelled) into one
+    /// change: a batch's order usually arrives three times, and each application moves its
+    /// contribution out of and back into the same rollup rows. Any other event applies the
+    /// folded changes first, as it may read their facts (a return, a ready time, a merge).
+    async fn handle_batch(&self, conn: &mut PgConnection, events: &[Event]) -> Result<()> {
+        let mut folded: Vec<Folded<'_>> = Vec::new();
+        let mut sales = false;
+        for event in events {
+            if let Some((facts, at, cancelled)) = order_change(event) {
+                sales = true;
+                let Some(facts) =
+                    facts.filter(|o| !o.order_id.is_empty() && !o.channel_id.is_empty())
+                else {
+                    tracing::warn!(event = %event.id, "order event without order or channel id; ignored");
+                    continue;
+                };
+                let next = Folded::new(facts, at, cancelled);
+                match folded.iter_mut().find(|f| f.row.order_id == facts.order_id) {
+                    Some(f) => f.then(next),
+                    None => folded.push(next),
+                }
+                continue;
+            }
+            flush(conn, &mut folded).await?;
+            sales |= self.apply_other(conn, event).await?;
+        }
+        flush(conn, &mut folded).await?;
+        if sales {
+            // Watchers re-read after the commit; a lagging watcher only misses a wake-up.
+            let _ = self.sales_changed.send(());
+        }
+        Ok(())
+    }
+}
+
+impl Facts {
+    /// Applies an event other than an order change; whether it may move today's sales.
+    async fn apply_other(&self, conn: &mut PgConnection, event: &Event) -> Result<bool> {
         let occurred_at = time(event.occurred_at.as_ref()).unwrap_or_else(Utc::now);
         let Some(payload) = &event.payload else {
-            return Ok(());
+            return Ok(false);
         };
         let mut sales = true;
         match payload {
-            Payload::OrderPlaced(e) => apply(conn, e.order.as_ref(), occurred_at, false).await?,
-            Payload::OrderPaid(e) => apply(conn, e.order.as_ref(), occurred_at, false).await?,
-            Payload::OrderFulfilled(e) => {
-                apply(conn, e.order.as_ref(), occurred_at, false).await?;
-            }
-            Payload::OrderCancelled(e) => apply(conn, e.order.as_ref(), occurred_at, true).await?,
             Payload::OrderReadyForPickup(e) => {
                 store::apply_ready(
                     conn,
@@ -190,29 +278,20 @@ impl Handler for Facts {
             }
             _ => sales = false,
         }
-        if sales {
-            // Watchers re-read after the commit; a lagging watcher only misses a wake-up.
-            let _ = self.sales_changed.send(());
-        }
-        Ok(())
+        Ok(sales)
     }
 }
 
+/// Applies an order's change: `row` is its fact row (folded over the batch), `order` the
+/// latest event's facts.
 async fn apply(
     conn: &mut PgConnection,
-    order: Option<&OrderFacts>,
+    order: &OrderFacts,
+    row: OrderRow,
     occurred_at: DateTime<Utc>,
     cancelled: bool,
 ) -> Result<()> {
-    let Some(order) = order else {
-        tracing::warn!("order event without order facts; ignored");
-        return Ok(());
-    };
-    if order.order_id.is_empty() || order.channel_id.is_empty() {
-        tracing::warn!(order = %order.order_id, "order event without order or channel id; ignored");
-        return Ok(());
-    }
-    store::apply_order(conn, &order_row(order, occurred_at, cancelled)).await?;
+    store::apply_order(conn, &row).await?;
     crate::attribution::replace_links(
         conn,
         &order.order_id,

@@ -2,6 +2,7 @@
 //! order, return, catalog and crm events arrive through a real outbox, relay and Redis stream.
 
 mod attribution;
+mod batches;
 mod bench;
 mod distinct;
 mod experiments;
