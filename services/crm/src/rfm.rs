@@ -71,7 +71,7 @@ pub fn scores(base: &[Aggregate]) -> HashMap<String, Rfm> {
     let recency = quintiles(
         &base
             .iter()
-            .map(|a| a.last_purchase.timestamp())
+            .map(|a| a.last_purchase.timestamp_micros())
             .collect::<Vec<_>>(),
     );
     let frequency = quintiles(&base.iter().map(|a| a.orders).collect::<Vec<_>>());

@@ -190,3 +190,51 @@ async fn a_segment_rule_that_does_not_parse_is_refused_with_its_position_and_not
         .segments;
     assert!(listed.is_empty());
 }
+
+#[tokio::test]
+async fn a_batch_of_customers_gets_the_rfm_scores_each_gets_alone() {
+    use chrono::{Duration, TimeZone as _, Utc};
+    use tokio_util::sync::CancellationToken;
+
+    let url = omni_testkit::fresh_database("crm_rfm").await.expect("db");
+    let pool = sqlx::PgPool::connect(&url).await.expect("pool");
+    omni_runtime::db::migrate(&pool, crm::MIGRATOR, &CancellationToken::new())
+        .await
+        .expect("migrate");
+    // Forty customers with ties on every dimension.
+    let start = Utc
+        .with_ymd_and_hms(2026, 1, 1, 0, 0, 0)
+        .single()
+        .expect("date");
+    let ids: Vec<String> = (0..40).map(|i| format!("c-{i:02}")).collect();
+    for (i, id) in ids.iter().enumerate() {
+        let i = i as i64;
+        sqlx::query(
+            "INSERT INTO customer_stats (customer_id, first_purchase, last_purchase, orders, monetary)
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(id)
+        .bind(start)
+        .bind(start + Duration::days(i % 7) + Duration::microseconds(i % 2))
+        .bind(1 + i % 5)
+        .bind(1_000 * (i % 9))
+        .execute(&pool)
+        .await
+        .expect("stats");
+    }
+    let mut conn = pool.acquire().await.expect("conn");
+    let together = crm::facts::scored(&mut conn, &ids).await.expect("batch");
+    assert_eq!(together.len(), ids.len());
+    for id in &ids {
+        let alone = crm::facts::scored(&mut conn, std::slice::from_ref(id))
+            .await
+            .expect("one");
+        assert_eq!(together[id].1, alone[id].1, "{id}");
+    }
+    // The whole-base ranking agrees too.
+    let base = crm::facts::base(&mut conn).await.expect("base");
+    let ranked = crm::rfm::scores(&base);
+    for id in &ids {
+        assert_eq!(together[id].1, ranked[id], "{id}");
+    }
+}
