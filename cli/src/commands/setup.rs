@@ -217,24 +217,31 @@ pub async fn list(ctx: &Ctx, sku_id: &str, channel_id: &str, price: i64) -> CliR
     Ok(())
 }
 
+/// The most lines inventory takes in one movement (`RecordMovementRequest.lines`).
+const MOVEMENT_LINES: usize = 100;
+
+/// Receives `lines` at `location`, one delivery per hundred lines.
 pub async fn receive(ctx: &Ctx, location: &str, lines: &[(String, i64)]) -> CliResult<()> {
-    StockServiceClient::new(ctx.authed(Service::Inventory)?)
-        .record_movement(inv::RecordMovementRequest {
-            idempotency_key: key(),
-            location_id: location.to_owned(),
-            kind: inv::MovementKind::Receipt as i32,
-            lines: lines
-                .iter()
-                .map(|(sku, quantity)| inv::MovementLine {
-                    sku_id: sku.clone(),
-                    quantity: *quantity,
-                })
-                .collect(),
-            reason: "supplier delivery".into(),
-            reference: String::new(),
-        })
-        .await
-        .answer("inventory")?;
+    let mut stock = StockServiceClient::new(ctx.authed(Service::Inventory)?);
+    for delivery in lines.chunks(MOVEMENT_LINES) {
+        stock
+            .record_movement(inv::RecordMovementRequest {
+                idempotency_key: key(),
+                location_id: location.to_owned(),
+                kind: inv::MovementKind::Receipt as i32,
+                lines: delivery
+                    .iter()
+                    .map(|(sku, quantity)| inv::MovementLine {
+                        sku_id: sku.clone(),
+                        quantity: *quantity,
+                    })
+                    .collect(),
+                reason: "supplier delivery".into(),
+                reference: String::new(),
+            })
+            .await
+            .answer("inventory")?;
+    }
     Ok(())
 }
 
