@@ -116,12 +116,12 @@ async fn a_batch_leaves_every_table_as_event_by_event_application_does() {
     let (one_by_one, batched) = (database().await, database().await);
     let mut conn = one_by_one.acquire().await.expect("conn");
     for e in &history {
-        facts.handle(&mut *conn, e).await.expect("event");
+        facts.handle(&mut conn, e).await.expect("event");
     }
     drop(conn);
     let mut conn = batched.acquire().await.expect("conn");
     facts
-        .handle_batch(&mut *conn, &history)
+        .handle_batch(&mut conn, &history)
         .await
         .expect("batch");
     drop(conn);
