@@ -162,7 +162,10 @@ async fn contribute(conn: &mut PgConnection, o: &OrderRow, first: bool, sign: i6
     .bind(sign * i64::from(hit))
     .execute(&mut *conn)
     .await?;
-    drop_empty_rollup(conn, o.day, &o.channel_id, &o.store_id, &o.associate_id).await?;
+    // Only taking a contribution away can bring a row back to zero.
+    if sign < 0 {
+        drop_empty_rollup(conn, o.day, &o.channel_id, &o.store_id, &o.associate_id).await?;
+    }
     if known {
         customer_day(conn, o, &o.customer_id, sign, sign * o.sales).await?;
     }
@@ -216,6 +219,10 @@ async fn customer_day(
     .bind(net)
     .execute(&mut *conn)
     .await?;
+    if orders > 0 {
+        // A row that gains an order is not empty.
+        return Ok(());
+    }
     sqlx::query(
         "DELETE FROM customer_days WHERE day = $1 AND channel_id = $2 AND store_id = $3 \
            AND associate_id = $4 AND customer_id = $5 AND orders = 0 AND net_sales = 0",
