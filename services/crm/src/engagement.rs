@@ -170,17 +170,23 @@ fn range(r: Option<&DateRange>) -> Result<Span, Error> {
 }
 
 /// Recent interactions of a customer, newest first (for the customer view).
+/// The customer's `limit` most recent interactions that `scope` reaches.
 pub async fn recent(
     conn: &mut PgConnection,
     customer_id: &str,
+    scope: &Scope,
     limit: i64,
 ) -> Result<Vec<pb::Interaction>, Error> {
-    let rows: Vec<InteractionRow> = sqlx::query_as(
-        "SELECT * FROM interactions WHERE customer_id = $1
+    let (stores, channels) = scope.sql_lists();
+    let rows: Vec<InteractionRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT * FROM interactions WHERE customer_id = $1 AND {}
          ORDER BY occurred_at DESC, id DESC LIMIT $2",
-    )
+        Scope::reaches_sql("channel_id", "store_id", 3, 4)
+    )))
     .bind(customer_id)
     .bind(limit)
+    .bind(stores)
+    .bind(channels)
     .fetch_all(conn)
     .await?;
     Ok(rows.into_iter().map(interaction_pb).collect())

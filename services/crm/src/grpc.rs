@@ -161,17 +161,8 @@ impl Grpc {
         let (score, lifecycle, tier) = facts::derived(scored.get(&id), &order_facts, &rules, now);
         let segments = segments::of_customer(&mut conn, &id).await?;
         let open_tickets = tickets::open_of(&mut conn, &id).await?;
-        let limited = *scope != Scope::default();
         let reaches = |channel_id: &str, store_id: &str| scope.reaches(channel_id, [store_id]);
-        // A scoped caller's interactions are picked from the most a caller may ask for.
-        let read = if limited {
-            i64::from(MAX_LIMIT)
-        } else {
-            interaction_limit
-        };
-        let mut interactions = engagement::recent(&mut conn, &id, read).await?;
-        interactions.retain(|i| reaches(&i.channel_id, &i.store_id));
-        interactions.truncate(usize::try_from(interaction_limit).unwrap_or(0));
+        let interactions = engagement::recent(&mut conn, &id, scope, interaction_limit).await?;
         let associate = associates::assignment(&mut conn, &id).await?;
         let opt_ins = store::opt_ins(&mut conn, &id).await?;
         conn.commit().await?;

@@ -392,7 +392,27 @@ async fn a_scoped_caller_sees_the_whole_customer_but_only_the_orders_its_scope_r
     for o in [&online, &store, &live] {
         w.orders.complete(o).await;
     }
-    w.view_when(&id, |v| v.order_count == 3).await;
+    for (channel, store) in [("live", ""), ("store-1", "store-1")] {
+        omni_proto::omni::crm::v1::engagement_service_client::EngagementServiceClient::new(
+            w.crm.admin(),
+        )
+        .record_interaction(pb::RecordInteractionRequest {
+            interaction: Some(pb::Interaction {
+                customer_id: id.clone(),
+                kind: 1,
+                channel_id: channel.into(),
+                store_id: store.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("interaction");
+    }
+    w.view_when(&id, |v| {
+        v.order_count == 3 && v.recent_interactions.len() == 2
+    })
+    .await;
 
     let view_as = async |roles: &[Role], channels: &[&str], stores: &[&str]| {
         let token = omni_testkit::token(
@@ -433,6 +453,12 @@ async fn a_scoped_caller_sees_the_whole_customer_but_only_the_orders_its_scope_r
     );
     assert_eq!(channels(&associate), ["store-1"]);
     assert_eq!(associate.spend_per_channel.len(), 1);
+    let touched: Vec<&str> = associate
+        .recent_interactions
+        .iter()
+        .map(|i| i.channel_id.as_str())
+        .collect();
+    assert_eq!(touched, ["store-1"]);
 
     // The e-shop's app sees its own orders only; an unscoped manager sees all three.
     let app = view_as(&[Role::ChannelApp], &["web"], &[]).await;
