@@ -26,9 +26,11 @@ use support::*;
 /// exists, and the stock is sellable again.
 #[tokio::test]
 async fn stock_held_by_an_order_that_never_committed_is_free_once_the_hold_expires() {
+    // The hold lasts twice the payment window: long enough that "still held right after"
+    // is checked before it ends even on a loaded machine, short enough to wait out.
     let w = Arc::new(
         World::start_with(OrderClocks {
-            payment_window: Duration::from_secs(1),
+            payment_window: Duration::from_secs(3),
             ..OrderClocks::default()
         })
         .await,
