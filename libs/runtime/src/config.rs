@@ -106,6 +106,16 @@ pub struct CommonConfig {
     pub database_url: Secret<String>,
     /// `OMNI_DATABASE_MAX_CONNECTIONS`, default 10.
     pub database_max_connections: u32,
+    /// How long a call waits for a pooled connection before it is refused UNAVAILABLE
+    /// (`OMNI_DATABASE_ACQUIRE_TIMEOUT_MS`, default 1000): a saturated pool answers fast
+    /// instead of queueing callers.
+    pub database_acquire_timeout: Duration,
+    /// The longest one statement may run (`OMNI_DATABASE_STATEMENT_TIMEOUT_MS`, default 10000;
+    /// Postgres `statement_timeout`); beyond it the call fails UNAVAILABLE.
+    pub database_statement_timeout: Duration,
+    /// The longest a statement waits for a row or table lock (`OMNI_DATABASE_LOCK_TIMEOUT_MS`,
+    /// default 2000; Postgres `lock_timeout`); beyond it the call fails ABORTED, retryable.
+    pub database_lock_timeout: Duration,
     /// `REDIS_URL`.
     pub redis_url: Secret<String>,
     /// Prepended to every Redis key and stream (`OMNI_REDIS_PREFIX`, default empty); lets
@@ -197,6 +207,18 @@ impl CommonConfig {
             listen_addr,
             database_url: Secret::new(database_url),
             database_max_connections: parse_or("OMNI_DATABASE_MAX_CONNECTIONS", 10)?,
+            database_acquire_timeout: millis_or(
+                "OMNI_DATABASE_ACQUIRE_TIMEOUT_MS",
+                Duration::from_secs(1),
+            )?,
+            database_statement_timeout: millis_or(
+                "OMNI_DATABASE_STATEMENT_TIMEOUT_MS",
+                Duration::from_secs(10),
+            )?,
+            database_lock_timeout: millis_or(
+                "OMNI_DATABASE_LOCK_TIMEOUT_MS",
+                Duration::from_secs(2),
+            )?,
             redis_url: Secret::new(redis_url),
             redis_prefix: var("OMNI_REDIS_PREFIX").unwrap_or_default(),
             auth_public_key_pem,

@@ -297,6 +297,10 @@ impl From<sqlx::Error> for Error {
                     Some("40001" | "40P01" | "55P03") => {
                         Error::Aborted("a concurrent change won; retry".into())
                     }
+                    // query_canceled: the statement ran past the service's statement_timeout
+                    Some("57014") => {
+                        Error::Unavailable("the database took too long to answer".into())
+                    }
                     // admin_shutdown, crash_shutdown, cannot_connect_now, too_many_connections
                     Some("57P01" | "57P02" | "57P03" | "53300") => {
                         Error::Unavailable("the database is not available".into())

@@ -113,6 +113,9 @@ pub async fn common_config(label: &str) -> anyhow::Result<CommonConfig> {
         listen_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
         database_url: Secret::new(database_url),
         database_max_connections: 10,
+        database_acquire_timeout: Duration::from_secs(1),
+        database_statement_timeout: Duration::from_secs(10),
+        database_lock_timeout: Duration::from_secs(2),
         redis_url: Secret::new(redis_url()),
         redis_prefix: fresh_redis_prefix(),
         auth_public_key_pem: global().keys.public_pem.clone(),
@@ -438,6 +441,8 @@ pub struct OrderClocks {
     pub pickup_promise: Duration,
     pub pickup_hold: Duration,
     pub address_change_window: Duration,
+    /// How long an order step may stay pending before the sweeper resumes it.
+    pub resume_after: Duration,
 }
 
 impl Default for OrderClocks {
@@ -447,6 +452,7 @@ impl Default for OrderClocks {
             pickup_promise: Duration::from_secs(1800),
             pickup_hold: Duration::from_secs(3 * 24 * 3600),
             address_change_window: Duration::from_secs(24 * 3600),
+            resume_after: Duration::from_secs(45),
         }
     }
 }
@@ -545,6 +551,7 @@ pub async fn order_management_with(
         pickup_hold: clocks.pickup_hold,
         address_change_window: clocks.address_change_window,
         sweep_interval: Duration::from_millis(100),
+        step_resume_after: clocks.resume_after,
     };
     Service::start("order-management", common, move |listener, shutdown| {
         order_management::run(config, listener, shutdown)

@@ -49,6 +49,10 @@ pub struct Config {
     pub address_change_window: Duration,
     /// How often unpaid and uncollected orders are swept (`OMNI_SWEEP_INTERVAL_MS`, 1000).
     pub sweep_interval: Duration,
+    /// How long an order step (payment, cancellation, ...) may stay pending before the sweeper
+    /// resumes it (`OMNI_STEP_RESUME_MS`, default four upstream timeouts plus 5 s: longer than
+    /// a live step's calls can take).
+    pub step_resume_after: Duration,
 }
 
 fn url(name: &str, default_port: u16) -> Result<String, ConfigError> {
@@ -82,6 +86,7 @@ impl Config {
                 ));
             }
         };
+        let call_timeout = config::millis_or("OMNI_UPSTREAM_TIMEOUT_MS", Duration::from_secs(5))?;
         Ok(Self {
             common: CommonConfig::from_env(DEFAULT_PORT)?,
             upstreams: Upstreams {
@@ -90,10 +95,7 @@ impl Config {
                 inventory: url("OMNI_INVENTORY_URL", 50053)?,
                 crm: url("OMNI_CRM_URL", 50055)?,
                 performance: url("OMNI_PERFORMANCE_URL", 50056)?,
-                call_timeout: config::millis_or(
-                    "OMNI_UPSTREAM_TIMEOUT_MS",
-                    Duration::from_secs(5),
-                )?,
+                call_timeout,
             },
             credential,
             payment_window: seconds("OMNI_PAYMENT_WINDOW_SECS", 1800)?,
@@ -101,6 +103,10 @@ impl Config {
             pickup_hold: seconds("OMNI_PICKUP_HOLD_SECS", 3 * 24 * 3600)?,
             address_change_window: seconds("OMNI_ADDRESS_CHANGE_SECS", 24 * 3600)?,
             sweep_interval: config::millis_or("OMNI_SWEEP_INTERVAL_MS", Duration::from_secs(1))?,
+            step_resume_after: config::millis_or(
+                "OMNI_STEP_RESUME_MS",
+                call_timeout * 4 + Duration::from_secs(5),
+            )?,
         })
     }
 }

@@ -73,6 +73,7 @@ pub async fn run(
             pickup_promise: config.pickup_promise,
             pickup_hold: config.pickup_hold,
             address_change_window: config.address_change_window,
+            resume_after: config.step_resume_after,
         },
     );
     let grpc = grpc::Grpc::new(app.clone());

@@ -191,18 +191,21 @@ pub async fn update_order(conn: &mut PgConnection, order: &Order) -> Result<()> 
 pub struct StoredOrder {
     pub order: Order,
     pub credit_minor: i64,
+    /// The encoded step in progress on the order, if any (`app::steps::Pending`).
+    pub pending: Option<Vec<u8>>,
 }
 
 fn stored(row: &sqlx::postgres::PgRow) -> Result<StoredOrder> {
     Ok(StoredOrder {
         order: decode(row.get::<&[u8], _>("doc"))?,
         credit_minor: row.get("credit_minor"),
+        pending: row.get("pending"),
     })
 }
 
 /// The order, locked until the transaction ends.
 pub async fn lock_order(conn: &mut PgConnection, id: Uuid) -> Result<Option<StoredOrder>> {
-    let row = sqlx::query("SELECT doc, credit_minor FROM orders WHERE id = $1 FOR UPDATE")
+    let row = sqlx::query("SELECT doc, credit_minor, pending FROM orders WHERE id = $1 FOR UPDATE")
         .bind(id)
         .fetch_optional(conn)
         .await?;
@@ -210,11 +213,52 @@ pub async fn lock_order(conn: &mut PgConnection, id: Uuid) -> Result<Option<Stor
 }
 
 pub async fn get_order(pool: &PgPool, id: Uuid) -> Result<Option<StoredOrder>> {
-    let row = sqlx::query("SELECT doc, credit_minor FROM orders WHERE id = $1")
+    let row = sqlx::query("SELECT doc, credit_minor, pending FROM orders WHERE id = $1")
         .bind(id)
         .fetch_optional(pool)
         .await?;
     row.as_ref().map(stored).transpose()
+}
+
+/// Records the step about to call other services on the (locked) order.
+pub async fn begin_step(conn: &mut PgConnection, id: Uuid, step: &[u8]) -> Result<()> {
+    sqlx::query("UPDATE orders SET pending = $2, pending_since = now() WHERE id = $1")
+        .bind(id)
+        .bind(step)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// The order's step is over (committed or given up).
+pub async fn clear_step(conn: &mut PgConnection, id: Uuid) -> Result<()> {
+    sqlx::query("UPDATE orders SET pending = NULL, pending_since = NULL WHERE id = $1")
+        .bind(id)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Steps begun before `before` and still pending: their process died or gave up waiting.
+pub async fn stale_steps(
+    pool: &PgPool,
+    before: DateTime<Utc>,
+    limit: i64,
+) -> Result<Vec<(Uuid, Vec<u8>)>> {
+    let rows = sqlx::query(
+        "SELECT id, pending FROM orders
+         WHERE pending IS NOT NULL AND pending_since < $1
+         ORDER BY pending_since
+         LIMIT $2",
+    )
+    .bind(before)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .iter()
+        .map(|r| (r.get("id"), r.get("pending")))
+        .collect())
 }
 
 pub async fn order_id_by_number(pool: &PgPool, number: &str) -> Result<Option<Uuid>> {
@@ -285,27 +329,22 @@ pub async fn pickup_orders(pool: &PgPool, store_id: &str) -> Result<Vec<Order>> 
 }
 
 /// Orders whose clock ran out: unpaid past their due time, or ready pickups past their
-/// deadline. Locked, skipping rows other sweepers hold.
-pub async fn lapsed_orders(
-    conn: &mut PgConnection,
-    now: DateTime<Utc>,
-    limit: i64,
-) -> Result<Vec<StoredOrder>> {
-    let rows = sqlx::query(
-        "SELECT doc, credit_minor FROM orders
-         WHERE (status = $1 AND payment_due_at < $3)
-            OR (status = $2 AND pickup_deadline < $3)
+/// deadline, with no step in progress. Read without locks: each is cancelled as a step of its
+/// own, which checks again under the order's lock.
+pub async fn lapsed_orders(pool: &PgPool, now: DateTime<Utc>, limit: i64) -> Result<Vec<Uuid>> {
+    Ok(sqlx::query_scalar(
+        "SELECT id FROM orders
+         WHERE pending IS NULL
+           AND ((status = $1 AND payment_due_at < $3) OR (status = $2 AND pickup_deadline < $3))
          ORDER BY placed_at
-         LIMIT $4
-         FOR UPDATE SKIP LOCKED",
+         LIMIT $4",
     )
     .bind(OrderStatus::PendingPayment as i16)
     .bind(OrderStatus::ReadyForPickup as i16)
     .bind(now)
     .bind(limit)
-    .fetch_all(conn)
-    .await?;
-    rows.iter().map(stored).collect()
+    .fetch_all(pool)
+    .await?)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -313,7 +352,8 @@ pub async fn lapsed_orders(
 
 /// Takes the key's lease for `lease`: records the attempt on first use (with `candidate` as
 /// its order id), or takes over when no other try holds the lease and no order committed.
-/// Returns the order id and this try's number, or `None` when the key is busy or settled.
+/// Returns the order id, this try's number and the hold generation, or `None` when the key is
+/// busy or settled.
 pub async fn take_lease(
     pool: &PgPool,
     scope: &str,
@@ -322,7 +362,7 @@ pub async fn take_lease(
     coupon_codes: &[String],
     channel_id: &str,
     lease: std::time::Duration,
-) -> Result<Option<(Uuid, i32)>> {
+) -> Result<Option<(Uuid, i32, i32)>> {
     let row = sqlx::query(
         "INSERT INTO placement_attempts AS a
              (scope, key, order_id, coupon_codes, channel_id, tries, lease_until)
@@ -330,7 +370,7 @@ pub async fn take_lease(
          ON CONFLICT (scope, key) DO UPDATE
              SET tries = a.tries + 1, lease_until = EXCLUDED.lease_until, released_at = NULL
              WHERE a.settled_at IS NULL AND (a.lease_until IS NULL OR a.lease_until < now())
-         RETURNING order_id, tries",
+         RETURNING order_id, tries, generation",
     )
     .bind(scope)
     .bind(key)
@@ -340,7 +380,22 @@ pub async fn take_lease(
     .bind(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX))
     .fetch_optional(pool)
     .await?;
-    Ok(row.map(|r| (r.get("order_id"), r.get("tries"))))
+    Ok(row.map(|r| (r.get("order_id"), r.get("tries"), r.get("generation"))))
+}
+
+/// Moves the key's tries on from hold generation `seen` (its hold has ended); returns the
+/// generation to use now.
+pub async fn next_generation(pool: &PgPool, scope: &str, key: &str, seen: i32) -> Result<i32> {
+    Ok(sqlx::query_scalar(
+        "UPDATE placement_attempts SET generation = greatest(generation, $3 + 1)
+         WHERE scope = $1 AND key = $2
+         RETURNING generation",
+    )
+    .bind(scope)
+    .bind(key)
+    .bind(seen)
+    .fetch_one(pool)
+    .await?)
 }
 
 /// Lets the next try in at once (this one failed and gave back what it held).

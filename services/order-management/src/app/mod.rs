@@ -1,17 +1,23 @@
 //! order-management's use cases.
 //!
-//! Every change to an order runs in one Postgres transaction that holds the order's row lock:
-//! the new state, its status history and its outbox events commit together. Calls to other
-//! services (inventory holds and fulfilments, crm coupons) happen inside that window, before
-//! the commit, each with an idempotency key derived from the order, so a retried or resumed
-//! call repeats them harmlessly; when a step fails after stock was held, the hold is released
-//! before the error is returned.
+//! Every change to an order commits in one Postgres transaction that holds the order's row
+//! lock: the new state, its status history and its outbox events commit together. No lock and
+//! no pooled connection is held while another service answers:
+//! - a change that calls inventory or crm (payment, cancellation, an address change that moves
+//!   the hold, hand-over, shipment, the sweeper's expiries) is a step ([`steps`]): recorded on
+//!   the order, then the calls, each keyed by the order and step so a timeout is retried and
+//!   never doubled, then the outcome committed; a step whose process went away is resumed by
+//!   the sweeper;
+//! - placing an order calls out before its single insert, under a lease on its idempotency key
+//!   ([`place`]); a failed try gives back what it held, and a retry after a lost reply gets the
+//!   same stock hold back.
 
 mod fulfil;
 mod import;
 mod place;
 mod returns;
 mod sourcing;
+mod steps;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -49,6 +55,9 @@ pub struct Settings {
     pub pickup_promise: Duration,
     pub pickup_hold: Duration,
     pub address_change_window: Duration,
+    /// How long a step may stay pending before the sweeper resumes it: longer than its own
+    /// calls can take, so it never races a live process.
+    pub resume_after: Duration,
 }
 
 pub struct App {
@@ -201,16 +210,15 @@ impl App {
         self.order(id, field).await
     }
 
+    /// The order, locked for a change; ABORTED while a step is in progress on it.
     async fn lock(conn: &mut PgConnection, id: Uuid, field: &str) -> Result<store::StoredOrder> {
-        store::lock_order(conn, id)
+        let stored = store::lock_order(conn, id)
             .await?
-            .ok_or_else(|| Error::not_found_at(field, format!("order {id}")))
-    }
-
-    /// What the events say about an order.
-    async fn facts(&self, order: &Order) -> Result<OrderFacts> {
-        let locations = self.upstreams.locations(false).await?;
-        Ok(facts(order, &locations))
+            .ok_or_else(|| Error::not_found_at(field, format!("order {id}")))?;
+        if let Some(pending) = &stored.pending {
+            return Err(steps::busy(&stored.order.id, pending));
+        }
+        Ok(stored)
     }
 }
 

@@ -21,7 +21,9 @@ use rand::Rng as _;
 use std::time::Instant;
 use uuid::Uuid;
 
-use super::{App, Changes, fulfilment_at, minor, money, ts};
+use super::fulfil::confirmed;
+use super::steps::refused;
+use super::{App, Changes, facts, fulfilment_at, minor, money, ts};
 use crate::domain::{self, Want};
 use crate::store;
 use crate::upstream::call;
@@ -70,6 +72,9 @@ enum Placed {
 #[derive(Debug, Default)]
 struct Held {
     reservation_id: Option<String>,
+    /// A Reserve was sent and its answer lost: a hold may exist that this try cannot name.
+    hold_unknown: bool,
+    /// Codes redeemed, or asked to be.
     redeemed: Vec<String>,
 }
 
@@ -83,7 +88,7 @@ impl App {
         let key = caller_key.as_str();
         // One try at a time per key: a concurrent retry waits for the first one's reply.
         let waiting_since = Instant::now();
-        let (order_id, attempt) = loop {
+        let (order_id, attempt, generation) = loop {
             if let Some(lease) = store::take_lease(
                 &self.pool,
                 &scope,
@@ -110,7 +115,14 @@ impl App {
         };
         let mut held = Held::default();
         match self
-            .place_leased(&input, &scope, order_id, attempt, actor, &mut held)
+            .place_leased(
+                &input,
+                &scope,
+                order_id,
+                (attempt, generation),
+                actor,
+                &mut held,
+            )
             .await
         {
             Ok(Placed::Committed(reply)) => {
@@ -118,14 +130,26 @@ impl App {
                 Ok(reply)
             }
             Ok(Placed::Overtaken(reply)) => {
-                // A try whose lease ran out lost to a newer one: only its own hold goes back;
-                // the coupons belong to the committed order.
+                // A try whose lease ran out lost to a newer one: only a hold of its own goes
+                // back (tries of one generation share theirs); the coupons belong to the
+                // committed order.
                 held.redeemed.clear();
+                if reply
+                    .order
+                    .as_ref()
+                    .is_some_and(|o| Some(&o.reservation_id) == held.reservation_id.as_ref())
+                {
+                    held.reservation_id = None;
+                }
                 self.undo(order_id, &held).await;
                 Ok(reply)
             }
             Err(e) => {
-                self.undo(order_id, &held).await;
+                // A hold given back is never replayed: the next try starts a new generation.
+                // One whose reply was lost stays this generation's, for the retry to get back.
+                if self.undo(order_id, &held).await && held.reservation_id.is_some() {
+                    store::next_generation(&self.pool, &scope, key, generation).await?;
+                }
                 store::drop_lease(&self.pool, &scope, key).await?;
                 Err(e)
             }
@@ -156,29 +180,52 @@ impl App {
         }))
     }
 
-    /// Gives back what a failed placement held. Failures here are logged: the stock hold
-    /// expires by itself and the sweeper gives coupons back.
-    async fn undo(&self, order_id: Uuid, held: &Held) {
+    /// Gives back what a failed placement held; true when no stock hold of this try is left
+    /// (none was taken, or it was released). Failures here are logged: a hold left behind is
+    /// the one a retry with the same key gets back, or it expires by itself; the sweeper gives
+    /// coupons back.
+    async fn undo(&self, order_id: Uuid, held: &Held) -> bool {
+        let mut gone = !held.hold_unknown;
         if let Some(reservation_id) = &held.reservation_id {
             let released = call!(
                 "inventory",
                 self.upstreams.reservations.clone(),
                 release,
                 inventory::ReleaseRequest {
-                    idempotency_key: format!("order/{order_id}/undo"),
+                    idempotency_key: format!("order/{order_id}/undo/{reservation_id}"),
                     reservation_id: reservation_id.clone(),
                     lines: Vec::new(),
                     reason: "order not placed".to_owned(),
                 }
             );
-            if let Err(e) = released {
-                tracing::warn!(error = %e, %order_id, "hold of a failed order not released; it expires");
+            match released {
+                Ok(_) | Err(Error::FailedPrecondition { .. }) => {}
+                Err(e) => {
+                    gone = false;
+                    tracing::warn!(error = %e, %order_id, "hold of a failed order not released; it expires");
+                }
             }
         }
         for code in &held.redeemed {
             self.release_coupon(order_id, code, "order not placed")
                 .await;
         }
+        gone
+    }
+
+    /// Whether the hold is active now.
+    async fn still_held(&self, reservation_id: &str) -> Result<bool> {
+        let reservation = call!(
+            "inventory",
+            self.upstreams.reservations.clone(),
+            get_reservation,
+            inventory::GetReservationRequest {
+                reservation_id: reservation_id.to_owned(),
+            }
+        )?
+        .reservation
+        .ok_or_else(|| Error::internal("inventory returned no reservation"))?;
+        Ok(reservation.status() == inventory::ReservationStatus::Active)
     }
 
     pub(super) async fn release_coupon(&self, order_id: Uuid, code: &str, reason: &str) -> bool {
@@ -270,7 +317,7 @@ impl App {
         input: &PlaceInput,
         scope: &str,
         order_id: Uuid,
-        attempt: i32,
+        (attempt, generation): (i32, i32),
         actor: &str,
         held: &mut Held,
     ) -> Result<Placed> {
@@ -370,39 +417,56 @@ impl App {
             check_payment(payment, due, &currency)?;
         }
 
-        // Stock held for every line or none; the key makes a retry get the same hold.
+        // Stock held for every line or none. The key is the order's and its hold generation:
+        // a retry after a lost reply gets the same hold back, never a second one; once that
+        // hold has ended (given back by a failed try, or expired) the key moves on.
         // A little longer than the payment window, so the sweeper cancels an unpaid order
         // before its hold ends; a hold whose order never committed expires by itself.
         let window = self.settings.payment_window;
         let hold_for = window + window.min(std::time::Duration::from_secs(300));
-        let reservation = call!(
-            "inventory",
-            self.upstreams.reservations.clone(),
-            reserve,
-            inventory::ReserveRequest {
-                idempotency_key: format!("order/{order_id}/{attempt}"),
-                lines: input
-                    .lines
-                    .iter()
-                    .zip(&sourced.line_locations)
-                    .map(|(l, location)| inventory::ReserveLine {
-                        sku_id: l.sku_id.clone(),
-                        quantity: l.quantity,
-                        location_ids: vec![location.clone()],
-                    })
-                    .collect(),
-                channel_id: input.channel_id.clone(),
-                ttl: prost_types::Duration::try_from(hold_for).ok(),
-                reference: order_id.to_string(),
-            }
-        )?
-        .reservation
-        .ok_or_else(|| Error::internal("inventory returned no reservation"))?;
+        let reserve = async |generation: i32| {
+            call!(
+                "inventory",
+                self.upstreams.reservations.clone(),
+                reserve,
+                inventory::ReserveRequest {
+                    idempotency_key: format!("order/{order_id}/hold/{generation}"),
+                    lines: input
+                        .lines
+                        .iter()
+                        .zip(&sourced.line_locations)
+                        .map(|(l, location)| inventory::ReserveLine {
+                            sku_id: l.sku_id.clone(),
+                            quantity: l.quantity,
+                            location_ids: vec![location.clone()],
+                        })
+                        .collect(),
+                    channel_id: input.channel_id.clone(),
+                    ttl: prost_types::Duration::try_from(hold_for).ok(),
+                    reference: order_id.to_string(),
+                }
+            )
+        };
+        held.hold_unknown = true;
+        let reserved = reserve(generation).await;
+        held.hold_unknown = reserved.as_ref().is_err_and(|e| !refused(e));
+        let mut reservation = reserved?
+            .reservation
+            .ok_or_else(|| Error::internal("inventory returned no reservation"))?;
+        // A retry may get back a hold whose reply was lost; the reply replayed is as it was
+        // then, so its state is read afresh (retries only: the first try's hold is new).
+        if attempt > 1 && !self.still_held(&reservation.id).await? {
+            let caller_key = idempotency::caller_key(actor, &input.idempotency_key);
+            let next = store::next_generation(&self.pool, scope, &caller_key, generation).await?;
+            reservation = reserve(next)
+                .await?
+                .reservation
+                .ok_or_else(|| Error::internal("inventory returned no reservation"))?;
+        }
         held.reservation_id = Some(reservation.id.clone());
         if reservation.status() != inventory::ReservationStatus::Active {
             return Err(Error::Aborted(
-                "this key's earlier stock hold has ended; place the order with a new idempotency key"
-                    .to_owned(),
+                "this key's stock hold has ended; place the order again".to_owned(),
             ));
         }
 
@@ -438,9 +502,12 @@ impl App {
             })
             .collect();
 
-        // Coupons: at most once across every channel; crm refuses the loser of a race.
+        // Coupons: at most once across every channel; crm refuses the loser of a race. Each is
+        // counted as held before the call: a redemption whose reply is lost is given back too
+        // (crm releases a code only for the order it was redeemed for).
         for (i, (_, effect)) in coupons.iter().enumerate() {
             let discount = applied[i].discount.clone();
+            held.redeemed.push(effect.code.clone());
             call!(
                 "crm",
                 self.upstreams.coupons.clone(),
@@ -455,7 +522,6 @@ impl App {
                 }
             )
             .map_err(|e| e.within(&format!("coupon_codes[{i}].")))?;
-            held.redeemed.push(effect.code.clone());
         }
 
         let sequence = store::next_order_sequence(&self.pool).await?;
@@ -517,16 +583,25 @@ impl App {
             imported: false,
         };
 
+        let locations = self.upstreams.locations(false).await?;
         let mut changes = Changes::default();
         changes.push(
             "orders.order_placed",
             Payload::OrderPlaced(OrderPlaced {
-                order: Some(self.facts(&order).await?),
+                order: Some(facts(&order, &locations)),
             }),
         );
         if let Some(payment) = &input.payment {
-            self.confirm(&mut order, payment.clone(), actor, &mut changes)
-                .await?;
+            self.pay_effects(&order).await?;
+            confirmed(
+                &mut order,
+                payment.clone(),
+                actor,
+                &mut changes,
+                &locations,
+                &self.settings,
+                now,
+            );
         }
         let mut tx = self.pool.begin().await?;
         if let Claim::Replay(mut reply) = idempotency::claim::<_, PlaceOrderResponse>(
