@@ -443,6 +443,8 @@ pub struct OrderClocks {
     pub address_change_window: Duration,
     /// How long an order step may stay pending before the sweeper resumes it.
     pub resume_after: Duration,
+    /// order-management's deadline on each call to another service.
+    pub upstream_timeout: Duration,
 }
 
 impl Default for OrderClocks {
@@ -453,6 +455,7 @@ impl Default for OrderClocks {
             pickup_hold: Duration::from_secs(3 * 24 * 3600),
             address_change_window: Duration::from_secs(24 * 3600),
             resume_after: Duration::from_secs(45),
+            upstream_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -516,7 +519,7 @@ impl Shop {
                 inventory: format!("http://{}", inventory_link.addr()),
                 crm: crm.url(),
                 performance: performance.url(),
-                call_timeout: Duration::from_secs(10),
+                call_timeout: clocks.upstream_timeout,
             },
             clocks,
         )

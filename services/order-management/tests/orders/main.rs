@@ -9,4 +9,5 @@ mod journeys;
 mod metrics;
 mod rejections;
 mod scope;
+mod slowness;
 mod support;
