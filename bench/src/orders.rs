@@ -295,6 +295,20 @@ pub async fn orders(args: &Args) -> anyhow::Result<()> {
     let skus = args.get("--skus", 40)?;
     let customers = args.get("--customers", 500)?;
     let pool = u32::try_from(args.get("--pool", 32)?)?;
+    // First, on an idle machine: what Postgres alone allows.
+    let ceiling = if args.flag("--external") {
+        None
+    } else {
+        let ceiling_seconds = args.get("--ceiling-seconds", 5)?;
+        println!(
+            "measuring the order commit ceiling: {concurrency} writers, {pool} connections, {ceiling_seconds} s"
+        );
+        let rate = commit_ceiling(ceiling_seconds, concurrency, pool).await?;
+        println!(
+            "order commit ceiling: {rate:.0} orders/s (order-management's own statements per order, no service calls)"
+        );
+        Some(rate)
+    };
     // Kept alive for the run when the services run in this process.
     let (_shop, endpoints) = if args.flag("--external") {
         (None, Endpoints::external()?)
@@ -308,8 +322,207 @@ pub async fn orders(args: &Args) -> anyhow::Result<()> {
     let seeded = Arc::new(seed(&endpoints, skus, customers).await?);
     let intake = place_orders(&endpoints, &seeded, seconds, concurrency).await?;
     intake.print();
+    if let Some(ceiling) = ceiling {
+        println!(
+            "PlaceOrder reached {:.0}% of the commit ceiling",
+            100.0 * intake.rate() / ceiling
+        );
+    }
     println!("target: >= 1,000 orders/s with p99 <= 50 ms");
     Ok(())
+}
+
+/// An order as PlaceOrder stores it: two lines from two locations, shipped, with its
+/// sourcing decision and history (what sets the size of the row and the event).
+fn typical_order() -> pb::Order {
+    let line = |n: u32| pb::OrderLine {
+        id: Uuid::now_v7().to_string(),
+        sku_id: Uuid::now_v7().to_string(),
+        sku_code: format!("SKU-{n:04}"),
+        product_id: Uuid::now_v7().to_string(),
+        product_name: format!("Product {n}"),
+        category_id: Uuid::now_v7().to_string(),
+        quantity: 2,
+        unit_price: eur(1900),
+        unit_cost: eur(400),
+        discount: eur(0),
+        net_amount: eur(3800),
+        location_id: Uuid::now_v7().to_string(),
+        fulfilment_id: Uuid::now_v7().to_string(),
+        ..Default::default()
+    };
+    let lines = vec![line(1), line(2)];
+    let now = Some(prost_types::Timestamp::from(std::time::SystemTime::now()));
+    pb::Order {
+        channel_id: Uuid::now_v7().to_string(),
+        channel_kind: ChannelKind::EShop as i32,
+        customer_id: Uuid::now_v7().to_string(),
+        status: pb::OrderStatus::PendingPayment as i32,
+        delivery: Some(pb::Delivery {
+            kind: pb::DeliveryKind::Ship as i32,
+            address: Some(Address {
+                recipient_name: "Bench".into(),
+                lines: vec!["1 rue de la République".into()],
+                city: "Lyon".into(),
+                postal_code: "69001".into(),
+                country_code: "FR".into(),
+                location: Some(GeoPoint {
+                    latitude: 45.76,
+                    longitude: 4.83,
+                }),
+                ..Default::default()
+            }),
+            store_id: String::new(),
+        }),
+        fulfilments: lines
+            .iter()
+            .map(|l| pb::Fulfilment {
+                id: l.fulfilment_id.clone(),
+                location_id: l.location_id.clone(),
+                status: pb::OrderStatus::PendingPayment as i32,
+                line_ids: vec![l.id.clone()],
+                ..Default::default()
+            })
+            .collect(),
+        sourcing: Some(pb::SourcingDecision {
+            allocations: lines
+                .iter()
+                .map(|l| pb::SourcingAllocation {
+                    location_id: l.location_id.clone(),
+                    line_ids: vec![l.id.clone()],
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }),
+        lines,
+        subtotal: eur(7600),
+        discount_total: eur(0),
+        total: eur(7600),
+        refunded_total: eur(0),
+        reservation_id: Uuid::now_v7().to_string(),
+        history: vec![pb::StatusChange {
+            status: pb::OrderStatus::PendingPayment as i32,
+            changed_at: now,
+            actor_id: Uuid::now_v7().to_string(),
+            ..Default::default()
+        }],
+        placed_at: now,
+        payment_due_at: now,
+        address_change_deadline: now,
+        updated_at: now,
+        ..Default::default()
+    }
+}
+
+/// Orders per second this machine's Postgres commits when nothing else runs: per order the
+/// statements PlaceOrder itself makes (the key's lease with the order number, then in one
+/// transaction the idempotency key with its reply, the order row, its OrderPlaced event in the
+/// outbox and the settled lease), through order-management's own store, outbox and
+/// idempotency code, on a fresh database with its migrations; `writers` concurrent writers on
+/// `pool` connections for `seconds`. PlaceOrder's rate is read against it.
+async fn commit_ceiling(seconds: usize, writers: usize, pool: u32) -> anyhow::Result<f64> {
+    use omni_proto::events::OrderPlaced;
+    use omni_proto::events::event::Payload;
+    use omni_runtime::idempotency;
+    use order_management::store;
+
+    let url = omni_testkit::fresh_database("ceiling").await?;
+    let db = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(pool)
+        .connect(&url)
+        .await?;
+    omni_runtime::db::migrate(
+        &db,
+        order_management::MIGRATOR,
+        &tokio_util::sync::CancellationToken::new(),
+    )
+    .await?;
+    let outbox = Arc::new(omni_runtime::outbox::Outbox::new("ceiling"));
+    let template = Arc::new(typical_order());
+    let locations = Arc::new(order_management::upstream::Locations::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..writers {
+        let (db, outbox, template, locations, stop) = (
+            db.clone(),
+            outbox.clone(),
+            template.clone(),
+            locations.clone(),
+            stop.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let actor = Uuid::now_v7().to_string();
+            let scope = format!("PlaceOrder/{}", template.channel_id);
+            let mut committed = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                let key = Uuid::now_v7().to_string();
+                let request = pb::PlaceOrderRequest {
+                    idempotency_key: key.clone(),
+                    channel_id: template.channel_id.clone(),
+                    ..Default::default()
+                };
+                let caller_key = idempotency::caller_key(&actor, &key);
+                let lease = store::take_lease(
+                    &db,
+                    &scope,
+                    &caller_key,
+                    Uuid::now_v7(),
+                    &[],
+                    &template.channel_id,
+                    Duration::from_secs(60),
+                )
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("a fresh key is leased"))?;
+                let mut order = (*template).clone();
+                order.id = lease.order_id.to_string();
+                order.order_number = format!("2026-12-{:07}", lease.sequence);
+                let subject = order.id.clone();
+                let reply = pb::PlaceOrderResponse {
+                    order: Some(order.clone()),
+                    created: true,
+                };
+                let mut tx = db.begin().await?;
+                idempotency::record_about(
+                    &mut tx,
+                    &scope,
+                    &actor,
+                    "idempotency_key",
+                    &key,
+                    &request,
+                    &subject,
+                    &reply,
+                )
+                .await?;
+                store::insert_order(&mut tx, &order, 0).await?;
+                outbox
+                    .add(
+                        &mut tx,
+                        "orders.order_placed",
+                        &order.id,
+                        &actor,
+                        Payload::OrderPlaced(OrderPlaced {
+                            order: Some(order_management::app::facts(&order, &locations)),
+                        }),
+                    )
+                    .await?;
+                store::settle_attempt(&mut tx, &scope, &caller_key).await?;
+                tx.commit().await?;
+                committed += 1;
+            }
+            anyhow::Ok(committed)
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(seconds as u64)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut committed = 0;
+    for task in tasks {
+        committed += task.await??;
+    }
+    let rate = committed as f64 / started.elapsed().as_secs_f64();
+    db.close().await;
+    Ok(rate)
 }
 
 /// What [`place_orders`] measured.

@@ -55,21 +55,7 @@ pub async fn claim<Q: Message, R: Message + Default>(
     key: &str,
     request: &Q,
 ) -> Result<Claim<R>> {
-    if key.trim().is_empty() {
-        return Err(Error::invalid(
-            field,
-            "is required: a retry with the same key returns the first result",
-        ));
-    }
-    if key.len() > 200 {
-        return Err(Error::invalid(field, "must be at most 200 characters"));
-    }
-    if caller.is_empty() {
-        // Keys without their caller could collide across principals, or be squatted.
-        return Err(Error::internal(
-            "an idempotency key claimed without its caller",
-        ));
-    }
+    check_key(caller, field, key)?;
     let key = &caller_key(caller, key);
     let encoded = request.encode_to_vec();
     let inserted = sqlx::query(
@@ -85,6 +71,75 @@ pub async fn claim<Q: Message, R: Message + Default>(
     if inserted {
         return Ok(Claim::Fresh);
     }
+    earlier(conn, scope, field, key, &encoded)
+        .await
+        .map(Claim::Replay)
+}
+
+/// [`claim`] and [`complete_about`] in one statement, for a call whose work is done and whose
+/// reply is known before its transaction commits: `None` when the key was new (the reply is
+/// now stored with it); the earlier reply when the key was used before with the same request.
+#[allow(clippy::too_many_arguments)]
+pub async fn record_about<Q: Message, R: Message + Default>(
+    conn: &mut PgConnection,
+    scope: &str,
+    caller: &str,
+    field: &str,
+    key: &str,
+    request: &Q,
+    subject: &str,
+    response: &R,
+) -> Result<Option<R>> {
+    check_key(caller, field, key)?;
+    let key = &caller_key(caller, key);
+    let encoded = request.encode_to_vec();
+    let inserted = sqlx::query(
+        "INSERT INTO idempotency_keys (scope, key, request, response, subject) \
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+    )
+    .bind(scope)
+    .bind(key)
+    .bind(&encoded)
+    .bind(response.encode_to_vec())
+    .bind(subject)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected()
+        == 1;
+    if inserted {
+        return Ok(None);
+    }
+    earlier(conn, scope, field, key, &encoded).await.map(Some)
+}
+
+fn check_key(caller: &str, field: &str, key: &str) -> Result<()> {
+    if key.trim().is_empty() {
+        return Err(Error::invalid(
+            field,
+            "is required: a retry with the same key returns the first result",
+        ));
+    }
+    if key.len() > 200 {
+        return Err(Error::invalid(field, "must be at most 200 characters"));
+    }
+    if caller.is_empty() {
+        // Keys without their caller could collide across principals, or be squatted.
+        return Err(Error::internal(
+            "an idempotency key claimed without its caller",
+        ));
+    }
+    Ok(())
+}
+
+/// The reply stored under a caller's `key` (already prefixed); a different request is
+/// `INVALID_ARGUMENT` on `field`.
+async fn earlier<R: Message + Default>(
+    conn: &mut PgConnection,
+    scope: &str,
+    field: &str,
+    key: &str,
+    encoded: &[u8],
+) -> Result<R> {
     let (stored_request, response): (Vec<u8>, Vec<u8>) = sqlx::query_as(
         "SELECT request, response FROM idempotency_keys WHERE scope = $1 AND key = $2",
     )
@@ -98,9 +153,8 @@ pub async fn claim<Q: Message, R: Message + Default>(
             "was already used with a different request",
         ));
     }
-    let reply = R::decode(response.as_slice())
-        .map_err(|e| Error::Internal(anyhow::anyhow!("stored reply does not decode: {e}")))?;
-    Ok(Claim::Replay(reply))
+    R::decode(response.as_slice())
+        .map_err(|e| Error::Internal(anyhow::anyhow!("stored reply does not decode: {e}")))
 }
 
 /// The reply stored for `key` by a call that committed, without claiming anything: for a

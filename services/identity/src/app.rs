@@ -256,13 +256,10 @@ impl App {
             ),
         };
         let found = found.ok_or_else(|| Error::not_found(what.clone()))?;
-        let canonical = store::canonical_id(&mut conn, found)
+        let customer = store::load_canonical(&mut conn, found)
             .await?
             .ok_or_else(|| Error::not_found(what))?;
-        let customer = store::load_customer(&mut conn, canonical)
-            .await?
-            .ok_or_else(|| Error::not_found(format!("customer {canonical}")))?;
-        let alias = (canonical != found).then_some(found);
+        let alias = (customer.row.id != found).then_some(found);
         Ok((customer, alias))
     }
 

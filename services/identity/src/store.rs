@@ -56,27 +56,99 @@ pub async fn customer_row(
     .await
 }
 
+/// The customer with its channel accounts and consents, in one statement.
 pub async fn load_customer(
     conn: &mut PgConnection,
     id: Uuid,
 ) -> Result<Option<Customer>, sqlx::Error> {
-    let Some(row) = customer_row(&mut *conn, id, false).await? else {
+    load(conn, id, "c.id = $1").await
+}
+
+/// As [`load_customer`] for the survivor behind `id` (itself unless merged away).
+pub async fn load_canonical(
+    conn: &mut PgConnection,
+    id: Uuid,
+) -> Result<Option<Customer>, sqlx::Error> {
+    load(
+        conn,
+        id,
+        "c.id = (SELECT coalesce(merged_into, id) FROM customers WHERE id = $1)",
+    )
+    .await
+}
+
+/// One round trip: the row, and its accounts and consents as parallel arrays (each subquery
+/// in the same total order).
+async fn load(
+    conn: &mut PgConnection,
+    id: Uuid,
+    which: &'static str,
+) -> Result<Option<Customer>, sqlx::Error> {
+    use sqlx::Row as _;
+    let accounts = |column: &str| {
+        format!(
+            "ARRAY(SELECT a.{column} FROM channel_accounts a WHERE a.customer_id = c.id \
+             ORDER BY a.linked_at, a.channel_kind, a.external_id)"
+        )
+    };
+    let consents = |column: &str| {
+        format!(
+            "ARRAY(SELECT k.{column} FROM consents k WHERE k.customer_id = c.id \
+             ORDER BY k.channel_kind)"
+        )
+    };
+    let columns = CUSTOMER_COLUMNS
+        .split(", ")
+        .map(|column| format!("c.{column}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sql = format!(
+        "SELECT {columns}, {} AS account_kinds, {} AS account_ids, {} AS account_linked, \
+         {} AS consent_kinds, {} AS consent_opt_ins, {} AS consent_updated \
+         FROM customers c WHERE {which}",
+        accounts("channel_kind"),
+        accounts("external_id"),
+        accounts("linked_at"),
+        consents("channel_kind"),
+        consents("marketing_opt_in"),
+        consents("updated_at"),
+    );
+    let Some(record) = sqlx::query(AssertSqlSafe(sql))
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?
+    else {
         return Ok(None);
     };
-    let accounts = sqlx::query_as(
-        "SELECT channel_kind, external_id, linked_at FROM channel_accounts \
-         WHERE customer_id = $1 ORDER BY linked_at, channel_kind, external_id",
-    )
-    .bind(id)
-    .fetch_all(&mut *conn)
-    .await?;
-    let consents = sqlx::query_as(
-        "SELECT channel_kind, marketing_opt_in, updated_at FROM consents \
-         WHERE customer_id = $1 ORDER BY channel_kind",
-    )
-    .bind(id)
-    .fetch_all(&mut *conn)
-    .await?;
+    let row = CustomerRow::from_row(&record)?;
+    let kinds: Vec<i16> = record.try_get("account_kinds")?;
+    let ids: Vec<String> = record.try_get("account_ids")?;
+    let linked: Vec<DateTime<Utc>> = record.try_get("account_linked")?;
+    let accounts = kinds
+        .into_iter()
+        .zip(ids)
+        .zip(linked)
+        .map(|((channel_kind, external_id), linked_at)| AccountRow {
+            channel_kind,
+            external_id,
+            linked_at,
+        })
+        .collect();
+    let kinds: Vec<i16> = record.try_get("consent_kinds")?;
+    let opt_ins: Vec<bool> = record.try_get("consent_opt_ins")?;
+    let updated: Vec<DateTime<Utc>> = record.try_get("consent_updated")?;
+    let consents = kinds
+        .into_iter()
+        .zip(opt_ins)
+        .zip(updated)
+        .map(
+            |((channel_kind, marketing_opt_in), updated_at)| ConsentRow {
+                channel_kind,
+                marketing_opt_in,
+                updated_at,
+            },
+        )
+        .collect();
     Ok(Some(Customer {
         row,
         accounts,

@@ -236,6 +236,43 @@ pub async fn network_available(conn: &mut PgConnection, sku: &str) -> Result<i64
     .await
 }
 
+/// [`network_available`] of several SKUs in one statement (0 for a SKU with no stock record).
+pub async fn network_available_many(
+    conn: &mut PgConnection,
+    skus: &[String],
+) -> Result<std::collections::HashMap<String, i64>, sqlx::Error> {
+    let rows: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT s.sku_id, coalesce(sum(greatest(s.on_hand - s.reserved - s.safety_stock, 0)), 0)::bigint \
+         FROM stock_levels s JOIN locations l ON l.id = s.location_id \
+         WHERE s.sku_id = ANY($1) AND l.kind <> 'in_transit' AND l.active \
+         GROUP BY s.sku_id",
+    )
+    .bind(skus)
+    .fetch_all(conn)
+    .await?;
+    let mut out: std::collections::HashMap<String, i64> =
+        skus.iter().map(|sku| (sku.clone(), 0)).collect();
+    out.extend(rows);
+    Ok(out)
+}
+
+/// What a reservation reads before holding, in one statement: every stock record of the SKUs
+/// (sku, location, available, whether it counts toward the network figure).
+pub async fn reserve_levels(
+    conn: &mut PgConnection,
+    skus: &[String],
+) -> Result<Vec<(String, Uuid, i64, bool)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT s.sku_id, s.location_id, greatest(s.on_hand - s.reserved - s.safety_stock, 0), \
+             coalesce(l.kind <> 'in_transit' AND l.active, false) \
+         FROM stock_levels s LEFT JOIN locations l ON l.id = s.location_id \
+         WHERE s.sku_id = ANY($1)",
+    )
+    .bind(skus)
+    .fetch_all(conn)
+    .await
+}
+
 /// Whether any stock record exists for the SKU (inventory knows a SKU once it was received).
 pub async fn sku_known(conn: &mut PgConnection, sku: &str) -> Result<bool, sqlx::Error> {
     sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM stock_levels WHERE sku_id = $1)")

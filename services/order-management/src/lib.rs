@@ -2,8 +2,9 @@
 //! inventory at the best location, picked up within 30 minutes or shipped, tracked live, and
 //! returned or exchanged anywhere.
 //!
-//! Layers: [`grpc`] validates and maps the contract, [`app`] runs each use case (one
-//! transaction per change, calls to other services inside it with derived idempotency keys),
+//! Layers: [`grpc`] validates and maps the contract, [`app`] runs each use case (short
+//! transactions under the order's lock, calls to other services between them with derived
+//! idempotency keys),
 //! [`domain`] decides without I/O (lifecycle, sourcing, refunds), [`store`] talks to Postgres
 //! and [`upstream`] to the other services; [`erasure`] applies identity's customer erasures.
 

@@ -352,8 +352,8 @@ pub async fn lapsed_orders(pool: &PgPool, now: DateTime<Utc>, limit: i64) -> Res
 
 /// Takes the key's lease for `lease`: records the attempt on first use (with `candidate` as
 /// its order id), or takes over when no other try holds the lease and no order committed.
-/// Returns the order id, this try's number and the hold generation, or `None` when the key is
-/// busy or settled.
+/// Returns the order id, this try's number, the hold generation and a fresh order number
+/// sequence (taken in the same round trip), or `None` when the key is busy or settled.
 pub async fn take_lease(
     pool: &PgPool,
     scope: &str,
@@ -362,7 +362,7 @@ pub async fn take_lease(
     coupon_codes: &[String],
     channel_id: &str,
     lease: std::time::Duration,
-) -> Result<Option<(Uuid, i32, i32)>> {
+) -> Result<Option<Lease>> {
     let row = sqlx::query(
         "INSERT INTO placement_attempts AS a
              (scope, key, order_id, coupon_codes, channel_id, tries, lease_until)
@@ -370,7 +370,7 @@ pub async fn take_lease(
          ON CONFLICT (scope, key) DO UPDATE
              SET tries = a.tries + 1, lease_until = EXCLUDED.lease_until, released_at = NULL
              WHERE a.settled_at IS NULL AND (a.lease_until IS NULL OR a.lease_until < now())
-         RETURNING order_id, tries, generation",
+         RETURNING order_id, tries, generation, nextval('order_number_seq') AS sequence",
     )
     .bind(scope)
     .bind(key)
@@ -380,7 +380,24 @@ pub async fn take_lease(
     .bind(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX))
     .fetch_optional(pool)
     .await?;
-    Ok(row.map(|r| (r.get("order_id"), r.get("tries"), r.get("generation"))))
+    Ok(row.map(|r| Lease {
+        order_id: r.get("order_id"),
+        attempt: r.get("tries"),
+        generation: r.get("generation"),
+        sequence: r.get("sequence"),
+    }))
+}
+
+/// A placement try's lease on its key.
+#[derive(Debug, Clone, Copy)]
+pub struct Lease {
+    pub order_id: Uuid,
+    /// This try's number, from 1.
+    pub attempt: i32,
+    /// The stock hold generation its Reserve key carries.
+    pub generation: i32,
+    /// For the order number.
+    pub sequence: i64,
 }
 
 /// Moves the key's tries on from hold generation `seen` (its hold has ended); returns the

@@ -216,11 +216,8 @@ impl App {
         conn: &mut PgConnection,
         skus: &BTreeSet<String>,
     ) -> Result<HashMap<String, i64>> {
-        let mut out = HashMap::new();
-        for sku in skus {
-            out.insert(sku.clone(), store::network_available(conn, sku).await?);
-        }
-        Ok(out)
+        let skus: Vec<String> = skus.iter().cloned().collect();
+        Ok(store::network_available_many(conn, &skus).await?)
     }
 
     /// Records StockChanged events for the thresholds the changes crossed, per location and
@@ -251,8 +248,10 @@ impl App {
                 .await?;
             }
         }
+        let skus: Vec<String> = network_before.keys().cloned().collect();
+        let network_after = store::network_available_many(conn, &skus).await?;
         for (sku, before) in network_before {
-            let after = store::network_available(conn, sku).await?;
+            let after = network_after.get(sku).copied().unwrap_or_default();
             if let Some(s) = domain::signal(*before, after, 0) {
                 self.stock_event(conn, actor, sku, None, s, *before, after, 0)
                     .await?;

@@ -7,7 +7,7 @@
 //! refused without touching Postgres; admitted requests still go to Postgres, and admissions
 //! Postgres refuses are refunded to the gate.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
 use chrono::Utc;
@@ -224,15 +224,25 @@ impl App {
             return Ok((reply, false));
         }
         let skus: BTreeSet<String> = lines.iter().map(|l| l.sku.clone()).collect();
+        // One read for every line: which SKUs inventory knows, what each location has, and
+        // the network figure the stock signals compare against.
+        let levels =
+            store::reserve_levels(&mut tx, &skus.iter().cloned().collect::<Vec<_>>()).await?;
         for (i, line) in lines.iter().enumerate() {
-            if !store::sku_known(&mut tx, &line.sku).await? {
+            if !levels.iter().any(|l| l.0 == line.sku) {
                 return Err(Error::NotFound(format!(
                     "SKU {} (lines[{i}].sku_id) has no stock records",
                     line.sku
                 )));
             }
         }
-        let network_before = Self::network_before(&mut tx, &skus).await?;
+        let mut network_before: HashMap<String, i64> =
+            skus.iter().map(|sku| (sku.clone(), 0)).collect();
+        for (sku, _, available, counts) in &levels {
+            if *counts && let Some(total) = network_before.get_mut(sku) {
+                *total += available;
+            }
+        }
 
         let mut order: Vec<usize> = (0..lines.len()).collect();
         order.sort_by(|a, b| lines[*a].sku.cmp(&lines[*b].sku));
@@ -246,13 +256,14 @@ impl App {
             } else {
                 &line.locations
             };
-            let known: Vec<(String, Uuid, i64)> =
-                store::available_by_location(&mut tx, std::slice::from_ref(&line.sku)).await?;
             let holdable: Vec<domain::Holdable> = candidates
                 .iter()
                 .map(|c| domain::Holdable {
                     location: *c,
-                    available: known.iter().find(|k| k.1 == *c).map_or(0, |k| k.2),
+                    available: levels
+                        .iter()
+                        .find(|k| k.0 == line.sku && k.1 == *c && k.1 != store::IN_TRANSIT)
+                        .map_or(0, |k| k.2),
                 })
                 .collect();
             let mut chosen = None;

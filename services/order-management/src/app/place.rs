@@ -15,7 +15,7 @@ use omni_proto::omni::orders::v1::{
     AppliedCoupon, Delivery, DeliveryKind, Fulfilment, LineDiscount, Order, OrderLine, OrderStatus,
     Payment, Pickup, PlaceOrderRequest, PlaceOrderResponse, StatusChange,
 };
-use omni_runtime::idempotency::{self, Claim};
+use omni_runtime::idempotency;
 use omni_runtime::{Error, Result};
 use rand::Rng as _;
 use std::time::Instant;
@@ -88,7 +88,7 @@ impl App {
         let key = caller_key.as_str();
         // One try at a time per key: a concurrent retry waits for the first one's reply.
         let waiting_since = Instant::now();
-        let (order_id, attempt, generation) = loop {
+        let lease = loop {
             if let Some(lease) = store::take_lease(
                 &self.pool,
                 &scope,
@@ -113,16 +113,10 @@ impl App {
             }
             tokio::time::sleep(LEASE_POLL).await;
         };
+        let (order_id, generation) = (lease.order_id, lease.generation);
         let mut held = Held::default();
         match self
-            .place_leased(
-                &input,
-                &scope,
-                order_id,
-                (attempt, generation),
-                actor,
-                &mut held,
-            )
+            .place_leased(&input, &scope, lease, actor, &mut held)
             .await
         {
             Ok(Placed::Committed(reply)) => {
@@ -316,11 +310,16 @@ impl App {
         &self,
         input: &PlaceInput,
         scope: &str,
-        order_id: Uuid,
-        (attempt, generation): (i32, i32),
+        lease: store::Lease,
         actor: &str,
         held: &mut Held,
     ) -> Result<Placed> {
+        let store::Lease {
+            order_id,
+            attempt,
+            generation,
+            sequence,
+        } = lease;
         let now = Utc::now();
         // Independent look-ups run side by side: the channel with the customer, then the tier
         // with the coupons, then the quote with the sourcing decision.
@@ -524,7 +523,6 @@ impl App {
             .map_err(|e| e.within(&format!("coupon_codes[{i}].")))?;
         }
 
-        let sequence = store::next_order_sequence(&self.pool).await?;
         let kind = input.delivery.kind();
         let mut order = Order {
             id: order_id.to_string(),
@@ -603,40 +601,38 @@ impl App {
                 now,
             );
         }
+        // The reply is stored with the key first: a newer try that committed already wins.
         let mut tx = self.pool.begin().await?;
-        if let Claim::Replay(mut reply) = idempotency::claim::<_, PlaceOrderResponse>(
+        let subject = order.id.clone();
+        let reply = PlaceOrderResponse {
+            order: Some(order),
+            created: true,
+        };
+        if let Some(mut earlier) = idempotency::record_about(
             &mut tx,
             scope,
             actor,
             "idempotency_key",
             &input.idempotency_key,
             &input.request,
+            &subject,
+            &reply,
         )
         .await?
         {
-            reply.created = false;
-            return Ok(Placed::Overtaken(reply));
+            earlier.created = false;
+            return Ok(Placed::Overtaken(earlier));
         }
-        store::insert_order(&mut tx, &order, credit).await?;
+        let order = reply
+            .order
+            .as_ref()
+            .ok_or_else(|| Error::internal("no order"))?;
+        store::insert_order(&mut tx, order, credit).await?;
         for (event_type, payload) in changes.events {
             self.outbox
                 .add(&mut tx, event_type, &order.id, actor, payload)
                 .await?;
         }
-        let subject = order.id.clone();
-        let reply = PlaceOrderResponse {
-            order: Some(order),
-            created: true,
-        };
-        idempotency::complete_about(
-            &mut tx,
-            scope,
-            actor,
-            &input.idempotency_key,
-            &subject,
-            &reply,
-        )
-        .await?;
         store::settle_attempt(
             &mut tx,
             scope,
