@@ -427,24 +427,21 @@ impl LoyaltyService for Grpc {
     ) -> Reply<pb::GetLoyaltyAccountResponse> {
         caller(&request, READERS)?;
         let asked = customer_id(&request.get_ref().customer_id)?;
-        let mut conn = self.pool.begin().await.map_err(Error::from)?;
-        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            .execute(&mut *conn)
-            .await
-            .map_err(Error::from)?;
-        let id = store::resolve(&mut conn, &asked).await?;
-        if store::customer(&mut conn, &id).await?.is_none() {
-            return Err(Error::not_found(format!("customer {asked}")).into());
-        }
-        let balance = store::balance(&mut conn, &id).await?;
-        let orders = store::orders(&mut conn, &id).await?;
+        // Asked on every order placed: two statements, the rules and then the account's
+        // figures aggregated in Postgres (not the customer's whole order history).
+        let mut conn = self.pool.acquire().await.map_err(Error::from)?;
         let rules = tiers::load(&mut conn).await?;
-        conn.commit().await.map_err(Error::from)?;
-        let currency = orders
-            .first()
-            .map(|o| o.currency.clone())
-            .unwrap_or_default();
-        let spend = rules.rolling_spend(&orders, Utc::now(), CANCELLED);
+        let since = Utc::now() - chrono::Duration::days(rules.window_days);
+        let Some(account) = store::loyalty_figures(&mut conn, &asked, CANCELLED, since).await?
+        else {
+            return Err(Error::not_found(format!("customer {asked}")).into());
+        };
+        let store::LoyaltyFigures {
+            customer_id: id,
+            balance,
+            spend,
+            currency,
+        } = account;
         let (tier, next) = rules.tier_for(spend);
         Ok(Response::new(pb::GetLoyaltyAccountResponse {
             account: Some(pb::LoyaltyAccount {

@@ -531,6 +531,50 @@ pub async fn orders(conn: &mut PgConnection, customer_id: &str) -> Result<Vec<Or
     .await?)
 }
 
+/// What a loyalty account shows, read in one statement.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct LoyaltyFigures {
+    /// The survivor when the customer asked for was merged into another.
+    pub customer_id: String,
+    pub balance: i64,
+    /// Net spend (total less refunds) of the orders placed since the window's start, cancelled
+    /// ones aside.
+    pub spend: i64,
+    /// Of the customer's latest order; empty without orders.
+    pub currency: String,
+}
+
+/// The loyalty figures of `customer_id` (or its survivor); `None` for a customer crm does not
+/// know.
+pub async fn loyalty_figures(
+    conn: &mut PgConnection,
+    customer_id: &str,
+    cancelled: i32,
+    since: DateTime<Utc>,
+) -> Result<Option<LoyaltyFigures>, Error> {
+    Ok(sqlx::query_as(
+        "WITH r AS (
+             SELECT coalesce((SELECT merged_into FROM customers WHERE customer_id = $1), $1)
+                 AS id
+         )
+         SELECT r.id AS customer_id,
+             coalesce((SELECT balance FROM loyalty_accounts WHERE customer_id = r.id), 0)
+                 AS balance,
+             coalesce((SELECT sum(total_minor - refunded_minor) FROM customer_orders
+                 WHERE customer_id = r.id AND status <> $2 AND placed_at >= $3), 0)::bigint
+                 AS spend,
+             coalesce((SELECT currency FROM customer_orders WHERE customer_id = r.id
+                 ORDER BY placed_at DESC, order_id LIMIT 1), '') AS currency
+         FROM r
+         WHERE EXISTS (SELECT 1 FROM customers c WHERE c.customer_id = r.id)",
+    )
+    .bind(customer_id)
+    .bind(cancelled)
+    .bind(since)
+    .fetch_optional(conn)
+    .await?)
+}
+
 pub async fn balance(conn: &mut PgConnection, customer_id: &str) -> Result<i64, Error> {
     let balance: Option<i64> =
         sqlx::query_scalar("SELECT balance FROM loyalty_accounts WHERE customer_id = $1")

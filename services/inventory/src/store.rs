@@ -256,19 +256,36 @@ pub async fn network_available_many(
     Ok(out)
 }
 
-/// What a reservation reads before holding, in one statement: every stock record of the SKUs
-/// (sku, location, available, whether it counts toward the network figure).
+/// A stock record as a reservation reads it before holding.
+#[derive(Debug, Clone, FromRow)]
+pub struct ReserveLevel {
+    pub sku_id: String,
+    pub location_id: Uuid,
+    pub available: i64,
+    /// Counts toward the network figure (an active location, not in transit).
+    pub counts: bool,
+    /// The channel has a quota row on the SKU (only then is the quota updated).
+    pub quota: bool,
+}
+
+/// What a reservation reads before holding, in one statement: every stock record of the SKUs,
+/// and whether `channel` has a quota on each.
 pub async fn reserve_levels(
     conn: &mut PgConnection,
     skus: &[String],
-) -> Result<Vec<(String, Uuid, i64, bool)>, sqlx::Error> {
+    channel: &str,
+) -> Result<Vec<ReserveLevel>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT s.sku_id, s.location_id, greatest(s.on_hand - s.reserved - s.safety_stock, 0), \
-             coalesce(l.kind <> 'in_transit' AND l.active, false) \
+        "SELECT s.sku_id, s.location_id, \
+             greatest(s.on_hand - s.reserved - s.safety_stock, 0) AS available, \
+             coalesce(l.kind <> 'in_transit' AND l.active, false) AS counts, \
+             EXISTS (SELECT 1 FROM channel_quotas q \
+                 WHERE q.sku_id = s.sku_id AND q.channel_id = $2) AS quota \
          FROM stock_levels s LEFT JOIN locations l ON l.id = s.location_id \
          WHERE s.sku_id = ANY($1)",
     )
     .bind(skus)
+    .bind(channel)
     .fetch_all(conn)
     .await
 }

@@ -226,10 +226,14 @@ impl App {
         let skus: BTreeSet<String> = lines.iter().map(|l| l.sku.clone()).collect();
         // One read for every line: which SKUs inventory knows, what each location has, and
         // the network figure the stock signals compare against.
-        let levels =
-            store::reserve_levels(&mut tx, &skus.iter().cloned().collect::<Vec<_>>()).await?;
+        let levels = store::reserve_levels(
+            &mut tx,
+            &skus.iter().cloned().collect::<Vec<_>>(),
+            &request.channel_id,
+        )
+        .await?;
         for (i, line) in lines.iter().enumerate() {
-            if !levels.iter().any(|l| l.0 == line.sku) {
+            if !levels.iter().any(|l| l.sku_id == line.sku) {
                 return Err(Error::NotFound(format!(
                     "SKU {} (lines[{i}].sku_id) has no stock records",
                     line.sku
@@ -238,11 +242,27 @@ impl App {
         }
         let mut network_before: HashMap<String, i64> =
             skus.iter().map(|sku| (sku.clone(), 0)).collect();
-        for (sku, _, available, counts) in &levels {
-            if *counts && let Some(total) = network_before.get_mut(sku) {
-                *total += available;
+        for level in &levels {
+            if level.counts
+                && let Some(total) = network_before.get_mut(&level.sku_id)
+            {
+                *total += level.available;
             }
         }
+        // The reservation row first: from the first hold on, the stock rows stay locked until
+        // commit, so as little as possible happens after it.
+        let now = Utc::now();
+        let row = ReservationRow {
+            id: Uuid::now_v7(),
+            status: "active".into(),
+            channel_id: request.channel_id.clone(),
+            reference: request.reference.clone(),
+            owner_id: actor.id.clone(),
+            expires_at: Some(now + chrono::Duration::from_std(ttl).map_err(anyhow::Error::from)?),
+            created_at: now,
+            updated_at: now,
+        };
+        store::insert_reservation(&mut tx, &row).await?;
 
         let mut order: Vec<usize> = (0..lines.len()).collect();
         order.sort_by(|a, b| lines[*a].sku.cmp(&lines[*b].sku));
@@ -262,8 +282,12 @@ impl App {
                     location: *c,
                     available: levels
                         .iter()
-                        .find(|k| k.0 == line.sku && k.1 == *c && k.1 != store::IN_TRANSIT)
-                        .map_or(0, |k| k.2),
+                        .find(|k| {
+                            k.sku_id == line.sku
+                                && k.location_id == *c
+                                && k.location_id != store::IN_TRANSIT
+                        })
+                        .map_or(0, |k| k.available),
                 })
                 .collect();
             let mut chosen = None;
@@ -294,7 +318,10 @@ impl App {
                 ));
                 continue;
             };
-            if !store::use_quota(&mut tx, &line.sku, &request.channel_id, line.quantity).await? {
+            let quota = levels.iter().any(|l| l.sku_id == line.sku && l.quota);
+            if quota
+                && !store::use_quota(&mut tx, &line.sku, &request.channel_id, line.quantity).await?
+            {
                 violations.push(PreconditionViolation::new(
                     "CHANNEL_QUOTA",
                     format!("lines[{i}]"),
@@ -318,19 +345,7 @@ impl App {
             violations.sort_by(|a, b| a.subject.cmp(&b.subject));
             return Err(shortage_error(violations));
         }
-        let now = Utc::now();
-        let row = ReservationRow {
-            id: Uuid::now_v7(),
-            status: "active".into(),
-            channel_id: request.channel_id.clone(),
-            reference: request.reference.clone(),
-            owner_id: actor.id.clone(),
-            expires_at: Some(now + chrono::Duration::from_std(ttl).map_err(anyhow::Error::from)?),
-            created_at: now,
-            updated_at: now,
-        };
         let held: Vec<ReservationLineRow> = held.into_iter().flatten().collect();
-        store::insert_reservation(&mut tx, &row).await?;
         store::insert_reservation_lines(&mut tx, row.id, &held).await?;
         self.signal(&mut tx, &actor.id, &touches, &network_before)
             .await?;
