@@ -321,3 +321,55 @@ async fn a_step_stopped_before_its_commit_is_finished_by_the_sweeper() {
     );
     db.close().await;
 }
+
+/// The caller gives up while its payment is under way (its deadline passes while inventory is
+/// slow): the server drops the call between inventory's answer and the commit, as a killed
+/// task would. The payment is recorded as a pending step, and the sweeper finishes it.
+#[tokio::test]
+async fn a_payment_whose_caller_gave_up_is_finished_by_the_sweeper() {
+    let w = World::start_with(OrderClocks {
+        resume_after: Duration::from_secs(1),
+        ..OrderClocks::default()
+    })
+    .await;
+    w.receive(&w.warehouse, &w.tee_l, 5).await;
+    let order = w
+        .place(w.request(
+            &w.eshop,
+            vec![line(&w.tee_l, 1)],
+            ship_to(home_villeurbanne()),
+        ))
+        .await
+        .expect("placed");
+
+    w.shop.inventory_link.delay_replies(Duration::from_secs(2));
+    let gave_up = w
+        .orders_admin()
+        .record_payment(within(pay_request(&order), Duration::from_millis(500)))
+        .await
+        .expect_err("the caller's deadline passes first");
+    assert!(
+        matches!(
+            gave_up.code(),
+            tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
+        ),
+        "{gave_up:?}"
+    );
+    assert_eq!(
+        w.get(&order.id).await.status(),
+        pb::OrderStatus::PendingPayment,
+        "nothing committed yet"
+    );
+    w.shop.inventory_link.delay_replies(Duration::ZERO);
+    eventually(async || w.get(&order.id).await.status() == pb::OrderStatus::Allocated).await;
+    assert_eq!(
+        w.reservation(&order.reservation_id).await.expires_at,
+        None,
+        "the paid order's hold is permanent"
+    );
+    assert_eq!(
+        w.count("SELECT count(*) FROM orders WHERE pending IS NOT NULL")
+            .await,
+        0
+    );
+}
