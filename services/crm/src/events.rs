@@ -58,12 +58,14 @@ impl Handler for Events {
         // Segments first, offers second: the same lock order as a campaign send (segment
         // members, then the customer row), so the two cannot deadlock.
         segments::refresh_customers(conn, &customers).await?;
-        let mut fired = 0;
+        // Outbox rows for tier changes and fired offers.
+        let mut announced =
+            tiers::announce_changes(conn, &self.grpc.outbox, &customers, facts::CANCELLED).await?;
         for (customer, happening) in &happenings {
             let customer = store::resolve(conn, customer).await?;
-            fired += self.grpc.fire_offers(conn, &customer, happening).await?;
+            announced += self.grpc.fire_offers(conn, &customer, happening).await?;
         }
-        if fired > 0 {
+        if announced > 0 {
             self.grpc.outbox.wake();
         }
         Ok(())

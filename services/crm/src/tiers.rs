@@ -1,13 +1,18 @@
 //! Loyalty rules: the earn rate, what a point is worth and the tier ladder by rolling net
 //! spend. The tier follows the orders as they arrive, because it is computed from them on
-//! every read. Rules are the built-in ones until an admin replaces them (`SetLoyaltyRules`);
-//! they are stored as one row and read where needed.
+//! every read; after each batch of events the consumer recomputes the tiers of the customers it
+//! touched and announces each change (`CustomerTierChanged`), which order-management keeps to
+//! price orders without asking crm each time. Rules are the built-in ones until an admin
+//! replaces them (`SetLoyaltyRules`); they are stored as one row and read where needed.
 
 use chrono::{DateTime, Duration, Utc};
 use omni_proto::common::Money;
+use omni_proto::events::CustomerTierChanged;
+use omni_proto::events::event::Payload;
 use omni_proto::omni::crm::v1 as pb;
 use omni_runtime::Error;
 use omni_runtime::error::Violations;
+use omni_runtime::outbox::Outbox;
 use prost::Message;
 use sqlx::PgConnection;
 
@@ -211,6 +216,81 @@ impl Rules {
 }
 
 /// The rules in force: the stored ones, else the built-in ones.
+/// Recomputes the tier of each of `customers` (survivors, sorted) and announces every change
+/// (`crm.customer_tier_changed`) in the caller's transaction. Two statements whatever the
+/// number of customers, plus one outbox row per change.
+pub async fn announce_changes(
+    conn: &mut PgConnection,
+    outbox: &Outbox,
+    customers: &[String],
+    cancelled: i32,
+) -> Result<usize, Error> {
+    if customers.is_empty() {
+        return Ok(0);
+    }
+    let rules = load(conn).await?;
+    let since = Utc::now() - Duration::days(rules.window_days);
+    let rows: Vec<(String, i64, Option<String>, String)> = sqlx::query_as(
+        "SELECT c.id, coalesce(s.spend, 0)::bigint, t.tier,
+             coalesce((SELECT currency FROM customer_orders o WHERE o.customer_id = c.id
+                 ORDER BY o.placed_at DESC, o.order_id LIMIT 1), '')
+         FROM unnest($1::text[]) AS c(id)
+         LEFT JOIN (SELECT customer_id, sum(total_minor - refunded_minor) AS spend
+                    FROM customer_orders
+                    WHERE customer_id = ANY($1) AND status <> $2 AND placed_at >= $3
+                    GROUP BY customer_id) s ON s.customer_id = c.id
+         LEFT JOIN customer_tiers t ON t.customer_id = c.id
+         ORDER BY c.id",
+    )
+    .bind(customers)
+    .bind(cancelled)
+    .bind(since)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut changed = Vec::new();
+    for (customer, spend, previous, currency) in rows {
+        let previous = previous.unwrap_or_default();
+        let tier = rules.tier_for(spend).0.to_owned();
+        if tier != previous {
+            changed.push((customer, previous, tier, spend, currency));
+        }
+    }
+    if changed.is_empty() {
+        return Ok(0);
+    }
+    let ids: Vec<&str> = changed.iter().map(|c| c.0.as_str()).collect();
+    let new_tiers: Vec<&str> = changed.iter().map(|c| c.2.as_str()).collect();
+    sqlx::query(
+        "INSERT INTO customer_tiers (customer_id, tier)
+         SELECT * FROM unnest($1::text[], $2::text[])
+         ON CONFLICT (customer_id) DO UPDATE SET tier = EXCLUDED.tier, changed_at = now()",
+    )
+    .bind(&ids)
+    .bind(&new_tiers)
+    .execute(&mut *conn)
+    .await?;
+    for (customer, previous_tier, tier, spend, currency) in &changed {
+        outbox
+            .add(
+                conn,
+                "crm.customer_tier_changed",
+                customer,
+                "",
+                Payload::CustomerTierChanged(CustomerTierChanged {
+                    customer_id: customer.clone(),
+                    previous_tier: previous_tier.clone(),
+                    tier: tier.clone(),
+                    rolling_spend: Some(Money {
+                        minor_units: *spend,
+                        currency: currency.clone(),
+                    }),
+                }),
+            )
+            .await?;
+    }
+    Ok(changed.len())
+}
+
 pub async fn load(conn: &mut PgConnection) -> Result<Rules, Error> {
     let row: Option<(Vec<u8>, DateTime<Utc>)> =
         sqlx::query_as("SELECT rules, updated_at FROM loyalty_rules")

@@ -1,5 +1,5 @@
-//! Erasure: when identity erases a customer (`identity.customer_erased`, group
-//! `order-management`), their orders and returns keep what the business must keep (lines,
+//! Erasure: when identity erases a customer (`identity.customer_erased`, applied by
+//! [`crate::events`]), their orders and returns keep what the business must keep (lines,
 //! amounts, dates, where they were fulfilled) and lose what identifies the person: the delivery
 //! address's recipient, phone and street lines, and the free-text notes of their history. The
 //! stored requests and replies of idempotent calls about those orders go too
@@ -7,35 +7,14 @@
 //! for the erased customer.
 
 use omni_proto::common::Address;
-use omni_proto::events::{Event, event::Payload};
 use omni_proto::omni::orders::v1::{Order, Return};
 use omni_runtime::Result;
-use omni_runtime::consumer::Handler;
 use prost::Message as _;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-/// The streams order-management reads.
-pub const SOURCES: &[&str] = &["identity"];
-
-/// Applies identity's erasures to orders and returns.
-#[derive(Debug, Clone, Default)]
-pub struct Erasures;
-
-impl Handler for Erasures {
-    async fn handle(&self, conn: &mut PgConnection, event: &Event) -> Result<()> {
-        if let Some(Payload::CustomerErased(e)) = &event.payload {
-            let customers: Vec<String> = std::iter::once(e.customer_id.clone())
-                .chain(e.merged_ids.iter().cloned())
-                .collect();
-            erase(conn, &customers).await?;
-        }
-        Ok(())
-    }
-}
-
 /// Removes the personal data of `customers` from their orders and returns.
-async fn erase(conn: &mut PgConnection, customers: &[String]) -> Result<()> {
+pub(crate) async fn erase(conn: &mut PgConnection, customers: &[String]) -> Result<()> {
     let orders: Vec<(Uuid, Vec<u8>)> = sqlx::query_as(
         "SELECT id, doc FROM orders WHERE customer_id = ANY($1) ORDER BY id FOR UPDATE",
     )

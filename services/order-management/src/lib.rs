@@ -12,6 +12,7 @@ pub mod app;
 pub mod config;
 pub mod domain;
 pub mod erasure;
+pub mod events;
 pub mod grpc;
 pub mod store;
 pub mod upstream;
@@ -35,8 +36,8 @@ pub const SERVICE_NAME: &str = "order-management";
 pub const MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// Serves order-management on `listener` until `shutdown` is cancelled; background work
-/// (outbox relay, the sweeper of lapsed orders, change notifications, identity's erasures)
-/// stops with it.
+/// (outbox relay, the sweeper of lapsed orders, change notifications, identity's erasures and
+/// crm's tier changes) stops with it.
 pub async fn run(
     config: Config,
     listener: TcpListener,
@@ -93,9 +94,9 @@ pub async fn run(
         auth.clone(),
     ))
     .add_service(SourcingServiceServer::with_interceptor(grpc, auth.clone()));
-    let erasures = Arc::new(erasure::Erasures);
+    let events = Arc::new(events::Events);
     let routes = routes.add_service(
-        DeadLetters::new(SERVICE_NAME, pool.clone(), redis.clone(), erasures.clone())
+        DeadLetters::new(SERVICE_NAME, pool.clone(), redis.clone(), events.clone())
             .into_service(auth),
     );
 
@@ -108,13 +109,13 @@ pub async fn run(
                     .relay(pool.clone(), redis.clone(), config.common.outbox_poll)
                     .run(shutdown.clone()),
             );
-            let erasures = Consumer::new(
-                ConsumerConfig::new(SERVICE_NAME, erasure::SOURCES).tuned(&config.common),
+            let events = Consumer::new(
+                ConsumerConfig::new(SERVICE_NAME, events::SOURCES).tuned(&config.common),
                 pool,
                 redis,
-                erasures,
+                events,
             )?;
-            tokio::spawn(erasures.run(shutdown.clone()));
+            tokio::spawn(events.run(shutdown.clone()));
             tokio::spawn(
                 app.clone()
                     .sweep_loop(config.sweep_interval, shutdown.clone()),

@@ -488,6 +488,47 @@ pub async fn mark_released(conn: &mut PgConnection, scope: &str, key: &str) -> R
 }
 
 // ---------------------------------------------------------------------------------------------
+// Customer tiers (crm's, kept here)
+
+/// The customer's tier and when it was known, if kept.
+pub async fn tier(pool: &PgPool, customer_id: &str) -> Result<Option<(String, DateTime<Utc>)>> {
+    Ok(
+        sqlx::query_as("SELECT tier, as_of FROM customer_tiers WHERE customer_id = $1")
+            .bind(customer_id)
+            .fetch_optional(pool)
+            .await?,
+    )
+}
+
+/// Keeps the customer's tier as of `as_of`, unless a newer one is kept already.
+pub async fn put_tier(
+    conn: &mut PgConnection,
+    customer_id: &str,
+    tier: &str,
+    as_of: DateTime<Utc>,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO customer_tiers (customer_id, tier, as_of) VALUES ($1, $2, $3)
+         ON CONFLICT (customer_id) DO UPDATE SET tier = EXCLUDED.tier, as_of = EXCLUDED.as_of
+         WHERE customer_tiers.as_of < EXCLUDED.as_of",
+    )
+    .bind(customer_id)
+    .bind(tier)
+    .bind(as_of)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+pub async fn forget_tiers(conn: &mut PgConnection, customers: &[String]) -> Result<()> {
+    sqlx::query("DELETE FROM customer_tiers WHERE customer_id = ANY($1)")
+        .bind(customers)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
 // Returns
 
 pub async fn insert_return(conn: &mut PgConnection, r: &Return) -> Result<()> {

@@ -236,7 +236,7 @@ impl Upstreams {
             .ok_or_else(|| Error::internal("identity returned no customer"))
     }
 
-    /// The customer's crm tier; empty when crm has no account for them yet, or cannot answer.
+    /// The customer's crm tier; empty when crm has no account for them yet.
     pub async fn tier(&self, customer_id: &str) -> Result<String> {
         match call!(
             "crm",
@@ -248,12 +248,6 @@ impl Upstreams {
         ) {
             Ok(response) => Ok(response.account.map(|a| a.tier).unwrap_or_default()),
             Err(Error::NotFound(_) | Error::NotFoundAt { .. }) => Ok(String::new()),
-            // A loyalty outage does not stop the shop selling: the order is priced without a
-            // tier, and records that it was (its `customer_tier` is empty).
-            Err(Error::Unavailable(reason)) => {
-                tracing::warn!(%reason, customer_id, "crm unavailable; pricing without a tier");
-                Ok(String::new())
-            }
             Err(e) => Err(e),
         }
     }

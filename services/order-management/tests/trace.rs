@@ -154,10 +154,11 @@ async fn one_trace_covers_an_order_across_every_service_and_its_events() {
         found.unwrap()
     };
     let names: HashSet<&str> = trace.iter().map(|s| s.name.as_str()).collect();
+    // crm's GetLoyaltyAccount is asked only when order-management keeps no tier for the
+    // customer yet (crm announces tiers on its stream), so it may or may not be in the trace.
     for expected in [
         "omni.orders.v1.OrderService/PlaceOrder",
         "omni.identity.v1.IdentityService/GetCustomer",
-        "omni.crm.v1.LoyaltyService/GetLoyaltyAccount",
         "omni.crm.v1.CouponService/CheckCoupon",
         "omni.crm.v1.CouponService/RedeemCoupon",
         "omni.catalog.v1.QuoteService/Quote",

@@ -57,6 +57,9 @@ pub struct PlaceInput {
     pub exchange_of: Option<(String, i64)>,
 }
 
+/// How long a tier kept from crm is used before crm is asked again.
+const TIER_TRUSTED: ChronoDuration = ChronoDuration::days(1);
+
 /// How long one try may work on a key before a retry may take over.
 const LEASE: std::time::Duration = std::time::Duration::from_secs(60);
 const LEASE_POLL: std::time::Duration = std::time::Duration::from_millis(20);
@@ -207,6 +210,32 @@ impl App {
         gone
     }
 
+    /// The customer's tier as crm announced it (kept in `customer_tiers` from crm's stream),
+    /// asking crm only when none is kept or the one kept is a day old (a rolling-spend tier
+    /// also lapses with time, which crm does not announce). A loyalty outage does not stop the
+    /// shop selling: the order is priced without a tier, and records that it was (its
+    /// `customer_tier` is empty).
+    async fn customer_tier(&self, customer_id: &str) -> Result<String> {
+        if let Some((tier, as_of)) = store::tier(&self.pool, customer_id).await?
+            && Utc::now() - as_of < TIER_TRUSTED
+        {
+            return Ok(tier);
+        }
+        let asked_at = Utc::now();
+        match self.upstreams.tier(customer_id).await {
+            Ok(tier) => {
+                let mut conn = self.pool.acquire().await?;
+                store::put_tier(&mut conn, customer_id, &tier, asked_at).await?;
+                Ok(tier)
+            }
+            Err(Error::Unavailable(reason)) => {
+                tracing::warn!(%reason, customer_id, "crm unavailable; pricing without a tier");
+                Ok(String::new())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// Whether the hold is active now.
     async fn still_held(&self, reservation_id: &str) -> Result<bool> {
         let reservation = call!(
@@ -338,7 +367,7 @@ impl App {
         let (tier, coupons) = tokio::try_join!(
             async {
                 match &customer {
-                    Some(c) => self.upstreams.tier(&c.id).await,
+                    Some(c) => self.customer_tier(&c.id).await,
                     None => Ok(String::new()),
                 }
             },

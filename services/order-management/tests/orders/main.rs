@@ -11,3 +11,4 @@ mod rejections;
 mod scope;
 mod slowness;
 mod support;
+mod tiers;
