@@ -13,16 +13,18 @@ use prost::Message as _;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+use crate::app::steps::{Effect, Pending};
+
 /// Removes the personal data of `customers` from their orders and returns.
 pub(crate) async fn erase(conn: &mut PgConnection, customers: &[String]) -> Result<()> {
-    let orders: Vec<(Uuid, Vec<u8>)> = sqlx::query_as(
-        "SELECT id, doc FROM orders WHERE customer_id = ANY($1) ORDER BY id FOR UPDATE",
+    let orders: Vec<(Uuid, Vec<u8>, Option<Vec<u8>>)> = sqlx::query_as(
+        "SELECT id, doc, pending FROM orders WHERE customer_id = ANY($1) ORDER BY id FOR UPDATE",
     )
     .bind(customers)
     .fetch_all(&mut *conn)
     .await?;
     let mut subjects = Vec::with_capacity(orders.len());
-    for (id, doc) in orders {
+    for (id, doc, pending) in orders {
         subjects.push(id.to_string());
         let mut order = decode::<Order>(&doc)?;
         if scrub_order(&mut order) {
@@ -31,6 +33,17 @@ pub(crate) async fn erase(conn: &mut PgConnection, customers: &[String]) -> Resu
                 .bind(order.encode_to_vec())
                 .execute(&mut *conn)
                 .await?;
+        }
+        // A step in progress carries its request, and an address change its new address.
+        if let Some(pending) = pending {
+            let mut step = Pending::decode_stored(&pending)?;
+            if scrub_step(&mut step) {
+                sqlx::query("UPDATE orders SET pending = $2 WHERE id = $1")
+                    .bind(id)
+                    .bind(step.encode_to_vec())
+                    .execute(&mut *conn)
+                    .await?;
+            }
         }
     }
     let returns: Vec<(Uuid, Vec<u8>)> = sqlx::query_as(
@@ -61,6 +74,25 @@ pub(crate) async fn erase(conn: &mut PgConnection, customers: &[String]) -> Resu
 
 fn decode<M: prost::Message + Default>(doc: &[u8]) -> Result<M> {
     M::decode(doc).map_err(|e| omni_runtime::Error::internal(format!("stored document: {e}")))
+}
+
+/// Clears what identifies the person in a step in progress: the request it was asked with
+/// (a retry with the same key is then refused), an address change's street and recipient, a
+/// cancellation's note; whether anything changed.
+fn scrub_step(step: &mut Pending) -> bool {
+    let mut changed = !step.request.is_empty();
+    step.request.clear();
+    match &mut step.effect {
+        Some(Effect::Move(m)) => {
+            changed |= m.address.as_mut().is_some_and(scrub_address);
+        }
+        Some(Effect::Cancel(c)) if !c.note.is_empty() => {
+            c.note.clear();
+            changed = true;
+        }
+        _ => {}
+    }
+    changed
 }
 
 /// Clears what identifies the person in `order`; whether anything changed.
@@ -135,5 +167,38 @@ mod tests {
         assert_eq!(order.history[0].note, "");
         // Nothing left to clear: a second pass changes nothing.
         assert!(!scrub_order(&mut order));
+    }
+
+    #[test]
+    fn a_pending_address_change_loses_its_request_and_street() {
+        let mut step = Pending {
+            request: b"the request, with the address".to_vec(),
+            effect: Some(Effect::Move(crate::app::steps::Move {
+                address: Some(Address {
+                    recipient_name: "Zoé Martin".into(),
+                    lines: vec!["12 rue des Lilas".into()],
+                    city: "Lyon".into(),
+                    phone: "+33612345678".into(),
+                    ..Default::default()
+                }),
+                locations: vec!["a location".into()],
+                decision: None,
+            })),
+            ..Default::default()
+        };
+        assert!(scrub_step(&mut step));
+        assert!(step.request.is_empty());
+        let Some(Effect::Move(m)) = &step.effect else {
+            panic!("still a move");
+        };
+        let address = m.address.clone().unwrap_or_default();
+        assert_eq!(
+            (address.recipient_name.as_str(), address.phone.as_str()),
+            ("", "")
+        );
+        assert!(address.lines.is_empty());
+        assert_eq!(address.city, "Lyon");
+        assert_eq!(m.locations, vec!["a location".to_owned()]);
+        assert!(!scrub_step(&mut step));
     }
 }

@@ -560,6 +560,52 @@ pub async fn update_return(conn: &mut PgConnection, r: &Return) -> Result<()> {
     Ok(())
 }
 
+/// Records, in the return's transaction, the restock to make once it commits.
+pub async fn owe_restock(conn: &mut PgConnection, id: Uuid, key: &str) -> Result<()> {
+    sqlx::query("UPDATE returns SET restock_key = $2, restock_since = now() WHERE id = $1")
+        .bind(id)
+        .bind(key)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// The return and the restock still owed for it, if any.
+pub async fn owed_restock(pool: &PgPool, id: Uuid) -> Result<Option<(Return, String)>> {
+    let row: Option<(Vec<u8>, String)> = sqlx::query_as(
+        "SELECT doc, restock_key FROM returns WHERE id = $1 AND restock_key IS NOT NULL",
+    )
+    .bind(id)
+    .fetch_optional(pool)
+    .await?;
+    row.map(|(doc, key)| Ok((decode(&doc)?, key))).transpose()
+}
+
+/// The restock of the return keyed `key` is made (or given up).
+pub async fn restocked(pool: &PgPool, id: Uuid, key: &str) -> Result<()> {
+    sqlx::query(
+        "UPDATE returns SET restock_key = NULL, restock_since = NULL
+         WHERE id = $1 AND restock_key = $2",
+    )
+    .bind(id)
+    .bind(key)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Returns whose restock was recorded before `before` and is still owed.
+pub async fn stale_restocks(pool: &PgPool, before: DateTime<Utc>, limit: i64) -> Result<Vec<Uuid>> {
+    Ok(sqlx::query_scalar(
+        "SELECT id FROM returns WHERE restock_key IS NOT NULL AND restock_since < $1
+         ORDER BY restock_since LIMIT $2",
+    )
+    .bind(before)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?)
+}
+
 pub async fn lock_return(conn: &mut PgConnection, id: Uuid) -> Result<Option<Return>> {
     let doc: Option<Vec<u8>> =
         sqlx::query_scalar("SELECT doc FROM returns WHERE id = $1 FOR UPDATE")

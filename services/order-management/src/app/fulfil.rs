@@ -855,6 +855,9 @@ impl App {
         let now = Utc::now();
         let horizon = ChronoDuration::from_std(self.settings.resume_after).unwrap_or_default();
         let mut done = self.resume_stale_steps(now - horizon).await?;
+        for return_id in store::stale_restocks(&self.pool, now - horizon, 20).await? {
+            self.restock(return_id).await;
+        }
         // Each lapsed order is cancelled as a step of its own: no lock is held while inventory
         // and crm give its hold and coupons back, and a replica that got there first wins.
         for order_id in store::lapsed_orders(&self.pool, now, 20).await? {

@@ -17,7 +17,7 @@ mod import;
 mod place;
 mod returns;
 mod sourcing;
-mod steps;
+pub(crate) mod steps;
 
 use std::sync::Arc;
 use std::time::Duration;

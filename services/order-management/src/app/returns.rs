@@ -18,6 +18,7 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::place::{CustomerInput, PlaceInput};
+use super::steps::refused;
 use super::{App, currency, minor, money, ts};
 use crate::domain::{self, Want};
 use crate::store;
@@ -59,6 +60,18 @@ pub struct ExchangeInput {
 }
 
 /// The event of a completed return; `restocked`: resellable items went back into stock.
+/// The return's units that go back into stock.
+fn resellable(r: &Return) -> Vec<inventory::MovementLine> {
+    r.lines
+        .iter()
+        .filter(|l| l.condition() == ItemCondition::Resellable)
+        .map(|l| inventory::MovementLine {
+            sku_id: l.sku_id.clone(),
+            quantity: i64::from(l.quantity),
+        })
+        .collect()
+}
+
 pub(super) fn return_completed(order: &Order, r: &Return, restocked: bool) -> ReturnCompleted {
     ReturnCompleted {
         return_id: r.id.clone(),
@@ -195,6 +208,8 @@ impl App {
         )
         .await?;
         tx.commit().await?;
+        self.restock(Uuid::parse_str(&r.id).map_err(|_| Error::internal("return id"))?)
+            .await;
         self.announce(&r.order_id).await;
         Ok(r)
     }
@@ -267,7 +282,45 @@ impl App {
         Ok(r)
     }
 
-    /// The items arrived: resellable ones back into stock where they are, the refund settled.
+    /// Makes the restock a committed return owes: its resellable items back into stock where
+    /// they came in, keyed so a repeat restocks nothing twice. Called after the commit, and by
+    /// the sweeper for a restock still owed; a failure is logged and left for the sweeper.
+    pub(super) async fn restock(&self, return_id: Uuid) {
+        if let Err(e) = self.try_restock(return_id).await {
+            tracing::warn!(error = %e, %return_id, "return not restocked yet; the sweeper repeats it");
+        }
+    }
+
+    async fn try_restock(&self, return_id: Uuid) -> Result<()> {
+        let Some((r, key)) = store::owed_restock(&self.pool, return_id).await? else {
+            return Ok(());
+        };
+        let made = call!(
+            "inventory",
+            self.upstreams.stock.clone(),
+            record_movement,
+            inventory::RecordMovementRequest {
+                idempotency_key: key.clone(),
+                location_id: r.location_id.clone(),
+                kind: inventory::MovementKind::Return as i32,
+                lines: resellable(&r),
+                reason: format!("return of order {}", r.order_number),
+                reference: r.id.clone(),
+            }
+        );
+        match made {
+            Ok(_) => {}
+            // A definite refusal would be repeated forever: given up, loudly.
+            Err(e) if refused(&e) => {
+                tracing::error!(error = %e, %return_id, "inventory refused a return's restock; given up");
+            }
+            Err(e) => return Err(e),
+        }
+        store::restocked(&self.pool, return_id, &key).await
+    }
+
+    /// The items arrived: resellable ones owed back to stock where they are, the refund
+    /// settled.
     async fn receive(
         &self,
         conn: &mut PgConnection,
@@ -277,29 +330,11 @@ impl App {
         actor: &str,
     ) -> Result<()> {
         let now = Utc::now();
-        let restock: Vec<inventory::MovementLine> = r
-            .lines
-            .iter()
-            .filter(|l| l.condition() == ItemCondition::Resellable)
-            .map(|l| inventory::MovementLine {
-                sku_id: l.sku_id.clone(),
-                quantity: i64::from(l.quantity),
-            })
-            .collect();
-        if !restock.is_empty() {
-            call!(
-                "inventory",
-                self.upstreams.stock.clone(),
-                record_movement,
-                inventory::RecordMovementRequest {
-                    idempotency_key: restock_key.to_owned(),
-                    location_id: r.location_id.clone(),
-                    kind: inventory::MovementKind::Return as i32,
-                    lines: restock,
-                    reason: format!("return of order {}", r.order_number),
-                    reference: r.id.clone(),
-                }
-            )?;
+        // The restock is owed here and made once this commits ([`App::restock`]): inventory is
+        // not called under the order's lock.
+        if !resellable(r).is_empty() {
+            let id = Uuid::parse_str(&r.id).map_err(|_| Error::internal("return id"))?;
+            store::owe_restock(conn, id, restock_key).await?;
         }
         r.set_status(ReturnStatus::Completed);
         r.completed_at = ts(now);
@@ -387,6 +422,7 @@ impl App {
         )
         .await?;
         tx.commit().await?;
+        self.restock(return_id).await;
         self.announce(&r.order_id).await;
         Ok(r)
     }
@@ -579,6 +615,11 @@ impl App {
             )
             .await?;
             tx.commit().await?;
+            if let Some(r) = &reply.order_return
+                && let Ok(id) = Uuid::parse_str(&r.id)
+            {
+                self.restock(id).await;
+            }
             Ok::<_, Error>(reply)
         }
         .await;

@@ -373,3 +373,65 @@ async fn a_payment_whose_caller_gave_up_is_finished_by_the_sweeper() {
         0
     );
 }
+
+/// A return taken in store while inventory cannot be reached: the return commits (inventory is
+/// not called under the order's lock), and its restock is made once, by the sweeper, when
+/// inventory is back.
+#[tokio::test]
+async fn a_return_restock_inventory_missed_is_made_once_by_the_sweeper() {
+    let w = World::start_with(OrderClocks {
+        resume_after: Duration::from_secs(1),
+        ..OrderClocks::default()
+    })
+    .await;
+    w.receive(&w.warehouse, &w.tee_m, 5).await;
+    let order = w
+        .place(w.request(
+            &w.eshop,
+            vec![line(&w.tee_m, 2)],
+            ship_to(home_villeurbanne()),
+        ))
+        .await
+        .expect("placed");
+    let done = w.complete_shipping(&w.pay(&order).await).await;
+
+    w.shop.inventory_link.cut();
+    let returned = w
+        .returns_at(&w.lyon)
+        .create_return(pb::CreateReturnRequest {
+            idempotency_key: key(),
+            order_id: done.id.clone(),
+            lines: vec![pb::ReturnLineInput {
+                order_line_id: done.lines[0].id.clone(),
+                quantity: 2,
+                reason: pb::ReturnReason::WrongSize as i32,
+                condition: pb::ItemCondition::Resellable as i32,
+            }],
+            channel_id: w.store_channel.id.clone(),
+            location_id: w.lyon.clone(),
+            items_received: true,
+            note: String::new(),
+        })
+        .await
+        .expect("the return commits without inventory")
+        .into_inner()
+        .order_return
+        .expect("return");
+    assert_eq!(returned.status(), pb::ReturnStatus::Completed);
+    assert_eq!(
+        w.level(&w.lyon, &w.tee_m).await,
+        (0, 0),
+        "not restocked yet"
+    );
+
+    w.shop.inventory_link.restore();
+    eventually(async || w.level(&w.lyon, &w.tee_m).await == (2, 0)).await;
+    // Made, so no longer owed: the sweeper has nothing left to repeat.
+    eventually(async || {
+        w.count("SELECT count(*) FROM returns WHERE restock_key IS NOT NULL")
+            .await
+            == 0
+    })
+    .await;
+    assert_eq!(w.level(&w.lyon, &w.tee_m).await, (2, 0));
+}
