@@ -183,6 +183,18 @@ impl Upstreams {
         Ok(locations)
     }
 
+    /// The locations as last read, however old (read now only when never read): for what
+    /// events say about a location (is it a store), which must not make a change that calls
+    /// no other service wait on, or fail with, inventory.
+    pub async fn known_locations(&self) -> Result<Arc<Locations>> {
+        if let Ok(cached) = self.cache.locations.read()
+            && let Some((_, locations)) = cached.as_ref()
+        {
+            return Ok(locations.clone());
+        }
+        self.locations(false).await
+    }
+
     /// One location by id (refreshing the cache once when it is not known yet).
     pub async fn location(&self, id: &str, field: &str) -> Result<inventory::Location> {
         for refresh in [false, true] {

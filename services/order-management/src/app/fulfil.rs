@@ -260,7 +260,7 @@ impl App {
         R: Message + Default + Clone,
         F: FnOnce(&mut Order, &mut Changes, &Locations) -> Result<R>,
     {
-        let locations = self.upstreams.locations(false).await?;
+        let locations = self.upstreams.known_locations().await?;
         let mut tx = self.pool.begin().await?;
         if let Some((scope, key, request)) = key
             && let Claim::Replay(reply) =
@@ -348,12 +348,17 @@ impl App {
             )?;
             return Ok(());
         }
+        self.hold_until_handover(&order.reservation_id).await
+    }
+
+    /// The hold no longer expires: a paid order keeps its stock until it leaves.
+    async fn hold_until_handover(&self, reservation_id: &str) -> Result<()> {
         call!(
             "inventory",
             self.upstreams.reservations.clone(),
             extend_reservation,
             inventory::ExtendReservationRequest {
-                reservation_id: order.reservation_id.clone(),
+                reservation_id: reservation_id.to_owned(),
                 expiry: Some(inventory::extend_reservation_request::Expiry::NoExpiry(
                     true
                 )),
@@ -791,28 +796,17 @@ impl App {
                 "the stock held for the new address is no longer held; change the address again",
             ));
         }
-        if order.payment.is_some() {
-            let extended = call!(
-                "inventory",
-                self.upstreams.reservations.clone(),
-                extend_reservation,
-                inventory::ExtendReservationRequest {
-                    reservation_id: reservation.id.clone(),
-                    expiry: Some(inventory::extend_reservation_request::Expiry::NoExpiry(
-                        true
-                    )),
-                }
-            );
-            if let Err(e) = extended {
-                if refused(&e) {
-                    self.release_stray(
-                        Uuid::parse_str(&order.id).map_err(|_| Error::internal("order id"))?,
-                        &reservation.id,
-                    )
-                    .await;
-                }
-                return Err(e);
+        if order.payment.is_some()
+            && let Err(e) = self.hold_until_handover(&reservation.id).await
+        {
+            if refused(&e) {
+                self.release_stray(
+                    Uuid::parse_str(&order.id).map_err(|_| Error::internal("order id"))?,
+                    &reservation.id,
+                )
+                .await;
             }
+            return Err(e);
         }
         let released = call!(
             "inventory",
