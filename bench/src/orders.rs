@@ -42,6 +42,22 @@ fn eur(minor_units: i64) -> Option<Money> {
     })
 }
 
+/// A delivery address in Lyon at this point.
+fn lyon(latitude: f64, longitude: f64) -> Address {
+    Address {
+        recipient_name: "Bench".into(),
+        lines: vec!["1 rue de la République".into()],
+        city: "Lyon".into(),
+        postal_code: "69001".into(),
+        country_code: "FR".into(),
+        location: Some(GeoPoint {
+            latitude,
+            longitude,
+        }),
+        ..Default::default()
+    }
+}
+
 /// A valid EAN-13 for `n`.
 fn ean(n: u64) -> String {
     let body = format!("20{n:010}");
@@ -360,18 +376,7 @@ fn typical_order() -> pb::Order {
         status: pb::OrderStatus::PendingPayment as i32,
         delivery: Some(pb::Delivery {
             kind: pb::DeliveryKind::Ship as i32,
-            address: Some(Address {
-                recipient_name: "Bench".into(),
-                lines: vec!["1 rue de la République".into()],
-                city: "Lyon".into(),
-                postal_code: "69001".into(),
-                country_code: "FR".into(),
-                location: Some(GeoPoint {
-                    latitude: 45.76,
-                    longitude: 4.83,
-                }),
-                ..Default::default()
-            }),
+            address: Some(lyon(45.76, 4.83)),
             store_id: String::new(),
         }),
         fulfilments: lines
@@ -641,18 +646,7 @@ fn request(seeded: &Seeded, dice: &mut Dice) -> pb::PlaceOrderRequest {
             .collect(),
         delivery: Some(pb::Delivery {
             kind: pb::DeliveryKind::Ship as i32,
-            address: Some(Address {
-                recipient_name: "Bench".into(),
-                lines: vec!["1 rue de la République".into()],
-                city: "Lyon".into(),
-                postal_code: "69001".into(),
-                country_code: "FR".into(),
-                location: Some(GeoPoint {
-                    latitude: 45.70 + dice.unit() * 0.12,
-                    longitude: 4.78 + dice.unit() * 0.14,
-                }),
-                ..Default::default()
-            }),
+            address: Some(lyon(45.70 + dice.unit() * 0.12, 4.78 + dice.unit() * 0.14)),
             store_id: String::new(),
         }),
         ..Default::default()

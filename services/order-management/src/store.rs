@@ -65,12 +65,6 @@ fn columns(order: &Order) -> Result<OrderColumns> {
     })
 }
 
-pub async fn next_order_sequence(pool: &PgPool) -> Result<i64> {
-    Ok(sqlx::query_scalar("SELECT nextval('order_number_seq')")
-        .fetch_one(pool)
-        .await?)
-}
-
 /// `n` order numbers' sequence values.
 pub async fn next_order_sequences(pool: &PgPool, n: usize) -> Result<Vec<i64>> {
     if n == 0 {
