@@ -13,24 +13,127 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::channel::Change;
+use tonic::transport::{Channel, Endpoint, Uri};
 use tonic::{Request, Status};
 
 use crate::config::Secret;
 
+/// How often a balanced channel looks its hosts up again (pods come and go behind a headless
+/// Service).
+const RESOLVE_EVERY: Duration = Duration::from_secs(30);
+
 /// A channel to `url` that connects on first use, with connect and per-call timeouts.
+///
+/// `url` may list several comma-separated URLs (replicas), and a URL's host may resolve to
+/// several addresses (a Kubernetes headless Service): the channel then balances every call
+/// over all of them (power of two choices on outstanding calls), looking the hosts up again
+/// every 30 s. One URL with an IP address is one plain connection.
 pub fn channel(
     url: &str,
     connect_timeout: Duration,
     call_timeout: Duration,
 ) -> anyhow::Result<Channel> {
-    Ok(Endpoint::from_shared(url.to_owned())?
-        .connect_timeout(connect_timeout)
-        .timeout(call_timeout)
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_while_idle(true)
-        .connect_lazy())
+    let endpoint = move |url: &str| -> anyhow::Result<Endpoint> {
+        Ok(Endpoint::from_shared(url.to_owned())?
+            .connect_timeout(connect_timeout)
+            .timeout(call_timeout)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_while_idle(true))
+    };
+    let urls: Vec<Uri> = url
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(|u| {
+            u.parse::<Uri>()
+                .map_err(|e| anyhow::anyhow!("{u:?} is not a URL: {e}"))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let literal = |u: &Uri| {
+        u.host().is_some_and(|h| {
+            h.trim_matches(['[', ']'])
+                .parse::<std::net::IpAddr>()
+                .is_ok()
+        })
+    };
+    match urls.as_slice() {
+        [] => anyhow::bail!("no URL given"),
+        [one] if literal(one) => Ok(endpoint(&one.to_string())?.connect_lazy()),
+        _ if urls.iter().all(literal) || tokio::runtime::Handle::try_current().is_err() => {
+            Ok(Channel::balance_list(
+                urls.iter()
+                    .map(|u| endpoint(&u.to_string()))
+                    .collect::<anyhow::Result<Vec<_>>>()?
+                    .into_iter(),
+            ))
+        }
+        _ => {
+            let (channel, changes) = Channel::balance_channel(64);
+            tokio::spawn(keep_resolved(urls, endpoint, changes));
+            Ok(channel)
+        }
+    }
+}
+
+/// Keeps a balanced channel's endpoints in step with what its URLs' hosts resolve to, until
+/// the channel is dropped. A failed lookup keeps the host's last addresses.
+async fn keep_resolved(
+    urls: Vec<Uri>,
+    endpoint: impl Fn(&str) -> anyhow::Result<Endpoint>,
+    changes: tokio::sync::mpsc::Sender<Change<std::net::SocketAddr, Endpoint>>,
+) {
+    let mut current = std::collections::HashSet::new();
+    loop {
+        let mut found = std::collections::HashSet::new();
+        let mut complete = true;
+        for uri in &urls {
+            let host = uri.host().unwrap_or_default().trim_matches(['[', ']']);
+            let scheme = uri.scheme_str().unwrap_or("http");
+            let port = uri
+                .port_u16()
+                .unwrap_or(if scheme == "https" { 443 } else { 80 });
+            let addrs = match tokio::net::lookup_host((host, port)).await {
+                Ok(addrs) => addrs,
+                Err(e) => {
+                    tracing::warn!(host, error = %e, "cannot resolve an upstream; keeping its last addresses");
+                    complete = false;
+                    continue;
+                }
+            };
+            for addr in addrs {
+                if !found.insert(addr) || current.contains(&addr) {
+                    continue;
+                }
+                // Calls still name the host they were meant for.
+                let Ok(at) = endpoint(&format!("{scheme}://{addr}")) else {
+                    continue;
+                };
+                if changes
+                    .send(Change::Insert(addr, at.origin(uri.clone())))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        }
+        if complete {
+            for gone in current.difference(&found) {
+                if changes.send(Change::Remove(*gone)).await.is_err() {
+                    return;
+                }
+            }
+            current = found;
+        } else {
+            current.extend(found);
+        }
+        tokio::select! {
+            () = changes.closed() => return,
+            () = tokio::time::sleep(RESOLVE_EVERY) => {}
+        }
+    }
 }
 
 /// Where the interceptor gets the bearer token from.

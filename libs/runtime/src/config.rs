@@ -187,10 +187,15 @@ impl CommonConfig {
             ));
         }
         let redis_url = required("REDIS_URL")?;
-        if !redis_url.starts_with("redis://") && !redis_url.starts_with("rediss://") {
+        let nodes = crate::redis::node_urls(&redis_url);
+        if nodes.is_empty()
+            || !nodes
+                .iter()
+                .all(|u| u.starts_with("redis://") || u.starts_with("rediss://"))
+        {
             return Err(ConfigError::new(
                 "REDIS_URL",
-                "must be a redis:// or rediss:// URL",
+                "must be a redis:// or rediss:// URL, or several comma-separated (Redis Cluster nodes)",
             ));
         }
         let auth_public_key_pem = pem("OMNI_AUTH_PUBLIC_KEY")?

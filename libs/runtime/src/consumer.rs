@@ -1,10 +1,15 @@
 //! The event consumer: reads other services' streams with a Redis consumer group and applies
 //! each event exactly once, in batches.
 //!
+//! Each stream a consumer reads has a reader of its own, with its own blocking connection, and
+//! the readers run side by side: on a Redis Cluster the streams may live on different masters,
+//! where one `XREADGROUP` over all of them would be refused (`CROSSSLOT`). Events of different
+//! streams were never ordered with each other; within a stream they are applied in order.
+//!
 //! A poll reads up to `batch` entries and applies them in one transaction: one
 //! `processed_events` insert for the whole batch tells which events are new (a conflict means
 //! "already applied"), the [`Handler`] applies the new ones in stream order, the transaction
-//! commits, then one `XACK` per stream. A crash before the commit leaves the entries pending and
+//! commits, then one `XACK`. A crash before the commit leaves the entries pending and
 //! unapplied; a crash after it leaves them pending but recorded. Either way another consumer (or
 //! this one, restarted) reclaims pending entries idle longer than `reclaim_idle` and the outcome
 //! is the same: applied once.
@@ -36,7 +41,6 @@ use futures::FutureExt as _;
 use omni_proto::events::Event;
 use prost::Message as _;
 use redis::AsyncCommands as _;
-use redis::aio::ConnectionManager;
 use redis::streams::{StreamId, StreamReadOptions, StreamReadReply};
 use sqlx::{PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
@@ -45,7 +49,7 @@ use uuid::Uuid;
 
 use crate::Error;
 use crate::metrics::StreamPos;
-use crate::redis::Redis;
+use crate::redis::{Conn, Redis};
 
 /// Applies events inside the consumer's transaction. Return an error to have them retried
 /// (the transaction is rolled back); see the module header for which errors are retried
@@ -125,19 +129,31 @@ pub fn dead_letter_stream(redis: &Redis, group: &str) -> String {
 
 /// One stream entry, decoded.
 struct Entry {
-    stream: String,
     id: String,
     event: Event,
     event_id: Uuid,
 }
 
+/// A consumer group's reader of several streams: one [`StreamReader`] per stream, each with its
+/// own blocking connection, run side by side. (One `XREADGROUP` over several streams would need
+/// them all in one hash slot of a Redis Cluster; read one by one, they may live on any master.)
 pub struct Consumer<H> {
+    shared: Shared<H>,
+    readers: Vec<StreamReader>,
+}
+
+/// What the readers of one consumer share.
+struct Shared<H> {
     config: ConsumerConfig,
     pool: PgPool,
     redis: Redis,
-    conn: ConnectionManager,
-    streams: Vec<String>,
     handler: Arc<H>,
+}
+
+/// Reads one stream for the group.
+struct StreamReader {
+    stream: String,
+    conn: Conn,
     groups_ready: bool,
     /// Entries of this consumer's own pending list are waiting for a retry.
     own_pending: bool,
@@ -150,7 +166,7 @@ pub struct Consumer<H> {
 impl<H> std::fmt::Debug for Consumer<H> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Consumer")
-            .field("config", &self.config)
+            .field("config", &self.shared.config)
             .finish_non_exhaustive()
     }
 }
@@ -162,39 +178,69 @@ impl<H: Handler> Consumer<H> {
         redis: Redis,
         handler: Arc<H>,
     ) -> anyhow::Result<Self> {
-        let conn = redis.dedicated(config.block)?;
-        let up = crate::metrics::register_consumer(&config.group, &config.sources, &redis);
-        let streams = config
+        let flags = crate::metrics::register_consumer(&config.group, &config.sources, &redis);
+        let readers = config
             .sources
             .iter()
-            .map(|s| redis.event_stream(s))
-            .collect();
+            .zip(flags)
+            .map(|(source, up)| {
+                Ok(StreamReader {
+                    stream: redis.event_stream(source),
+                    conn: redis.dedicated(config.block)?,
+                    groups_ready: false,
+                    own_pending: true,
+                    failures: HashMap::new(),
+                    up,
+                })
+            })
+            .collect::<anyhow::Result<_>>()?;
         Ok(Self {
-            config,
-            pool,
-            redis,
-            conn,
-            streams,
-            handler,
-            groups_ready: false,
-            own_pending: true,
-            failures: HashMap::new(),
-            up,
+            shared: Shared {
+                config,
+                pool,
+                redis,
+                handler,
+            },
+            readers,
         })
     }
 
-    /// Consumes until `shutdown`; the batch being applied is finished first.
-    pub async fn run(mut self, shutdown: CancellationToken) {
+    /// Consumes until `shutdown`, every stream at once; the batches being applied are finished
+    /// first.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let Self { shared, readers } = self;
+        let shared = &shared;
+        futures::future::join_all(
+            readers
+                .into_iter()
+                .map(|reader| reader.run(shared, shutdown.clone())),
+        )
+        .await;
+    }
+
+    /// One poll of each stream in turn (see [`StreamReader::poll_once`]); returns how many
+    /// entries were handled. Each may block up to the configured `block`.
+    pub async fn poll_once(&mut self) -> crate::Result<usize> {
+        let mut handled = 0;
+        for reader in &mut self.readers {
+            handled += reader.poll_once(&self.shared).await?;
+        }
+        Ok(handled)
+    }
+}
+
+impl StreamReader {
+    async fn run<H: Handler>(mut self, shared: &Shared<H>, shutdown: CancellationToken) {
         let mut backoff = Duration::from_millis(100);
         while !shutdown.is_cancelled() {
             let step = tokio::select! {
                 () = shutdown.cancelled() => return,
-                step = self.poll_once() => step,
+                step = self.poll_once(shared) => step,
             };
             match step {
                 Ok(_) => backoff = Duration::from_millis(100),
                 Err(e) => {
-                    tracing::warn!(error = %e, group = %self.config.group, "consumer cannot apply events; retrying");
+                    tracing::warn!(error = %e, group = %shared.config.group, stream = %self.stream, "consumer cannot apply events; retrying");
                     tokio::select! {
                         () = shutdown.cancelled() => return,
                         () = tokio::time::sleep(backoff) => {}
@@ -209,12 +255,12 @@ impl<H: Handler> Consumer<H> {
     /// new ones (blocking up to `block`), applying each batch. Returns how many entries were
     /// handled. An error means the consumer could not read or apply (a transient failure);
     /// the entries concerned stay pending and are retried by the next poll.
-    pub async fn poll_once(&mut self) -> crate::Result<usize> {
-        let polled = self.poll().await;
+    async fn poll_once<H: Handler>(&mut self, shared: &Shared<H>) -> crate::Result<usize> {
+        let polled = self.poll(shared).await;
         self.up.store(polled.is_ok(), Ordering::Release);
         match polled {
             Err(Error::Internal(e)) if is_missing_group(&e) => {
-                tracing::warn!(group = %self.config.group, "consumer group missing (Redis lost its data?); creating it again");
+                tracing::warn!(group = %shared.config.group, stream = %self.stream, "consumer group missing (Redis lost its data?); creating it again");
                 self.groups_ready = false;
                 self.own_pending = false;
                 Ok(0)
@@ -223,127 +269,116 @@ impl<H: Handler> Consumer<H> {
         }
     }
 
-    async fn poll(&mut self) -> crate::Result<usize> {
+    async fn poll<H: Handler>(&mut self, shared: &Shared<H>) -> crate::Result<usize> {
         if !self.groups_ready {
-            self.create_groups().await?;
+            self.create_group(&shared.config).await?;
             self.groups_ready = true;
         }
         let mut handled = 0;
         if self.own_pending {
-            let own = self.read("0", None).await?;
+            let own = self.read(&shared.config, "0", None).await?;
             if own.is_empty() {
                 self.own_pending = false;
             } else {
                 handled += own.len();
-                self.apply(own).await?;
+                self.apply(shared, own).await?;
             }
         }
-        let stale = self.reclaim().await?;
+        let stale = self.reclaim(&shared.config).await?;
         if !stale.is_empty() {
             handled += stale.len();
-            self.apply(stale).await?;
+            self.apply(shared, stale).await?;
         }
         if !self.own_pending {
-            let fresh = self.read(">", Some(self.config.block)).await?;
+            let fresh = self
+                .read(&shared.config, ">", Some(shared.config.block))
+                .await?;
             handled += fresh.len();
-            self.apply(fresh).await?;
+            self.apply(shared, fresh).await?;
         }
         Ok(handled)
     }
 
     async fn read(
         &mut self,
+        config: &ConsumerConfig,
         from: &str,
         block: Option<Duration>,
-    ) -> crate::Result<Vec<(String, StreamId)>> {
-        let ids = vec![from; self.streams.len()];
+    ) -> crate::Result<Vec<StreamId>> {
         let mut options = StreamReadOptions::default()
-            .group(&self.config.group, &self.config.name)
-            .count(self.config.batch);
+            .group(&config.group, &config.name)
+            .count(config.batch);
         if let Some(block) = block {
             options = options.block(block.as_millis() as usize);
         }
         let reply: Option<StreamReadReply> = self
             .conn
-            .xread_options(&self.streams, &ids, &options)
+            .xread_options(&[&self.stream], &[from], &options)
             .await
             .map_err(redis_error)?;
         Ok(reply
             .map(|r| r.keys)
             .unwrap_or_default()
             .into_iter()
-            .flat_map(|stream| {
-                let key = stream.key;
-                stream.ids.into_iter().map(move |id| (key.clone(), id))
-            })
+            .flat_map(|stream| stream.ids)
             .collect())
     }
 
-    async fn create_groups(&mut self) -> crate::Result<()> {
-        for stream in &self.streams {
-            // From the start of the stream: a new group catches up on everything retained.
-            let created: redis::RedisResult<()> = self
-                .conn
-                .xgroup_create_mkstream(stream, &self.config.group, "0")
-                .await;
-            match created {
-                Ok(()) => {}
-                Err(e) if e.code() == Some("BUSYGROUP") => {}
-                Err(e) => return Err(e.into()),
-            }
+    async fn create_group(&mut self, config: &ConsumerConfig) -> crate::Result<()> {
+        // From the start of the stream: a new group catches up on everything retained.
+        let created: redis::RedisResult<()> = self
+            .conn
+            .xgroup_create_mkstream(&self.stream, &config.group, "0")
+            .await;
+        match created {
+            Ok(()) => Ok(()),
+            Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+            Err(e) => Err(e.into()),
         }
-        Ok(())
     }
 
     /// Takes over entries other (dead) consumers left pending for longer than `reclaim_idle`.
-    async fn reclaim(&mut self) -> crate::Result<Vec<(String, StreamId)>> {
-        let idle_ms = self.config.reclaim_idle.as_millis() as usize;
-        let mut claimed_all = Vec::new();
-        for stream in self.streams.clone() {
-            let pending: redis::streams::StreamPendingCountReply = self
-                .conn
-                .xpending_count(&stream, &self.config.group, "-", "+", self.config.batch)
-                .await
-                .map_err(redis_error)?;
-            let ids: Vec<&str> = pending
-                .ids
-                .iter()
-                .filter(|p| p.last_delivered_ms >= idle_ms && p.consumer != self.config.name)
-                .map(|p| p.id.as_str())
-                .collect();
-            if ids.is_empty() {
-                continue;
-            }
-            let claimed: redis::streams::StreamClaimReply = self
-                .conn
-                .xclaim(
-                    &stream,
-                    &self.config.group,
-                    &self.config.name,
-                    idle_ms,
-                    &ids,
-                )
-                .await
-                .map_err(redis_error)?;
-            claimed_all.extend(claimed.ids.into_iter().map(|id| (stream.clone(), id)));
+    async fn reclaim(&mut self, config: &ConsumerConfig) -> crate::Result<Vec<StreamId>> {
+        let idle_ms = config.reclaim_idle.as_millis() as usize;
+        let pending: redis::streams::StreamPendingCountReply = self
+            .conn
+            .xpending_count(&self.stream, &config.group, "-", "+", config.batch)
+            .await
+            .map_err(redis_error)?;
+        let ids: Vec<&str> = pending
+            .ids
+            .iter()
+            .filter(|p| p.last_delivered_ms >= idle_ms && p.consumer != config.name)
+            .map(|p| p.id.as_str())
+            .collect();
+        if ids.is_empty() {
+            return Ok(Vec::new());
         }
-        Ok(claimed_all)
+        let claimed: redis::streams::StreamClaimReply = self
+            .conn
+            .xclaim(&self.stream, &config.group, &config.name, idle_ms, &ids)
+            .await
+            .map_err(redis_error)?;
+        Ok(claimed.ids)
     }
 
     /// Applies `entries` as one batch; on a deterministic failure, one at a time.
-    async fn apply(&mut self, entries: Vec<(String, StreamId)>) -> crate::Result<()> {
+    async fn apply<H: Handler>(
+        &mut self,
+        shared: &Shared<H>,
+        entries: Vec<StreamId>,
+    ) -> crate::Result<()> {
         let mut batch = Vec::with_capacity(entries.len());
-        for (stream, raw) in entries {
+        for raw in entries {
             match decode(&raw) {
                 Ok((event, event_id)) => batch.push(Entry {
-                    stream,
                     id: raw.id.clone(),
                     event,
                     event_id,
                 }),
                 Err(reason) => {
                     let payload = raw.get::<Vec<u8>>("event").unwrap_or_default();
-                    self.dead_letter(&stream, &raw.id, &payload, None, reason)
+                    self.dead_letter(shared, &raw.id, &payload, None, reason)
                         .await?;
                 }
             }
@@ -351,37 +386,47 @@ impl<H: Handler> Consumer<H> {
         if batch.is_empty() {
             return Ok(());
         }
-        match self.apply_batch(&batch).await {
-            Ok(()) => return self.ack(&batch).await,
+        match shared.apply_batch(&batch).await {
+            Ok(()) => return self.ack(&shared.config, &batch).await,
             Err(e) if is_transient(&e) => {
                 self.own_pending = true;
                 return Err(e);
             }
             Err(e) if batch.len() == 1 => {
-                return self.failed(batch.pop().expect("one entry"), e).await;
+                return self
+                    .failed(shared, batch.pop().expect("one entry"), e)
+                    .await;
             }
             Err(e) => {
-                tracing::warn!(error = %e, group = %self.config.group, entries = batch.len(), "batch refused; applying its events one by one");
+                tracing::warn!(error = %e, group = %shared.config.group, entries = batch.len(), "batch refused; applying its events one by one");
             }
         }
         for entry in batch {
-            match self.apply_batch(std::slice::from_ref(&entry)).await {
-                Ok(()) => self.ack(std::slice::from_ref(&entry)).await?,
+            match shared.apply_batch(std::slice::from_ref(&entry)).await {
+                Ok(()) => {
+                    self.ack(&shared.config, std::slice::from_ref(&entry))
+                        .await?;
+                }
                 Err(e) if is_transient(&e) => {
                     self.own_pending = true;
                     return Err(e);
                 }
-                Err(e) => self.failed(entry, e).await?,
+                Err(e) => self.failed(shared, entry, e).await?,
             }
         }
         Ok(())
     }
 
     /// Counts a deterministic failure; dead-letters the entry when it has failed too often.
-    async fn failed(&mut self, entry: Entry, error: Error) -> crate::Result<()> {
+    async fn failed<H: Handler>(
+        &mut self,
+        shared: &Shared<H>,
+        entry: Entry,
+        error: Error,
+    ) -> crate::Result<()> {
         let failures = self.failures.entry(entry.id.clone()).or_insert(0);
         *failures += 1;
-        if *failures < self.config.max_failures {
+        if *failures < shared.config.max_failures {
             tracing::warn!(error = %error, entry = %entry.id, event.id = %entry.event.id, failures = *failures, "event refused; will retry");
             self.own_pending = true;
             return Ok(());
@@ -389,7 +434,7 @@ impl<H: Handler> Consumer<H> {
         self.failures.remove(&entry.id);
         let payload = entry.event.encode_to_vec();
         self.dead_letter(
-            &entry.stream,
+            shared,
             &entry.id,
             &payload,
             Some(&entry.event),
@@ -398,6 +443,53 @@ impl<H: Handler> Consumer<H> {
         .await
     }
 
+    async fn ack(&mut self, config: &ConsumerConfig, batch: &[Entry]) -> crate::Result<()> {
+        let ids: Vec<&str> = batch.iter().map(|e| e.id.as_str()).collect();
+        for id in &ids {
+            self.failures.remove(*id);
+        }
+        let _: usize = self.conn.xack(&self.stream, &config.group, &ids).await?;
+        Ok(())
+    }
+
+    /// Adds the entry to the dead-letter stream, then acknowledges it (two commands: the two
+    /// streams may live on different nodes of a cluster). A crash between them leaves the entry
+    /// pending, to be dead-lettered again; [`DeadLetters::replay`] applies an event once.
+    async fn dead_letter<H>(
+        &mut self,
+        shared: &Shared<H>,
+        entry_id: &str,
+        payload: &[u8],
+        event: Option<&Event>,
+        reason: &str,
+    ) -> crate::Result<()> {
+        tracing::error!(stream = %self.stream, entry = %entry_id, reason, "event moved to dead letters");
+        let dead = dead_letter_stream(&shared.redis, &shared.config.group);
+        let (event_id, event_type) = event.map_or(("", ""), |e| (e.id.as_str(), e.r#type.as_str()));
+        let _: String = self
+            .conn
+            .xadd(
+                &dead,
+                "*",
+                &[
+                    ("stream", self.stream.as_bytes()),
+                    ("entry", entry_id.as_bytes()),
+                    ("reason", reason.as_bytes()),
+                    ("event_id", event_id.as_bytes()),
+                    ("event_type", event_type.as_bytes()),
+                    ("event", payload),
+                ],
+            )
+            .await?;
+        let _: usize = self
+            .conn
+            .xack(&self.stream, &shared.config.group, &[entry_id])
+            .await?;
+        Ok(())
+    }
+}
+
+impl<H: Handler> Shared<H> {
     async fn apply_batch(&self, batch: &[Entry]) -> crate::Result<()> {
         let span = tracing::info_span!(
             "event.consume",
@@ -425,54 +517,6 @@ impl<H: Handler> Consumer<H> {
         apply_once(&self.pool, &self.config.group, &*self.handler, batch)
             .instrument(span)
             .await
-    }
-
-    async fn ack(&mut self, batch: &[Entry]) -> crate::Result<()> {
-        let mut by_stream: HashMap<&str, Vec<&str>> = HashMap::new();
-        for entry in batch {
-            self.failures.remove(&entry.id);
-            by_stream
-                .entry(entry.stream.as_str())
-                .or_default()
-                .push(entry.id.as_str());
-        }
-        let mut pipe = redis::pipe();
-        for (stream, ids) in by_stream {
-            pipe.xack(stream, &self.config.group, &ids).ignore();
-        }
-        pipe.query_async::<()>(&mut self.conn).await?;
-        Ok(())
-    }
-
-    async fn dead_letter(
-        &mut self,
-        stream: &str,
-        entry_id: &str,
-        payload: &[u8],
-        event: Option<&Event>,
-        reason: &str,
-    ) -> crate::Result<()> {
-        tracing::error!(stream, entry = %entry_id, reason, "event moved to dead letters");
-        let dead = dead_letter_stream(&self.redis, &self.config.group);
-        let (event_id, event_type) = event.map_or(("", ""), |e| (e.id.as_str(), e.r#type.as_str()));
-        let mut pipe = redis::pipe();
-        pipe.xadd(
-            &dead,
-            "*",
-            &[
-                ("stream", stream.as_bytes()),
-                ("entry", entry_id.as_bytes()),
-                ("reason", reason.as_bytes()),
-                ("event_id", event_id.as_bytes()),
-                ("event_type", event_type.as_bytes()),
-                ("event", payload),
-            ],
-        )
-        .ignore()
-        .xack(stream, &self.config.group, &[entry_id])
-        .ignore();
-        pipe.query_async::<()>(&mut self.conn).await?;
-        Ok(())
     }
 }
 
@@ -656,7 +700,6 @@ impl<H: Handler> DeadLetters<H> {
         .fetch_one(&self.pool)
         .await?;
         let entry = Entry {
-            stream: found.stream,
             id: found.entry,
             event,
             event_id,

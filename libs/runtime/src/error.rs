@@ -141,7 +141,8 @@ impl Error {
     /// What another service's refusal means for this service's caller. Caller errors keep
     /// their code and details (field violations, precondition violations), so a bad SKU in a
     /// catalog quote reaches the channel as the same `lines[2].sku_id` violation; an
-    /// unreachable or timed-out `dependency` is `UNAVAILABLE`; anything else is this
+    /// unreachable or timed-out `dependency`, or a call whose connection broke, is
+    /// `UNAVAILABLE`; anything else is this
     /// service's `INTERNAL`, with the dependency's message logged, not sent.
     pub fn from_dependency(dependency: &str, status: &Status) -> Self {
         let details = status.get_error_details();
@@ -185,6 +186,14 @@ impl Error {
             )),
             Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => {
                 Self::Unavailable(format!("{dependency} is unavailable: {}", status.message()))
+            }
+            // Made on this side from a broken connection (the replica died mid-call, the
+            // stream was reset): as ambiguous as a timeout, and worth a retry elsewhere.
+            Code::Unknown if std::error::Error::source(status).is_some() => {
+                Self::Unavailable(format!(
+                    "{dependency} is unavailable: the connection broke ({})",
+                    status.message()
+                ))
             }
             _ => Self::Internal(anyhow::anyhow!(
                 "{dependency} failed: {:?} {}",
@@ -405,6 +414,25 @@ impl From<Error> for Status {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_broken_connection_to_a_dependency_is_unavailable_not_internal() {
+        use std::error::Error as _;
+        // What tonic makes of a connection that broke mid-call: UNKNOWN, with the cause.
+        let broken = Status::from_error(Box::new(std::io::Error::other("connection reset")));
+        assert_eq!(broken.code(), Code::Unknown);
+        assert!(broken.source().is_some());
+        assert!(matches!(
+            Error::from_dependency("catalog", &broken),
+            Error::Unavailable(_)
+        ));
+        // An UNKNOWN the dependency itself answered stays this service's internal error.
+        let answered = Status::unknown("something odd");
+        assert!(matches!(
+            Error::from_dependency("catalog", &answered),
+            Error::Internal(_)
+        ));
+    }
 
     #[test]
     fn constraint_names_become_fields() {

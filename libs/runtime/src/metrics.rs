@@ -432,18 +432,22 @@ fn consumer_table() -> &'static ConsumerTable {
 
 /// Records that `group` consumes `sources` for the service whose Redis namespace is `redis`
 /// (called by [`crate::consumer::Consumer`]), so the service's scrape can report its lag and
-/// its health whether the consumer can read. Returns the flag the consumer keeps up to date.
-pub fn register_consumer(group: &str, sources: &[String], redis: &Redis) -> Arc<AtomicBool> {
-    let up = Arc::new(AtomicBool::new(true));
+/// its health whether the consumer can read. Returns one flag per source, in order, which the
+/// reader of that source keeps up to date.
+pub fn register_consumer(group: &str, sources: &[String], redis: &Redis) -> Vec<Arc<AtomicBool>> {
+    let flags: Vec<Arc<AtomicBool>> = sources
+        .iter()
+        .map(|_| Arc::new(AtomicBool::new(true)))
+        .collect();
     if let Ok(mut table) = consumer_table().lock() {
         let prefix = redis.key("");
         // A consumer started again in this process (tests) replaces the earlier one.
         table.retain(|(p, g, _, _)| !(*p == prefix && g == group));
-        for source in sources {
+        for (source, up) in sources.iter().zip(&flags) {
             table.push((prefix.clone(), group.to_owned(), source.clone(), up.clone()));
         }
     }
-    up
+    flags
 }
 
 fn consumers_of(service: &str, redis: &Redis) -> Vec<(String, String)> {
@@ -473,7 +477,9 @@ fn consumer_flags(service: &str, redis: &Redis) -> Vec<(String, bool)> {
                 .collect()
         })
         .unwrap_or_default();
-    flags.dedup();
+    // A group is up while every one of its streams can be read.
+    flags.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)));
+    flags.dedup_by(|later, earlier| later.0 == earlier.0);
     flags
 }
 

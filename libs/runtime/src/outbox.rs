@@ -1,6 +1,6 @@
 //! The transactional outbox: events are written in the same transaction as the change they
 //! describe, then a [`Relay`] appends them to the service's Redis stream
-//! (`omni:events:<service>`) and marks them published.
+//! (`omni:events:{<service>}`) and marks them published.
 //!
 //! If the relay stops between appending and marking, the next run appends the same events again;
 //! consumers apply each event id once, so a duplicate costs nothing. Several replicas may relay
@@ -13,7 +13,7 @@
 //!   for a group that stopped consuming); rows are deleted when they are known consumed, and
 //!   the stream is trimmed to the same point, so Redis keeps no event every group has applied
 //!   (an erased customer's data does not outlive its erasure there);
-//! - the relay keeps a marker key beside the stream (`omni:events:<service>:relay`). When the
+//! - the relay keeps a marker key beside the stream (`omni:events:{<service>}:relay`). When the
 //!   marker is gone, Redis has lost what it held: the relay sets it again and marks every kept
 //!   row unpublished, so they are all published again (consumers skip those they had applied,
 //!   and recreate their groups from the start of the new stream).

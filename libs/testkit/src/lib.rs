@@ -10,6 +10,7 @@
 //! All spans finish in an in-memory exporter ([`finished_spans`]) so tests can assert on traces.
 
 mod private_redis;
+pub mod process;
 mod proxy;
 
 use std::net::SocketAddr;
@@ -202,6 +203,11 @@ pub fn expired_token(roles: &[Role]) -> String {
         .0
 }
 
+/// The PEM public key services under test verify tokens with (`OMNI_AUTH_PUBLIC_KEY`).
+pub fn public_key_pem() -> String {
+    global().keys.public_pem.clone()
+}
+
 /// The PEM private key services under test sign with (identity's `OMNI_SIGNING_KEY`).
 pub fn signing_key_pem() -> Secret<String> {
     global().keys.private_pem.clone()
@@ -314,32 +320,10 @@ impl Service {
 
     /// Waits (on the health Watch stream) until the overall status is `wanted`.
     pub async fn wait_for(&self, wanted: ServingStatus) -> anyhow::Result<()> {
-        let watch = async {
-            loop {
-                let mut client = HealthClient::new(self.channel());
-                let stream = client
-                    .watch(HealthCheckRequest {
-                        service: String::new(),
-                    })
-                    .await;
-                if let Ok(stream) = stream {
-                    let mut stream = stream.into_inner();
-                    while let Some(Ok(update)) = stream.next().await {
-                        if update.status == wanted as i32 {
-                            return;
-                        }
-                    }
-                }
-                if self.handle.is_finished() {
-                    return;
-                }
-                // The server switched phase or is not accepting yet: watch again.
-                tokio::task::yield_now().await;
-            }
-        };
-        tokio::time::timeout(Duration::from_secs(30), watch)
-            .await
-            .map_err(|_| anyhow::anyhow!("{} did not become {wanted:?} within 30 s", self.name))?;
+        watch_until(self.name, self.channel(), wanted, || {
+            self.handle.is_finished()
+        })
+        .await?;
         if self.handle.is_finished() {
             anyhow::bail!("{} stopped while starting", self.name);
         }
@@ -351,6 +335,42 @@ impl Service {
         self.shutdown.cancel();
         self.handle.await?
     }
+}
+
+/// Waits (on the health Watch stream of `channel`) until the overall status is `wanted`, or
+/// `stopped` says the service is gone; at most 30 s.
+pub(crate) async fn watch_until(
+    name: &str,
+    channel: Channel,
+    wanted: ServingStatus,
+    stopped: impl Fn() -> bool,
+) -> anyhow::Result<()> {
+    let watch = async {
+        loop {
+            let mut client = HealthClient::new(channel.clone());
+            let stream = client
+                .watch(HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await;
+            if let Ok(stream) = stream {
+                let mut stream = stream.into_inner();
+                while let Some(Ok(update)) = stream.next().await {
+                    if update.status == wanted as i32 {
+                        return;
+                    }
+                }
+            }
+            if stopped() {
+                return;
+            }
+            // The server switched phase or is not accepting yet: watch again.
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), watch)
+        .await
+        .map_err(|_| anyhow::anyhow!("{name} did not become {wanted:?} within 30 s"))
 }
 
 /// Starts identity on a fresh database and namespace.

@@ -146,7 +146,7 @@ async fn forward_changes(app: Arc<app::App>, redis: Redis, shutdown: Cancellatio
     let channel = cache::changes_channel(&redis);
     loop {
         let subscribed = async {
-            let mut pubsub = redis.client().get_async_pubsub().await?;
+            let mut pubsub = redis.pubsub().await?;
             pubsub.subscribe(&channel).await?;
             let mut messages = pubsub.on_message();
             while let Some(message) = messages.next().await {

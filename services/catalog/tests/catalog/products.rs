@@ -552,12 +552,10 @@ async fn stale_versions_are_refused_and_concurrent_editors_never_both_win() {
 /// the relay appends them).
 async fn stream_events(c: &Catalog, at_least: usize) -> Vec<omni_proto::events::Event> {
     use prost::Message as _;
-    let key = format!("{}omni:events:catalog", c.svc.redis_prefix());
-    let mut conn = redis::Client::open(omni_testkit::redis_url())
+    let key = format!("{}omni:events:{{catalog}}", c.svc.redis_prefix());
+    let mut conn = omni_runtime::redis::Redis::new(&omni_testkit::redis_url(), "")
         .expect("a redis URL")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("redis");
+        .conn();
     let mut events = Vec::new();
     let mut last = "0-0".to_owned();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);

@@ -665,11 +665,9 @@ async fn a_changed_price_is_visible_on_the_next_quote_and_read() {
     let q = quote(&c, &e, "", vec![line(&sku, 1)], vec![]).await;
     assert_eq!(minor(&q.total), 6990);
     // The quote's inputs are now cached in Redis.
-    let mut redis = redis::Client::open(omni_testkit::redis_url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut redis = omni_runtime::redis::Redis::new(&omni_testkit::redis_url(), "")
+        .expect("a redis URL")
+        .conn();
     let key = format!("{}cat:{{sku:{}}}", c.svc.redis_prefix(), sku.id);
     let fields_cached: Vec<String> = redis::cmd("HKEYS")
         .arg(&key)

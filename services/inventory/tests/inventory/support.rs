@@ -194,11 +194,9 @@ impl Inventory {
 
     /// Deletes every Redis key of this service's namespace, as if Redis had lost its data.
     pub async fn flush_redis(&self) {
-        let client = redis::Client::open(omni_testkit::redis_url()).expect("redis");
-        let mut conn = client
-            .get_multiplexed_async_connection()
-            .await
-            .expect("conn");
+        let mut conn = omni_runtime::redis::Redis::new(&omni_testkit::redis_url(), "")
+            .expect("a redis URL")
+            .conn();
         let keys: Vec<String> = redis::cmd("KEYS")
             .arg(format!("{}*", self.svc.redis_prefix()))
             .query_async(&mut conn)

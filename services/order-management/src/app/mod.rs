@@ -45,7 +45,7 @@ pub use self::sourcing::PreviewInput;
 use crate::store;
 use crate::upstream::{Locations, Upstreams};
 
-/// The stream the events go to (`omni:events:orders`), as crm and performance expect.
+/// The stream the events go to (`omni:events:{orders}`), as crm and performance expect.
 pub const EVENT_SOURCE: &str = "orders";
 
 /// The order clocks.
@@ -156,7 +156,7 @@ impl App {
         let channel = self.changes_channel();
         loop {
             let subscribed = async {
-                let mut pubsub = self.redis.client().get_async_pubsub().await?;
+                let mut pubsub = self.redis.pubsub().await?;
                 pubsub.subscribe(&channel).await?;
                 let mut messages = pubsub.on_message();
                 while let Some(message) = messages.next().await {

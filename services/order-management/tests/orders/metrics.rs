@@ -85,7 +85,7 @@ async fn services_serve_rpc_dependency_outbox_and_consumer_metrics() {
     // crm consumes the order events: its lag on the orders stream drains to zero.
     eventually(async || {
         let page = w.shop.crm.scrape().await.expect("scrape crm");
-        let stream = format!("{}omni:events:orders", w.shop.crm.redis_prefix());
+        let stream = format!("{}omni:events:{{orders}}", w.shop.crm.redis_prefix());
         page.lines().any(|l| {
             l.starts_with("omni_consumer_lag{") && l.contains(&stream) && l.ends_with(" 0")
         })
