@@ -409,6 +409,29 @@ pub async fn next_generation(pool: &PgPool, scope: &str, key: &str, seen: i32) -
     .await?)
 }
 
+/// Extends try `attempt`'s lease on its key while it works (nothing once another try took
+/// the key over or it settled).
+pub async fn renew_lease(
+    pool: &PgPool,
+    scope: &str,
+    key: &str,
+    attempt: i32,
+    lease: std::time::Duration,
+) -> Result<()> {
+    sqlx::query(
+        "UPDATE placement_attempts SET lease_until = now() + $4 * interval '1 millisecond'
+         WHERE scope = $1 AND key = $2 AND tries = $3 AND settled_at IS NULL
+           AND lease_until IS NOT NULL",
+    )
+    .bind(scope)
+    .bind(key)
+    .bind(attempt)
+    .bind(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX))
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
 /// Lets the next try in at once (this one failed and gave back what it held).
 pub async fn drop_lease(pool: &PgPool, scope: &str, key: &str) -> Result<()> {
     sqlx::query("UPDATE placement_attempts SET lease_until = NULL WHERE scope = $1 AND key = $2")

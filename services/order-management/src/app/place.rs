@@ -60,8 +60,10 @@ pub struct PlaceInput {
 /// How long a tier kept from crm is used before crm is asked again.
 const TIER_TRUSTED: ChronoDuration = ChronoDuration::days(1);
 
-/// How long one try may work on a key before a retry may take over.
-const LEASE: std::time::Duration = std::time::Duration::from_secs(60);
+/// How long a try's hold on its key lasts unless renewed. A running try renews it every
+/// third of that, so a retry takes over from a try whose process died (a replica killed
+/// mid-call) within this time, and never from one that is still working.
+const LEASE: std::time::Duration = std::time::Duration::from_secs(10);
 const LEASE_POLL: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// How a try ended.
@@ -118,10 +120,24 @@ impl App {
         };
         let (order_id, generation) = (lease.order_id, lease.generation);
         let mut held = Held::default();
-        match self
-            .place_leased(&input, &scope, lease, actor, &mut held)
-            .await
-        {
+        let placed = {
+            let placing = self.place_leased(&input, &scope, lease, actor, &mut held);
+            let renewing = async {
+                loop {
+                    tokio::time::sleep(LEASE / 3).await;
+                    if let Err(e) =
+                        store::renew_lease(&self.pool, &scope, key, lease.attempt, LEASE).await
+                    {
+                        tracing::warn!(error = %e, %order_id, "placement lease not renewed");
+                    }
+                }
+            };
+            tokio::select! {
+                placed = placing => placed,
+                never = renewing => never,
+            }
+        };
+        match placed {
             Ok(Placed::Committed(reply)) => {
                 self.announce(&order_id.to_string()).await;
                 Ok(reply)

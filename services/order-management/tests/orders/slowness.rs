@@ -435,3 +435,51 @@ async fn a_return_restock_inventory_missed_is_made_once_by_the_sweeper() {
     .await;
     assert_eq!(w.level(&w.lyon, &w.tee_m).await, (2, 0));
 }
+
+/// A try keeps its key for as long as it works, past its lease: a retry arriving then waits for
+/// its reply instead of starting a second try. (The lease is short so that a retry takes over
+/// from a try whose replica died; the running try renews it.)
+#[tokio::test]
+async fn a_try_still_working_past_its_lease_keeps_its_key() {
+    let w = World::start_with(OrderClocks {
+        upstream_timeout: Duration::from_secs(20),
+        ..OrderClocks::default()
+    })
+    .await;
+    w.receive(&w.warehouse, &w.tee_l, 5).await;
+    let request = w.request(
+        &w.eshop,
+        vec![line(&w.tee_l, 1)],
+        ship_to(home_villeurbanne()),
+    );
+    w.shop.inventory_link.delay_replies(Duration::from_secs(12));
+    let first = {
+        let orders = w.orders_admin();
+        let request = request.clone();
+        tokio::spawn(async move { orders.clone().place_order(request).await })
+    };
+    eventually(async || w.count("SELECT count(*) FROM placement_attempts").await == 1).await;
+    // Past the 10 s lease: a try that had died would have lost its key by now.
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    w.shop.inventory_link.delay_replies(Duration::ZERO);
+    let retry = w.place(request.clone()).await;
+    let first = first
+        .await
+        .expect("task")
+        .expect("the first try places the order")
+        .into_inner()
+        .order
+        .expect("order");
+    match retry {
+        Ok(order) => assert_eq!(order.id, first.id, "the retry got the first try's order"),
+        Err(e) => assert_eq!(e.code(), tonic::Code::Aborted, "{e:?}"),
+    }
+    assert_eq!(
+        w.count("SELECT max(tries)::bigint FROM placement_attempts")
+            .await,
+        1,
+        "the retry never started a second try"
+    );
+    assert_eq!(w.count("SELECT count(*) FROM orders").await, 1);
+    assert_eq!(w.level(&w.warehouse, &w.tee_l).await, (5, 1), "one hold");
+}
