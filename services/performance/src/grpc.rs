@@ -56,6 +56,48 @@ pub struct Grpc {
     sales_changed: broadcast::Sender<()>,
 }
 
+/// One moment of the database for a report's reads, which run side by side on several
+/// connections: a read-only repeatable-read transaction exports its snapshot and every read
+/// imports it. Without it, an event applied between two reads made a report whose rows did
+/// not add up to its total.
+struct Snapshot {
+    /// Holds the snapshot open until the report is read.
+    _lead: sqlx::Transaction<'static, sqlx::Postgres>,
+    id: String,
+}
+
+impl Snapshot {
+    async fn take(pool: &PgPool) -> Result<Self> {
+        let mut lead = pool.begin().await?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .execute(&mut *lead)
+            .await?;
+        let id: String = sqlx::query_scalar("SELECT pg_export_snapshot()")
+            .fetch_one(&mut *lead)
+            .await?;
+        if !id.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+            return Err(Error::internal(format!("unexpected snapshot id {id:?}")));
+        }
+        Ok(Self { _lead: lead, id })
+    }
+
+    /// A transaction of its own that sees exactly the snapshot.
+    async fn join(&self, pool: &PgPool) -> Result<sqlx::Transaction<'static, sqlx::Postgres>> {
+        let mut tx = pool.begin().await?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .execute(&mut *tx)
+            .await?;
+        // The id is Postgres's own, checked to be hex digits and dashes.
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SET TRANSACTION SNAPSHOT '{}'",
+            self.id
+        )))
+        .execute(&mut *tx)
+        .await?;
+        Ok(tx)
+    }
+}
+
 impl Grpc {
     pub fn new(pool: PgPool, currency: String, sales_changed: broadcast::Sender<()>) -> Self {
         Self {
@@ -169,7 +211,12 @@ impl Grpc {
 
     /// Every row's KPIs over one period; shares are of every channel's figures together.
     /// Rows absent from a period get the KPIs of nothing (`Kpis` for empty sums against all).
-    async fn kpis(&self, sel: &Selection) -> Result<(BTreeMap<Key, Kpis>, Kpis, Kpis)> {
+    /// Every read is made on `snapshot` (see [`Snapshot`]), so the rows add up to the total.
+    async fn kpis(
+        &self,
+        snapshot: &Snapshot,
+        sel: &Selection,
+    ) -> Result<(BTreeMap<Key, Kpis>, Kpis, Kpis)> {
         let total_sel = Selection {
             dimension: Dimension::Total,
             ..sel.clone()
@@ -181,18 +228,18 @@ impl Grpc {
             ..sel.clone()
         };
         let filtered = !sel.channels.is_empty() || !sel.stores.is_empty();
-        // Independent reads: run them side by side on the pool.
-        let (rows, total, all) = tokio::try_join!(
-            store::report_sums(&self.pool, sel),
-            store::report_sums(&self.pool, &total_sel),
-            async {
-                if filtered {
-                    store::report_sums(&self.pool, &all_sel).await.map(Some)
-                } else {
-                    Ok(None)
-                }
-            },
-        )?;
+        let sums = async |sel: &Selection| -> Result<BTreeMap<Key, Sums>> {
+            let mut tx = snapshot.join(&self.pool).await?;
+            store::report_sums(&mut tx, sel).await
+        };
+        // Independent reads: run them side by side on the pool, on one snapshot.
+        let (rows, total, all) = tokio::try_join!(sums(sel), sums(&total_sel), async {
+            if filtered {
+                sums(&all_sel).await.map(Some)
+            } else {
+                Ok(None)
+            }
+        },)?;
         let total = single(total);
         let all = all.map_or_else(|| total.clone(), single);
         let rows = rows
@@ -606,8 +653,12 @@ impl KpiService for Grpc {
             range: previous_range,
             ..sel.clone()
         };
+        let snapshot = Snapshot::take(&self.pool).await?;
         let ((current, current_total, current_empty), (previous, previous_total, previous_empty)) =
-            tokio::try_join!(self.kpis(&sel), self.kpis(&previous_sel))?;
+            tokio::try_join!(
+                self.kpis(&snapshot, &sel),
+                self.kpis(&snapshot, &previous_sel)
+            )?;
         let keys: BTreeSet<&Key> = current.keys().chain(previous.keys()).collect();
         let rows = keys
             .into_iter()
@@ -1150,8 +1201,11 @@ impl ScorecardService for Grpc {
                 source: Source::Rollups,
             };
             let (now_sel, before_sel) = (at(range), at(baseline));
-            let ((_, current, _), (_, before, _)) =
-                tokio::try_join!(self.kpis(&now_sel), self.kpis(&before_sel))?;
+            let snapshot = Snapshot::take(&self.pool).await?;
+            let ((_, current, _), (_, before, _)) = tokio::try_join!(
+                self.kpis(&snapshot, &now_sel),
+                self.kpis(&snapshot, &before_sel)
+            )?;
             let (now_fig, base_fig) = (kpi.figure(&current), kpi.figure(&before));
             let rule = match (pb::Comparison::try_from(c.comparison), &c.threshold) {
                 (Ok(pb::Comparison::IncreaseByAtLeast), Some(Threshold::ChangeBps(b))) => {

@@ -362,7 +362,7 @@ pub struct Figures {
 /// The figures per key of `level` over `range`, for the keys passing the channel and store
 /// filters (empty: every one). Keys without any figure are left out.
 pub async fn figures(
-    pool: &sqlx::PgPool,
+    conn: &mut sqlx::PgConnection,
     level: Level,
     range: DayRange,
     channels: &[String],
@@ -403,7 +403,7 @@ pub async fn figures(
     .bind(me)
     .bind(channels)
     .bind(stores)
-    .fetch_all(pool)
+    .fetch_all(&mut *conn)
     .await?;
     let mut sums: BTreeMap<(String, String, String), [i64; 5]> = BTreeMap::new();
     for r in rows {

@@ -794,7 +794,7 @@ pub struct Selection {
 }
 
 /// The sums of every row of a report (and nothing for rows without any figure).
-pub async fn report_sums(pool: &PgPool, sel: &Selection) -> Result<BTreeMap<Key, Sums>> {
+pub async fn report_sums(conn: &mut PgConnection, sel: &Selection) -> Result<BTreeMap<Key, Sums>> {
     let (with, rollups, _, _) = sel.source.relations();
     let d = sel.dimension;
     let mut rows: BTreeMap<Key, Sums> = BTreeMap::new();
@@ -837,7 +837,7 @@ pub async fn report_sums(pool: &PgPool, sel: &Selection) -> Result<BTreeMap<Key,
         .bind(sel.range.end)
         .bind(&sel.channels)
         .bind(&sel.stores)
-        .fetch_all(pool)
+        .fetch_all(&mut *conn)
         .await?;
     for a in additive {
         let s = rows.entry((a.k1, a.k2, a.k3)).or_default();
@@ -855,7 +855,9 @@ pub async fn report_sums(pool: &PgPool, sel: &Selection) -> Result<BTreeMap<Key,
     // Distinct-customer figures: from the pair rollups when one stored key answers each row,
     // otherwise (a union no key covers) from the customer days.
     if let Some((level, collapse)) = distinct_level(sel) {
-        for (key, f) in spans::figures(pool, level, sel.range, &sel.channels, &sel.stores).await? {
+        for (key, f) in
+            spans::figures(&mut *conn, level, sel.range, &sel.channels, &sel.stores).await?
+        {
             let key = if collapse { Key::default() } else { key };
             let row = rows.entry(key).or_default();
             row.customers += f.customers;
@@ -864,7 +866,7 @@ pub async fn report_sums(pool: &PgPool, sel: &Selection) -> Result<BTreeMap<Key,
             row.cohort_net_sales += f.cohort_net_sales;
         }
     } else {
-        distinct_from_customer_days(pool, sel, &mut rows).await?;
+        distinct_from_customer_days(&mut *conn, sel, &mut rows).await?;
     }
 
     // Traffic and spend are per channel: they belong to channel rows and the total.
@@ -888,7 +890,7 @@ pub async fn report_sums(pool: &PgPool, sel: &Selection) -> Result<BTreeMap<Key,
             .bind(sel.range.start)
             .bind(sel.range.end)
             .bind(&sel.channels)
-            .fetch_all(pool)
+            .fetch_all(&mut *conn)
             .await?;
         for i in inputs {
             let row = rows.entry((i.k1, i.k2, i.k3)).or_default();
@@ -918,7 +920,7 @@ pub async fn report_sums(pool: &PgPool, sel: &Selection) -> Result<BTreeMap<Key,
             .bind(sel.range.end)
             .bind(&sel.channels)
             .bind(&sel.stores)
-            .fetch_all(pool)
+            .fetch_all(&mut *conn)
             .await?;
         for f in feedback {
             let row = rows.entry((f.k1, f.k2, f.k3)).or_default();
@@ -941,7 +943,7 @@ pub async fn report_sums(pool: &PgPool, sel: &Selection) -> Result<BTreeMap<Key,
             )
             .bind(sel.range.start)
             .bind(sel.range.end)
-            .fetch_all(pool)
+            .fetch_all(&mut *conn)
             .await?;
             for ((_, store, _), row) in rows.iter_mut() {
                 row.average_inventory_value = values
@@ -964,7 +966,7 @@ pub async fn report_sums(pool: &PgPool, sel: &Selection) -> Result<BTreeMap<Key,
             .bind(sel.range.end)
             .bind(&sel.channels)
             .bind(&sel.stores)
-            .fetch_all(pool)
+            .fetch_all(&mut *conn)
             .await?;
             for (channel, value) in values {
                 rows.entry((channel, String::new(), String::new()))
@@ -986,7 +988,7 @@ pub async fn report_sums(pool: &PgPool, sel: &Selection) -> Result<BTreeMap<Key,
             .bind(sel.range.end)
             .bind(&sel.channels)
             .bind(&sel.stores)
-            .fetch_one(pool)
+            .fetch_one(&mut *conn)
             .await?;
             if value.is_some() {
                 rows.entry(Default::default())
@@ -1003,7 +1005,7 @@ pub async fn report_sums(pool: &PgPool, sel: &Selection) -> Result<BTreeMap<Key,
 /// (who ordered again, what they bought to date), from customer days: for raw facts, and for
 /// rows that are unions of stored keys (several channels, some of a channel's stores).
 async fn distinct_from_customer_days(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     sel: &Selection,
     rows: &mut BTreeMap<Key, Sums>,
 ) -> Result<()> {
@@ -1032,7 +1034,7 @@ async fn distinct_from_customer_days(
             .bind(sel.range.end)
             .bind(&sel.channels)
             .bind(&sel.stores)
-            .fetch_all(pool)
+            .fetch_all(&mut *conn)
             .await?;
     for (c, s, a, n, repeat) in customers {
         let row = rows.entry((c, s, a)).or_default();
@@ -1072,7 +1074,7 @@ async fn distinct_from_customer_days(
         .bind(sel.range.end)
         .bind(&sel.channels)
         .bind(&sel.stores)
-        .fetch_all(pool)
+        .fetch_all(&mut *conn)
         .await?;
     for (c, s, a, repeating, net) in cohorts {
         let row = rows.entry((c, s, a)).or_default();

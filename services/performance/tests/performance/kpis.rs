@@ -792,3 +792,65 @@ async fn a_channel_row_turns_over_the_stock_of_the_location_it_sells_from() {
     let previous = row(&r, "store").previous.as_ref().expect("previous");
     assert_eq!(previous.inventory_turnover, None);
 }
+
+/// A report read while orders are being applied adds up: its rows and its total are read as of
+/// one moment, though the reads run side by side on several connections.
+#[tokio::test]
+async fn a_report_read_while_orders_arrive_adds_up() {
+    let mut p = start().await;
+    p.publish(
+        "catalog",
+        vec![
+            channel("eshop", ChannelKind::EShop),
+            channel("store", ChannelKind::Store),
+        ],
+    )
+    .await;
+    let mut kpis = p.kpis.clone();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reading = {
+        let done = done.clone();
+        tokio::spawn(async move {
+            let mut reports = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let report = kpis
+                    .get_kpi_report(march())
+                    .await
+                    .expect("report")
+                    .into_inner();
+                let total = report
+                    .total
+                    .as_ref()
+                    .and_then(|t| t.current.as_ref())
+                    .map_or(0, |v| v.orders);
+                let rows: i64 = report
+                    .rows
+                    .iter()
+                    .filter_map(|r| r.current.as_ref())
+                    .map(|v| v.orders)
+                    .sum();
+                assert_eq!(rows, total, "rows and total of report {reports} disagree");
+                reports += 1;
+            }
+            reports
+        })
+    };
+    for n in 0..60 {
+        let id = format!("live-{n}");
+        let order = Order {
+            id: &id,
+            channel: if n % 2 == 0 { "eshop" } else { "store" },
+            store: "",
+            associate: "",
+            customer: "",
+            placed_at: at(3, 2, 10, 0),
+            quantity: 1,
+            net: 1000,
+            unit_cost: 400,
+        };
+        p.publish("orders", vec![order.placed()]).await;
+    }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let reports = reading.await.expect("every report added up");
+    assert!(reports > 0);
+}
