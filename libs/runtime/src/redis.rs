@@ -231,12 +231,11 @@ impl ConnectionLike for Conn {
 
 /// What decides a command's slot: the hash tag of its first argument (the key, for every
 /// command the services pipeline), or the whole argument.
-fn slot_key(cmd: &Cmd) -> Vec<u8> {
-    let key = match cmd.args_iter().nth(1) {
-        Some(redis::Arg::Simple(key)) => key,
-        _ => return Vec::new(),
-    };
-    hash_tag(key).unwrap_or(key).to_vec()
+fn slot_key(cmd: &Cmd) -> &[u8] {
+    match cmd.args_iter().nth(1) {
+        Some(redis::Arg::Simple(key)) => hash_tag(key).unwrap_or(key),
+        _ => &[],
+    }
 }
 
 /// The part of `key` between the first `{` and the next `}`, when not empty (Redis Cluster's
@@ -253,10 +252,15 @@ async fn split_by_slot(
     conn: ClusterConnection,
     pipeline: &Pipeline,
 ) -> redis::RedisResult<Vec<Value>> {
-    let mut groups: Vec<(Vec<u8>, Pipeline, Vec<usize>)> = Vec::new();
-    for (i, cmd) in pipeline.cmd_iter().enumerate() {
-        let key = slot_key(cmd);
-        let at = match groups.iter().position(|(k, _, _)| *k == key) {
+    let keys: Vec<&[u8]> = pipeline.cmd_iter().map(slot_key).collect();
+    if keys.windows(2).all(|pair| pair[0] == pair[1]) {
+        // One slot key (the usual case): the pipeline as it is.
+        let mut conn = conn;
+        return conn.req_packed_commands(pipeline, 0, pipeline.len()).await;
+    }
+    let mut groups: Vec<(&[u8], Pipeline, Vec<usize>)> = Vec::new();
+    for (i, (cmd, key)) in pipeline.cmd_iter().zip(&keys).enumerate() {
+        let at = match groups.iter().position(|(k, _, _)| k == key) {
             Some(at) => at,
             None => {
                 groups.push((key, Pipeline::new(), Vec::new()));
@@ -265,10 +269,6 @@ async fn split_by_slot(
         };
         groups[at].1.add_command(cmd.clone());
         groups[at].2.push(i);
-    }
-    if let [(_, _, _)] = groups.as_slice() {
-        let mut conn = conn;
-        return conn.req_packed_commands(pipeline, 0, pipeline.len()).await;
     }
     let sent = groups.iter().map(|(_, sub, _)| {
         let mut conn = conn.clone();

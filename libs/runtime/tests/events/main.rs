@@ -530,3 +530,37 @@ async fn what_every_group_has_acknowledged_leaves_the_stream_and_the_outbox() {
     let len: usize = conn.xlen(&stream).await.expect("xlen");
     assert_eq!(len, 8);
 }
+
+/// A pipeline mixing keys of several hash slots answers in its own order: on a Redis Cluster
+/// (scripts/test-scale runs this suite on one) it is split by slot and put back together.
+#[tokio::test]
+async fn a_pipeline_over_several_slots_answers_in_order() {
+    let redis = Redis::new(
+        &omni_testkit::redis_url(),
+        &omni_testkit::fresh_redis_prefix(),
+    )
+    .expect("redis");
+    let keys: Vec<String> = ["{a}:x", "{b}:x", "{c}:x", "{a}:y"]
+        .iter()
+        .map(|k| redis.key(k))
+        .collect();
+    let mut pipe = redis::pipe();
+    pipe.set(&keys[0], "1")
+        .ignore()
+        .set(&keys[1], "2")
+        .ignore()
+        .incr(&keys[2], 3)
+        .get(&keys[0])
+        .set(&keys[3], "4")
+        .ignore()
+        .get(&keys[1])
+        .incr(&keys[2], 1)
+        .get(&keys[3]);
+    let replies: (i64, String, String, i64, String) =
+        pipe.query_async(&mut redis.conn()).await.expect("pipeline");
+    assert_eq!(
+        replies,
+        (3, "1".into(), "2".into(), 4, "4".into()),
+        "each reply in its command's place"
+    );
+}
