@@ -168,7 +168,7 @@ async fn order(
         // Anonymous orders have nobody to attach to.
         return Ok(None);
     }
-    let customer = store::resolve(conn, &facts.customer_id).await?;
+    let customer = store::resolve_locked(conn, &facts.customer_id).await?;
     store::upsert_order(conn, &customer, facts, at).await?;
     if fulfilled {
         earn(conn, &customer, facts).await?;
@@ -194,7 +194,7 @@ async fn returned(
     if r.customer_id.is_empty() {
         return Ok(None);
     }
-    let customer = store::resolve(conn, &r.customer_id).await?;
+    let customer = store::resolve_locked(conn, &r.customer_id).await?;
     let refund = r.refund_total.as_ref().map_or(0, |m| m.minor_units);
     store::record_refund(conn, &r.order_id, refund).await?;
     let points = points_at_current_tier(conn, &customer, refund).await?;

@@ -62,6 +62,21 @@ pub async fn resolve(conn: &mut PgConnection, customer_id: &str) -> Result<Strin
     Ok(merged.flatten().unwrap_or_else(|| customer_id.to_owned()))
 }
 
+/// [`resolve`], holding the customer's row (shared) until the transaction ends: what is
+/// filed under the customer then cannot slip past a merge running beside it. The merge takes
+/// the row exclusively before it moves anything, so either it waits for this transaction and
+/// moves what it filed, or this one waits for the merge and files under the survivor. (The
+/// consumer's readers of different streams, and replicas, apply events side by side.)
+pub async fn resolve_locked(conn: &mut PgConnection, customer_id: &str) -> Result<String, Error> {
+    ensure_customer(conn, customer_id).await?;
+    let merged: Option<String> =
+        sqlx::query_scalar("SELECT merged_into FROM customers WHERE customer_id = $1 FOR SHARE")
+            .bind(customer_id)
+            .fetch_one(&mut *conn)
+            .await?;
+    Ok(merged.unwrap_or_else(|| customer_id.to_owned()))
+}
+
 async fn ensure_customer(conn: &mut PgConnection, customer_id: &str) -> Result<(), Error> {
     sqlx::query("INSERT INTO customers (customer_id) VALUES ($1) ON CONFLICT DO NOTHING")
         .bind(customer_id)
@@ -100,6 +115,12 @@ pub async fn merge(conn: &mut PgConnection, survivor: &str, merged: &str) -> Res
     }
     ensure_customer(conn, survivor).await?;
     ensure_customer(conn, merged).await?;
+    // Before anything moves: an event filing under the merged customer now waits, or is
+    // waited for (see `resolve_locked`).
+    sqlx::query("SELECT 1 FROM customers WHERE customer_id = $1 FOR UPDATE")
+        .bind(merged)
+        .execute(&mut *conn)
+        .await?;
     sqlx::query("UPDATE customer_orders SET customer_id = $1 WHERE customer_id = $2")
         .bind(survivor)
         .bind(merged)
