@@ -252,19 +252,35 @@ impl App {
         }
     }
 
-    /// Whether the hold is active now.
-    async fn still_held(&self, reservation_id: &str) -> Result<bool> {
-        let reservation = call!(
+    /// Renews a hold a retry got back for `hold_for` from now: `None` once it has ended. The
+    /// hold dates from an earlier try, possibly one whose replica died and whose lease the
+    /// retry waited out; kept as it was, it could end before the order's payment deadline,
+    /// and a payment made in time would find its stock gone.
+    async fn renew_hold(
+        &self,
+        reservation_id: &str,
+        hold_for: std::time::Duration,
+    ) -> Result<Option<inventory::Reservation>> {
+        let renewed = call!(
             "inventory",
             self.upstreams.reservations.clone(),
-            get_reservation,
-            inventory::GetReservationRequest {
+            extend_reservation,
+            inventory::ExtendReservationRequest {
                 reservation_id: reservation_id.to_owned(),
+                expiry: prost_types::Duration::try_from(hold_for)
+                    .ok()
+                    .map(inventory::extend_reservation_request::Expiry::Ttl),
             }
-        )?
-        .reservation
-        .ok_or_else(|| Error::internal("inventory returned no reservation"))?;
-        Ok(reservation.status() == inventory::ReservationStatus::Active)
+        );
+        match renewed {
+            Ok(reply) => {
+                Ok(Some(reply.reservation.ok_or_else(|| {
+                    Error::internal("inventory returned no reservation")
+                })?))
+            }
+            Err(Error::FailedPrecondition { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     pub(super) async fn release_coupon(&self, order_id: Uuid, code: &str, reason: &str) -> bool {
@@ -498,14 +514,21 @@ impl App {
             .reservation
             .ok_or_else(|| Error::internal("inventory returned no reservation"))?;
         // A retry may get back a hold whose reply was lost; the reply replayed is as it was
-        // then, so its state is read afresh (retries only: the first try's hold is new).
-        if attempt > 1 && !self.still_held(&reservation.id).await? {
-            let caller_key = idempotency::caller_key(actor, &input.idempotency_key);
-            let next = store::next_generation(&self.pool, scope, &caller_key, generation).await?;
-            reservation = reserve(next)
-                .await?
-                .reservation
-                .ok_or_else(|| Error::internal("inventory returned no reservation"))?;
+        // then, so the hold is renewed for a full period, or replaced once it has ended
+        // (retries only: the first try's hold is new).
+        if attempt > 1 {
+            match self.renew_hold(&reservation.id, hold_for).await? {
+                Some(renewed) => reservation = renewed,
+                None => {
+                    let caller_key = idempotency::caller_key(actor, &input.idempotency_key);
+                    let next =
+                        store::next_generation(&self.pool, scope, &caller_key, generation).await?;
+                    reservation = reserve(next)
+                        .await?
+                        .reservation
+                        .ok_or_else(|| Error::internal("inventory returned no reservation"))?;
+                }
+            }
         }
         held.reservation_id = Some(reservation.id.clone());
         if reservation.status() != inventory::ReservationStatus::Active {

@@ -151,16 +151,10 @@ async fn a_slow_inventory_delays_only_the_calls_that_need_it() {
     );
 }
 
-/// inventory holds the stock but its reply never reaches order-management in time; the
-/// client's retry with the same key gets that hold back: one hold, not two.
-#[tokio::test]
-async fn a_reserve_whose_reply_is_lost_is_retried_into_one_hold() {
-    let w = World::start_with(OrderClocks {
-        upstream_timeout: Duration::from_secs(1),
-        ..OrderClocks::default()
-    })
-    .await;
-    w.receive(&w.warehouse, &w.tee_l, 5).await;
+/// Places `request` while inventory holds its stock but the reply reaches order-management
+/// only after it stopped waiting (its upstream timeout must be under 3 s): the hold exists,
+/// the order does not. Returns when the link carries replies on time again.
+async fn lose_the_reply_to_a_hold(w: &World, request: &pb::PlaceOrderRequest) {
     // inventory lingers a moment while writing a hold, so the test can hold its reply back.
     let inventory = w.shop.inventory.db().await.expect("inventory db");
     sqlx::raw_sql(
@@ -172,12 +166,6 @@ async fn a_reserve_whose_reply_is_lost_is_retried_into_one_hold() {
     .execute(&inventory)
     .await
     .expect("trigger");
-
-    let request = w.request(
-        &w.eshop,
-        vec![line(&w.tee_l, 2)],
-        ship_to(home_villeurbanne()),
-    );
     let placing = {
         let orders = w.orders_admin();
         let request = request.clone();
@@ -201,23 +189,53 @@ async fn a_reserve_whose_reply_is_lost_is_retried_into_one_hold() {
         .expect("task")
         .expect_err("the reply came too late");
     assert_eq!(lost.code(), tonic::Code::Unavailable, "{lost:?}");
-    eventually(async || w.level(&w.warehouse, &w.tee_l).await == (5, 2)).await;
+    eventually(async || {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM reservations")
+            .fetch_one(&inventory)
+            .await
+            .expect("holds")
+            == 1
+    })
+    .await;
     assert_eq!(w.count("SELECT count(*) FROM orders").await, 0);
-
     sqlx::raw_sql("DROP TRIGGER linger ON reservations")
         .execute(&inventory)
         .await
         .expect("drop");
+    inventory.close().await;
     w.shop.inventory_link.delay_replies(Duration::ZERO);
-    // The client retries with the same key until the link has drained the late reply.
+}
+
+/// The client retries with the same key until the link has drained the late reply.
+async fn retry_until_placed(w: &World, request: &pb::PlaceOrderRequest) -> pb::Order {
     let since = Instant::now();
-    let placed = loop {
+    loop {
         match w.place(request.clone()).await {
             Ok(placed) => break placed,
             Err(e) if e.code() == tonic::Code::Unavailable && since.elapsed().as_secs() < 10 => {}
             Err(e) => panic!("the retry places the order: {e:?}"),
         }
-    };
+    }
+}
+
+/// inventory holds the stock but its reply never reaches order-management in time; the
+/// client's retry with the same key gets that hold back: one hold, not two.
+#[tokio::test]
+async fn a_reserve_whose_reply_is_lost_is_retried_into_one_hold() {
+    let w = World::start_with(OrderClocks {
+        upstream_timeout: Duration::from_secs(1),
+        ..OrderClocks::default()
+    })
+    .await;
+    w.receive(&w.warehouse, &w.tee_l, 5).await;
+    let request = w.request(
+        &w.eshop,
+        vec![line(&w.tee_l, 2)],
+        ship_to(home_villeurbanne()),
+    );
+    lose_the_reply_to_a_hold(&w, &request).await;
+    assert_eq!(w.level(&w.warehouse, &w.tee_l).await, (5, 2));
+    let placed = retry_until_placed(&w, &request).await;
     assert_eq!(
         w.level(&w.warehouse, &w.tee_l).await,
         (5, 2),
@@ -227,7 +245,41 @@ async fn a_reserve_whose_reply_is_lost_is_retried_into_one_hold() {
         w.reservation(&placed.reservation_id).await.status(),
         inv::ReservationStatus::Active
     );
-    inventory.close().await;
+}
+
+/// A retry that gets an earlier try's hold back (as after a replica died mid-placement and
+/// its lease ran out) renews it: the order's stock is held past its payment deadline, so a
+/// payment made in time always finds it. (Found by killing a replica mid-run: the hold was
+/// kept as it was and ended seconds after the order committed.)
+#[tokio::test]
+async fn a_hold_a_retry_gets_back_outlasts_the_payment_deadline() {
+    let w = World::start_with(OrderClocks {
+        upstream_timeout: Duration::from_secs(1),
+        payment_window: Duration::from_secs(5),
+        ..OrderClocks::default()
+    })
+    .await;
+    w.receive(&w.warehouse, &w.tee_l, 5).await;
+    let request = w.request(
+        &w.eshop,
+        vec![line(&w.tee_l, 1)],
+        ship_to(home_villeurbanne()),
+    );
+    lose_the_reply_to_a_hold(&w, &request).await;
+    // The hold lasts the payment window and as long again (10 s here); the retry comes more
+    // than a window after it was taken.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let placed = retry_until_placed(&w, &request).await;
+    assert_eq!(w.level(&w.warehouse, &w.tee_l).await, (5, 1), "one hold");
+    let hold = w.reservation(&placed.reservation_id).await;
+    let ends = hold.expires_at.expect("an unpaid order's hold expires");
+    let due = placed.payment_due_at.expect("payment due");
+    assert!(
+        ends.seconds > due.seconds,
+        "the hold ends after the payment deadline: hold until {ends:?}, payment due {due:?}"
+    );
+    let paid = w.pay(&placed).await;
+    assert_eq!(paid.status(), pb::OrderStatus::Allocated);
 }
 
 /// A payment and a cancellation whose calls to inventory went through but whose commit never
