@@ -249,6 +249,23 @@ impl Principal {
         }
     }
 
+    /// `PERMISSION_DENIED` unless the principal's scope reaches a record taken in
+    /// `channel_id` and touching `stores` ([`Scope::reaches`]); `what` names the record.
+    pub fn require_reach<'a>(
+        &self,
+        what: &str,
+        channel_id: &str,
+        stores: impl IntoIterator<Item = &'a str>,
+    ) -> Result<(), Error> {
+        if self.scope.reaches(channel_id, stores) {
+            Ok(())
+        } else {
+            Err(Error::permission_denied(format!(
+                "{what} in channel {channel_id} is outside the caller's scope"
+            )))
+        }
+    }
+
     /// `PERMISSION_DENIED` unless the principal's scope includes the channel.
     pub fn require_channel(&self, channel_id: &str) -> Result<(), Error> {
         if self.scope.allows_channel(channel_id) {

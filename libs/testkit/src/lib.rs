@@ -12,6 +12,7 @@
 mod private_redis;
 pub mod process;
 mod proxy;
+pub mod world;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
@@ -145,8 +146,14 @@ pub fn daytime_zone() -> String {
 
 /// A token for a principal with `roles` and `scope`, signed with the key services trust.
 pub fn token(roles: &[Role], scope: Scope) -> String {
+    token_as(Uuid::now_v7(), roles, scope)
+}
+
+/// A token for principal `id` with `roles` and `scope` (the same id on several tokens: one
+/// caller, e.g. the maker of a reservation).
+pub fn token_as(id: Uuid, roles: &[Role], scope: Scope) -> String {
     let principal = Principal {
-        id: Uuid::now_v7().to_string(),
+        id: id.to_string(),
         kind: PrincipalKind::Staff,
         name: "test".to_owned(),
         roles: roles.to_vec(),
@@ -167,19 +174,11 @@ pub fn role_token(roles: &[Role]) -> String {
         .enumerate()
         .filter(|(_, r)| roles.contains(r))
         .fold(0u128, |m, (i, _)| m | (1 << i));
-    let principal = Principal {
-        id: Uuid::from_u128(0x0000_0000_0000_7000_8000_0000_0000_0000 | mask).to_string(),
-        kind: PrincipalKind::Staff,
-        name: "test".to_owned(),
-        roles: roles.to_vec(),
-        scope: Scope::default(),
-        on_behalf_of: None,
-    };
-    global()
-        .signer
-        .sign(&principal)
-        .expect("signing a test token")
-        .0
+    token_as(
+        Uuid::from_u128(0x0000_0000_0000_7000_8000_0000_0000_0000 | mask),
+        roles,
+        Scope::default(),
+    )
 }
 
 /// A token that expired an hour ago.

@@ -9,8 +9,8 @@
 //! - a role the row names: anything but PERMISSION_DENIED, UNAUTHENTICATED, UNIMPLEMENTED,
 //!   INTERNAL or UNKNOWN (an empty request is refused as bad input, or answered).
 //!
-//! Scope (the channels and stores a caller is limited to) is checked per RPC by each
-//! service's own tests, on real orders, reservations and promotions.
+//! Scope (the channels and stores a caller is limited to) is checked for every RPC by
+//! `tests/scope/`, on real orders, reservations, promotions and the rest.
 //!
 //! After a reviewed change of policy, `OMNI_WRITE_POLICY=1` rewrites the file from what the
 //! services answer; review the diff before committing it.

@@ -512,12 +512,14 @@ impl CampaignService for Grpc {
         &self,
         request: Request<pb::UpdateCampaignRequest>,
     ) -> Reply<pb::UpdateCampaignResponse> {
-        caller(&request, WRITERS)?;
+        let who = caller(&request, WRITERS)?;
         let c = request.into_inner().campaign.unwrap_or_default();
         let id = parse_id(&c.id, "campaign.id")?;
         let segment = validate(&c)?;
+        who.scope.require_channels(&c.channel_ids)?;
         let mut tx = self.pool.begin().await.map_err(Error::from)?;
         let current = campaign(&mut tx, id, true).await?;
+        who.scope.require_channels(&current.channel_ids)?;
         if current.version != c.version {
             return Err(Error::Aborted(format!(
                 "campaign {id} is at version {}, not {}",
@@ -688,7 +690,7 @@ impl CampaignService for Grpc {
         &self,
         request: Request<pb::ReportDeliveryOutcomeRequest>,
     ) -> Reply<pb::ReportDeliveryOutcomeResponse> {
-        caller(&request, ADAPTERS)?;
+        let who = caller(&request, ADAPTERS)?;
         let req = request.into_inner();
         let id = parse_id(&req.delivery_id, "delivery_id")?;
         if !matches!(req.status, DELIVERED | FAILED | CLICKED) {
@@ -707,6 +709,8 @@ impl CampaignService for Grpc {
         let Some((status, customer, channel, campaign_id)) = current else {
             return Err(Error::not_found(format!("delivery {id}")).into());
         };
+        // The adapter of the channel that sent it reports its outcome.
+        who.require_channel(&channel)?;
         // Outcomes only move forward: pending -> delivered or failed -> clicked.
         let rank = |s: i32| match s {
             PENDING => 0,
@@ -807,6 +811,9 @@ impl CampaignService for Grpc {
         request: Request<pb::CreateOfferRuleRequest>,
     ) -> Reply<pb::CreateOfferRuleResponse> {
         let who = caller(&request, WRITERS)?;
+        let rule = request.get_ref().rule.clone().unwrap_or_default();
+        who.scope
+            .require_channels(&rule.action.unwrap_or_default().channel_ids)?;
         Ok(Response::new(
             self.create_offer_rule(&who.id, request.into_inner())
                 .await?,
@@ -817,9 +824,9 @@ impl CampaignService for Grpc {
         &self,
         request: Request<pb::UpdateOfferRuleRequest>,
     ) -> Reply<pb::UpdateOfferRuleResponse> {
-        caller(&request, WRITERS)?;
+        let who = caller(&request, WRITERS)?;
         let rule = self
-            .update_offer_rule(request.into_inner().rule.unwrap_or_default())
+            .update_offer_rule(&who.scope, request.into_inner().rule.unwrap_or_default())
             .await?;
         Ok(Response::new(pb::UpdateOfferRuleResponse {
             rule: Some(rule),

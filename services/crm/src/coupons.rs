@@ -9,7 +9,7 @@ use omni_proto::events::{CouponIssued, CouponRedeemed, CouponReleased};
 use omni_proto::omni::crm::v1 as pb;
 use omni_proto::omni::crm::v1::coupon_service_server::CouponService;
 use omni_runtime::Error;
-use omni_runtime::auth::Role;
+use omni_runtime::auth::{Role, Scope};
 use omni_runtime::error::Violations;
 use omni_runtime::paging;
 use sqlx::PgConnection;
@@ -415,6 +415,7 @@ impl Grpc {
     async fn issue(
         &self,
         caller: &str,
+        scope: &Scope,
         req: pb::IssueCouponsRequest,
     ) -> Result<pb::IssueCouponsResponse, Error> {
         const SCOPE: &str = "crm.issue_coupons";
@@ -457,6 +458,13 @@ impl Grpc {
         } else {
             req.issuing_channel_id.clone()
         };
+        // Coupons go out through the caller's channels, valid where it may act.
+        scope.require_channels(&t.channel_ids)?;
+        if !issuing.is_empty() && !scope.allows_channel(&issuing) {
+            return Err(Error::permission_denied(format!(
+                "channel {issuing} is outside the caller's scope"
+            )));
+        }
         let reply = match recipients {
             Recipients::Customer(asked) => {
                 let customer = store::resolve(&mut tx, &asked).await?;
@@ -597,12 +605,25 @@ impl Grpc {
         Ok(coupon_pb(&row, &t))
     }
 
-    async fn release(&self, req: pb::ReleaseCouponRequest) -> Result<pb::Coupon, Error> {
+    async fn release(
+        &self,
+        scope: &Scope,
+        req: pb::ReleaseCouponRequest,
+    ) -> Result<pb::Coupon, Error> {
         if req.order_id.trim().is_empty() {
             return Err(Error::invalid("order_id", "required"));
         }
         let mut tx = self.pool.begin().await?;
         let c = coupon(&mut tx, &req.code, true).await?;
+        // Given back through the channel it was redeemed in.
+        if let Some(channel) = &c.redeemed_channel_id
+            && !scope.allows_channel(channel)
+        {
+            return Err(Error::permission_denied(format!(
+                "coupon {} was redeemed in channel {channel}, outside the caller's scope",
+                c.code
+            )));
+        }
         let t = template(&mut tx, c.template_id)
             .await?
             .ok_or_else(|| Error::internal("coupon without template"))?;
@@ -719,12 +740,9 @@ impl CouponService for Grpc {
             &request,
             &[Role::Admin, Role::ChannelManager, Role::Service],
         )?;
-        let issuing = &request.get_ref().issuing_channel_id;
-        if !issuing.is_empty() {
-            who.require_channel(issuing)?;
-        }
         Ok(Response::new(
-            self.issue(&who.id, request.into_inner()).await?,
+            self.issue(&who.id, &who.scope, request.into_inner())
+                .await?,
         ))
     }
 
@@ -816,6 +834,7 @@ impl CouponService for Grpc {
         request: Request<pb::RedeemCouponRequest>,
     ) -> Reply<pb::RedeemCouponResponse> {
         let who = caller(&request, USERS)?;
+        who.require_channel(&request.get_ref().channel_id)?;
         let coupon = Grpc::redeem_coupon(self, &who.id, request.into_inner()).await?;
         Ok(Response::new(pb::RedeemCouponResponse {
             coupon: Some(coupon),
@@ -826,8 +845,8 @@ impl CouponService for Grpc {
         &self,
         request: Request<pb::ReleaseCouponRequest>,
     ) -> Reply<pb::ReleaseCouponResponse> {
-        caller(&request, USERS)?;
-        let coupon = self.release(request.into_inner()).await?;
+        let who = caller(&request, USERS)?;
+        let coupon = self.release(&who.scope, request.into_inner()).await?;
         Ok(Response::new(pb::ReleaseCouponResponse {
             coupon: Some(coupon),
         }))

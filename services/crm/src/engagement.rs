@@ -411,6 +411,8 @@ impl EngagementService for Grpc {
         request: Request<pb::RecordFeedbackRequest>,
     ) -> Reply<pb::RecordFeedbackResponse> {
         let who = caller(&request, RECORDERS)?;
+        let f = request.get_ref().feedback.clone().unwrap_or_default();
+        who.require_reach("feedback", &f.channel_id, [f.store_id.as_str()])?;
         Ok(Response::new(
             Grpc::record_feedback(self, &who.id, request.into_inner()).await?,
         ))
@@ -520,6 +522,8 @@ impl EngagementService for Grpc {
         request: Request<pb::RecordInteractionRequest>,
     ) -> Reply<pb::RecordInteractionResponse> {
         let who = caller(&request, RECORDERS)?;
+        let i = request.get_ref().interaction.clone().unwrap_or_default();
+        who.require_reach("interaction", &i.channel_id, [i.store_id.as_str()])?;
         Ok(Response::new(
             Grpc::record_interaction(self, &who.id, request.into_inner()).await?,
         ))

@@ -302,7 +302,7 @@ impl Grpc {
 
     async fn cancel_redemption(
         &self,
-        caller: &str,
+        caller: &Principal,
         req: pb::CancelPointsRedemptionRequest,
     ) -> Result<pb::CancelPointsRedemptionResponse, Error> {
         const SCOPE: &str = "crm.cancel_points_redemption";
@@ -313,13 +313,15 @@ impl Grpc {
             .map_err(|_| Error::invalid("entry_id", "must be a UUID"))?;
         let mut tx = self.pool.begin().await?;
         if let Some(reply) =
-            idem::replay(&mut tx, SCOPE, caller, &req.idempotency_key, &req).await?
+            idem::replay(&mut tx, SCOPE, &caller.id, &req.idempotency_key, &req).await?
         {
             return Ok(reply);
         }
         let Some(redeemed) = store::entry_for_update(&mut tx, entry_id).await? else {
             return Err(Error::not_found(format!("points entry {entry_id}")));
         };
+        // Cancelled through the channel the points were spent in.
+        caller.require_channel(&redeemed.channel_id)?;
         if redeemed.kind != store::KIND_REDEEM {
             return Err(Error::precondition(
                 "POINTS_ENTRY_KIND",
@@ -335,7 +337,15 @@ impl Grpc {
         let reply = pb::CancelPointsRedemptionResponse {
             entry: Some(entry(row)),
         };
-        idem::remember(&mut tx, SCOPE, caller, &req.idempotency_key, None, &reply).await?;
+        idem::remember(
+            &mut tx,
+            SCOPE,
+            &caller.id,
+            &req.idempotency_key,
+            None,
+            &reply,
+        )
+        .await?;
         tx.commit().await?;
         Ok(reply)
     }
@@ -490,6 +500,7 @@ impl LoyaltyService for Grpc {
         request: Request<pb::RedeemPointsRequest>,
     ) -> Reply<pb::RedeemPointsResponse> {
         let who = caller(&request, REDEEMERS)?;
+        who.require_channel(&request.get_ref().channel_id)?;
         Ok(Response::new(
             self.redeem(&who.id, request.into_inner()).await?,
         ))
@@ -501,8 +512,7 @@ impl LoyaltyService for Grpc {
     ) -> Reply<pb::CancelPointsRedemptionResponse> {
         let who = caller(&request, REDEEMERS)?;
         Ok(Response::new(
-            self.cancel_redemption(&who.id, request.into_inner())
-                .await?,
+            self.cancel_redemption(&who, request.into_inner()).await?,
         ))
     }
 

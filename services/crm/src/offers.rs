@@ -6,6 +6,7 @@
 use chrono::{DateTime, Utc};
 use omni_proto::omni::crm::v1 as pb;
 use omni_runtime::Error;
+use omni_runtime::auth::Scope;
 use omni_runtime::error::Violations;
 use omni_runtime::paging;
 use prost::Message;
@@ -156,21 +157,30 @@ impl Grpc {
         Ok(reply)
     }
 
-    pub(crate) async fn update_offer_rule(&self, r: pb::OfferRule) -> Result<pb::OfferRule, Error> {
+    /// Changes a rule; a caller limited to channels changes only rules that deliver through
+    /// its channels, before and after the change.
+    pub(crate) async fn update_offer_rule(
+        &self,
+        scope: &Scope,
+        r: pb::OfferRule,
+    ) -> Result<pb::OfferRule, Error> {
         let id: Uuid =
             r.id.trim()
                 .parse()
                 .map_err(|_| Error::invalid("rule.id", "must be a UUID"))?;
         let (condition, action) = validate(&r)?;
+        scope.require_channels(&r.action.clone().unwrap_or_default().channel_ids)?;
         let mut tx = self.pool.begin().await?;
-        let version: Option<i64> =
-            sqlx::query_scalar("SELECT version FROM offer_rules WHERE id = $1 FOR UPDATE")
+        let current: Option<(i64, Vec<u8>)> =
+            sqlx::query_as("SELECT version, action FROM offer_rules WHERE id = $1 FOR UPDATE")
                 .bind(id)
                 .fetch_optional(&mut *tx)
                 .await?;
-        let Some(version) = version else {
+        let Some((version, current)) = current else {
             return Err(Error::not_found(format!("offer rule {id}")));
         };
+        let current = pb::OfferAction::decode(current.as_slice()).unwrap_or_default();
+        scope.require_channels(&current.channel_ids)?;
         if version != r.version {
             return Err(Error::Aborted(format!(
                 "offer rule {id} is at version {version}, not {}",

@@ -422,7 +422,8 @@ impl App {
     }
 
     /// Creates a staff member. Admins may create anyone; a channel manager only store
-    /// associates and analysts within its own scope.
+    /// associates and analysts. Either gives only scope it holds: a caller limited to channels
+    /// or stores creates staff within them.
     pub async fn create_staff(
         &self,
         login: &str,
@@ -442,11 +443,11 @@ impl App {
                     "a channel manager may only create store associates and analysts",
                 ));
             }
-            if !actor.scope.covers(scope) {
-                return Err(Error::permission_denied(
-                    "the new staff member's scope must lie within the caller's",
-                ));
-            }
+        }
+        if !actor.scope.covers(scope) {
+            return Err(Error::permission_denied(
+                "the new staff member's scope must lie within the caller's",
+            ));
         }
         let hash = {
             let password = password.to_owned();
@@ -489,6 +490,11 @@ impl App {
         scope: &Scope,
         actor: &Principal,
     ) -> Result<(PrincipalRow, String)> {
+        if !actor.scope.covers(scope) {
+            return Err(Error::permission_denied(
+                "the key's scope must lie within the caller's",
+            ));
+        }
         let key = credentials::new_api_key();
         let roles: Vec<String> = roles.iter().map(|r| r.as_str().to_owned()).collect();
         let mut conn = self.pool.acquire().await?;

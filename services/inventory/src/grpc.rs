@@ -524,6 +524,7 @@ impl StockService for Grpc {
         let (Some(sku), Some(location)) = (sku, location) else {
             return Err(Error::internal("validated fields missing").into());
         };
+        require_store_scope(&actor, location)?;
         let row = self
             .app
             .set_settings(
@@ -571,7 +572,7 @@ impl StockService for Grpc {
         &self,
         request: Request<pb::ListChannelQuotasRequest>,
     ) -> Reply<pb::ListChannelQuotasResponse> {
-        caller(&request, LIST_READERS)?;
+        let actor = caller(&request, LIST_READERS)?;
         let req = request.into_inner();
         let size = paging::page_size(req.page_size)?;
         let after = match paging::decode_token(&req.page_token)? {
@@ -584,8 +585,14 @@ impl StockService for Grpc {
             None => None,
         };
         let sku = (!req.sku_id.is_empty()).then_some(req.sku_id.as_str());
-        let channel = (!req.channel_id.is_empty()).then_some(req.channel_id.as_str());
-        let rows = self.app.list_quotas(sku, channel, after, size).await?;
+        // A quota is its channel's: a caller limited to channels lists its own.
+        let asked: Vec<String> = (!req.channel_id.is_empty())
+            .then(|| req.channel_id.clone())
+            .into_iter()
+            .collect();
+        let channels = actor.scope.channels_within(&asked)?;
+        let channels = (!channels.is_empty()).then_some(channels.as_slice());
+        let rows = self.app.list_quotas(sku, channels, after, size).await?;
         Ok(Response::new(pb::ListChannelQuotasResponse {
             next_page_token: paging::next_token(
                 rows.len(),
@@ -640,11 +647,11 @@ impl StockService for Grpc {
         &self,
         request: Request<pb::ListInventoryValuesRequest>,
     ) -> Reply<pb::ListInventoryValuesResponse> {
-        caller(&request, &[Role::Admin, Role::Analyst, Role::Service])?;
+        let actor = caller(&request, &[Role::Admin, Role::Analyst, Role::Service])?;
         let req = request.into_inner();
         let mut v = Violations::new();
         let days = value_days(&mut v, req.days.as_ref());
-        let locations: Vec<Uuid> = req
+        let mut locations: Vec<Uuid> = req
             .location_ids
             .iter()
             .enumerate()
@@ -674,6 +681,18 @@ impl StockService for Grpc {
         let (Some((first, last)), Some(size)) = (days, size) else {
             return Err(Error::invalid("days", "required").into());
         };
+        // A caller limited to stores values its stores' stock only (all of them by default).
+        for location in &locations {
+            require_store_scope(&actor, *location)?;
+        }
+        if locations.is_empty() {
+            locations = actor
+                .scope
+                .stores
+                .iter()
+                .filter_map(|s| Uuid::parse_str(s).ok())
+                .collect();
+        }
         let rows =
             crate::valuation::values(&self.app.pool, first, last, &locations, after, size).await?;
         Ok(Response::new(pb::ListInventoryValuesResponse {
@@ -1166,11 +1185,21 @@ impl TransferService for Grpc {
         &self,
         request: Request<pb::GetTransferRequest>,
     ) -> Reply<pb::GetTransferResponse> {
-        caller(&request, TRANSFERRERS)?;
+        let actor = caller(&request, TRANSFERRERS)?;
         let id = parse_id(&request.get_ref().transfer_id)
             .map_err(|e| Error::invalid("transfer_id", e))?;
+        let transfer = self.app.get_transfer(id).await?;
+        // A caller limited to stores reads the transfers leaving or reaching one of them.
+        if !(actor.scope.allows_store(&transfer.from_location_id)
+            || actor.scope.allows_store(&transfer.to_location_id))
+        {
+            return Err(Error::permission_denied(format!(
+                "transfer {id} neither leaves nor reaches a store of the caller's scope"
+            ))
+            .into());
+        }
         Ok(Response::new(pb::GetTransferResponse {
-            transfer: Some(self.app.get_transfer(id).await?),
+            transfer: Some(transfer),
         }))
     }
 
@@ -1178,7 +1207,7 @@ impl TransferService for Grpc {
         &self,
         request: Request<pb::ListTransfersRequest>,
     ) -> Reply<pb::ListTransfersResponse> {
-        caller(&request, TRANSFERRERS)?;
+        let actor = caller(&request, TRANSFERRERS)?;
         let req = request.into_inner();
         let mut v = Violations::new();
         let location = optional_id(&mut v, "location_id", &req.location_id);
@@ -1193,6 +1222,7 @@ impl TransferService for Grpc {
             }
         };
         v.finish()?;
+        require_read_scope(&actor, location)?;
         let size = paging::page_size(req.page_size)?;
         let before =
             match paging::decode_token(&req.page_token)? {

@@ -538,18 +538,18 @@ pub async fn set_quota(
 pub async fn quotas(
     conn: &mut PgConnection,
     sku: Option<&str>,
-    channel: Option<&str>,
+    channels: Option<&[String]>,
     after: Option<(String, String)>,
     limit: i64,
 ) -> Result<Vec<QuotaRow>, sqlx::Error> {
     let (after_sku, after_channel) = after.map_or((None, None), |(s, c)| (Some(s), Some(c)));
     sqlx::query_as(
         "SELECT sku_id, channel_id, quota, used, updated_at FROM channel_quotas \
-         WHERE quota IS NOT NULL AND ($1::text IS NULL OR sku_id = $1) AND ($2::text IS NULL OR channel_id = $2) \
+         WHERE quota IS NOT NULL AND ($1::text IS NULL OR sku_id = $1) AND ($2::text[] IS NULL OR channel_id = ANY($2)) \
          AND ($3::text IS NULL OR (sku_id, channel_id) > ($3, $4)) ORDER BY sku_id, channel_id LIMIT $5",
     )
     .bind(sku)
-    .bind(channel)
+    .bind(channels)
     .bind(after_sku)
     .bind(after_channel)
     .bind(limit)

@@ -602,6 +602,22 @@ impl OrderService for Grpc {
             historical_order(&mut v, i, o, &mut refs, now);
         }
         v.finish()?;
+        // An admin limited to channels or stores imports their history only.
+        if let Some((i, o)) = r.orders.iter().enumerate().find(|(_, o)| {
+            !principal.scope.reaches(
+                &o.channel_id,
+                [
+                    o.store_id.as_str(),
+                    o.delivery.as_ref().map_or("", |d| d.store_id.as_str()),
+                ],
+            )
+        }) {
+            return Err(Error::permission_denied(format!(
+                "orders[{i}]: channel {} is outside the caller's scope",
+                o.channel_id
+            ))
+            .into());
+        }
         Ok(Response::new(
             self.app.import(r.orders, &principal.id).await?,
         ))
@@ -870,8 +886,11 @@ impl FulfilmentService for Grpc {
         let orders = store::pickup_orders(&self.app.pool, &r.store_id)
             .await
             .map_err(Status::from)?;
+        // A caller limited to channels sees its channels' orders in the queue, not the
+        // store's others.
         let mut entries: Vec<pb::PickupQueueEntry> = orders
             .iter()
+            .filter(|o| sees(&principal, o))
             .filter_map(|o| app::pickup_entry(o, now))
             .collect();
         let due_count = entries

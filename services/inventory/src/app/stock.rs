@@ -231,12 +231,12 @@ impl App {
     pub async fn list_quotas(
         &self,
         sku: Option<&str>,
-        channel: Option<&str>,
+        channels: Option<&[String]>,
         after: Option<(String, String)>,
         limit: i64,
     ) -> Result<Vec<QuotaRow>> {
         let mut conn = self.pool.acquire().await?;
-        Ok(store::quotas(&mut conn, sku, channel, after, limit).await?)
+        Ok(store::quotas(&mut conn, sku, channels, after, limit).await?)
     }
 
     pub async fn set_hot(
