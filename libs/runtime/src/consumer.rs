@@ -24,6 +24,9 @@
 //!   entry at a time, so the others go through; an entry that fails `max_failures` times is moved
 //!   to the dead-letter stream (`omni:dead-letters:<group>`) with its error, and acknowledged.
 //!   Entries that cannot be decoded go there at once. [`DeadLetters`] lists and replays them.
+//!   A group that applies a customer's erasure (`identity.customer_erased`) drops its dead
+//!   letters about that customer first ([`forget_dead_letters_about`]): they hold the events'
+//!   contact details.
 //!
 //! When Redis loses its data (a flush, a failover to an empty replica) the group disappears;
 //! the next read fails with `NOGROUP`, and the consumer creates the group again from the start
@@ -39,6 +42,7 @@ use std::time::Duration;
 
 use futures::FutureExt as _;
 use omni_proto::events::Event;
+use omni_proto::events::event::Payload;
 use prost::Message as _;
 use redis::AsyncCommands as _;
 use redis::streams::{StreamId, StreamReadOptions, StreamReadReply};
@@ -387,7 +391,10 @@ impl StreamReader {
             return Ok(());
         }
         match shared.apply_batch(&batch).await {
-            Ok(()) => return self.ack(&shared.config, &batch).await,
+            Ok(()) => {
+                self.forget_erased(shared, &batch).await?;
+                return self.ack(&shared.config, &batch).await;
+            }
             Err(e) if is_transient(&e) => {
                 self.own_pending = true;
                 return Err(e);
@@ -404,6 +411,8 @@ impl StreamReader {
         for entry in batch {
             match shared.apply_batch(std::slice::from_ref(&entry)).await {
                 Ok(()) => {
+                    self.forget_erased(shared, std::slice::from_ref(&entry))
+                        .await?;
                     self.ack(&shared.config, std::slice::from_ref(&entry))
                         .await?;
                 }
@@ -441,6 +450,30 @@ impl StreamReader {
             &error.to_string(),
         )
         .await
+    }
+
+    /// Once a customer's erasure is applied, drops the group's dead letters about them (see
+    /// [`forget_dead_letters_about`]), before the erasure is acknowledged: should Redis fail
+    /// here, the erasure is read again and the dead letters dropped then.
+    async fn forget_erased<H: Handler>(
+        &mut self,
+        shared: &Shared<H>,
+        batch: &[Entry],
+    ) -> crate::Result<()> {
+        for entry in batch {
+            if let Some(Payload::CustomerErased(erased)) = &entry.event.payload {
+                let ids: Vec<&str> = std::iter::once(erased.customer_id.as_str())
+                    .chain(erased.merged_ids.iter().map(String::as_str))
+                    .filter(|id| !id.is_empty())
+                    .collect();
+                let dead = dead_letter_stream(&shared.redis, &shared.config.group);
+                let dropped = forget_dead_letters_about(&mut self.conn, &dead, &ids).await?;
+                if dropped > 0 {
+                    tracing::info!(group = %shared.config.group, dropped, "dead letters about an erased customer dropped");
+                }
+            }
+        }
+        Ok(())
     }
 
     async fn ack(&mut self, config: &ConsumerConfig, batch: &[Entry]) -> crate::Result<()> {
@@ -518,6 +551,41 @@ impl<H: Handler> Shared<H> {
             .instrument(span)
             .await
     }
+}
+
+/// Deletes the entries of the dead-letter stream `dead` whose event names any of `ids` (an
+/// erased customer and the duplicates merged into it); returns how many. A dead letter keeps
+/// the event as it was, contact details included, and an erasure must leave no copy behind;
+/// what the event would have applied is erased anyway. An id is matched anywhere in the
+/// encoded event (ids are UUIDs, so a match is the customer's).
+pub async fn forget_dead_letters_about(
+    conn: &mut Conn,
+    dead: &str,
+    ids: &[&str],
+) -> crate::Result<usize> {
+    const PAGE: usize = 500;
+    let mut start = "-".to_owned();
+    let mut doomed: Vec<String> = Vec::new();
+    loop {
+        let page: redis::streams::StreamRangeReply =
+            conn.xrange_count(dead, &start, "+", PAGE).await?;
+        let Some(last) = page.ids.last() else { break };
+        start = format!("({}", last.id);
+        let full = page.ids.len() == PAGE;
+        doomed.extend(page.ids.into_iter().filter_map(|entry| {
+            let event = entry.get::<Vec<u8>>("event").unwrap_or_default();
+            ids.iter()
+                .any(|id| event.windows(id.len()).any(|w| w == id.as_bytes()))
+                .then_some(entry.id)
+        }));
+        if !full {
+            break;
+        }
+    }
+    if doomed.is_empty() {
+        return Ok(0);
+    }
+    Ok(conn.xdel(dead, &doomed).await?)
 }
 
 fn batch_name(batch: &[Entry]) -> String {

@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+use omni_proto::events::event::Payload;
+use omni_proto::events::{CustomerRegistered, Event};
 use omni_proto::omni::crm::v1 as crm;
 use omni_proto::omni::crm::v1::customer_view_service_client::CustomerViewServiceClient;
 use omni_proto::omni::crm::v1::ticket_service_client::TicketServiceClient;
@@ -11,6 +13,7 @@ use omni_proto::omni::identity::v1 as id;
 use omni_proto::omni::identity::v1::identity_service_client::IdentityServiceClient;
 use omni_proto::omni::orders::v1 as pb;
 use omni_runtime::redis::Redis;
+use prost::Message as _;
 use sqlx::PgPool;
 
 use crate::support::{World, address, eventually, key, line, payment, ship_to};
@@ -35,6 +38,49 @@ impl Person {
     fn needles(&self) -> [&str; 3] {
         [&self.name, &self.phone, &self.email]
     }
+}
+
+/// Dead letters holding `people`'s registrations (`(customer id, person)`), as a consumer
+/// writes one for an event it could not apply, in every group that reads identity's stream;
+/// returns the dead-letter streams' keys.
+async fn dead_letter_registrations(redis: &Redis, people: &[(&str, &Person)]) -> Vec<String> {
+    let mut conn = redis.conn();
+    let mut keys = Vec::new();
+    for group in ["crm", "order-management", "performance"] {
+        let dead = omni_runtime::consumer::dead_letter_stream(redis, group);
+        for (customer_id, person) in people {
+            let event = Event {
+                id: key(),
+                r#type: "identity.customer_registered".into(),
+                aggregate_id: (*customer_id).to_owned(),
+                source: "identity".into(),
+                payload: Some(Payload::CustomerRegistered(CustomerRegistered {
+                    customer_id: (*customer_id).to_owned(),
+                    phone: person.phone.clone(),
+                    email: person.email.clone(),
+                    name: person.name.clone(),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            };
+            let _: String = redis::cmd("XADD")
+                .arg(&dead)
+                .arg("*")
+                .arg("reason")
+                .arg("refused by the handler")
+                .arg("event_id")
+                .arg(&event.id)
+                .arg("event_type")
+                .arg(&event.r#type)
+                .arg("event")
+                .arg(event.encode_to_vec())
+                .query_async(&mut conn)
+                .await
+                .expect("xadd");
+        }
+        keys.push(dead);
+    }
+    keys
 }
 
 /// Where `needle` still appears: "<database>.<table>" rows whose text (or, for bytes, whose
@@ -219,6 +265,13 @@ async fn an_erased_customer_is_gone_from_every_service_and_every_retained_event(
         found.extend(in_redis(&redis, &prefix, needle).await);
         found
     };
+    // Copies that failed to apply: both registrations, dead-lettered in every group that
+    // reads identity's stream.
+    let dead_lettered = dead_letter_registrations(
+        &Redis::new(&omni_testkit::redis_url(), &prefix).expect("redis"),
+        &[(&customer, &person), (&merged, &duplicate)],
+    )
+    .await;
     // The copies are really there, so the scan can see them.
     let before = everywhere(&person.phone).await;
     for copy in [
@@ -226,7 +279,10 @@ async fn an_erased_customer_is_gone_from_every_service_and_every_retained_event(
         "orders.orders",
         "crm.customers",
         "crm.tickets",
-    ] {
+    ]
+    .into_iter()
+    .chain(dead_lettered.iter().map(String::as_str))
+    {
         assert!(
             before.iter().any(|f| f.starts_with(copy)),
             "{copy} holds the phone before erasure: {before:?}"
