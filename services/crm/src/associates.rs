@@ -107,12 +107,10 @@ impl Grpc {
                 "required: the store the associate works in",
             ));
         }
-        let managers = [Role::Admin, Role::ChannelManager];
-        if !who.has_any(&managers) {
-            // A store associate assigns within its own store only.
-            if !associate.is_empty() {
-                who.require_store(req.store_id.trim())?;
-            }
+        // Within the caller's stores only (every store for a caller not limited to stores):
+        // the new assignment's, and the one it replaces.
+        if !associate.is_empty() {
+            who.require_store(req.store_id.trim())?;
         }
         let mut tx = self.pool.begin().await?;
         let id = store::resolve(&mut tx, &asked).await?;
@@ -122,9 +120,7 @@ impl Grpc {
                 format!("customer {asked}"),
             ));
         }
-        if !who.has_any(&managers)
-            && let Some(current) = assignment(&mut tx, &id).await?
-        {
+        if let Some(current) = assignment(&mut tx, &id).await? {
             who.require_store(&current.store_id)?;
         }
         let row = if associate.is_empty() {

@@ -72,6 +72,16 @@ fn require_store_scope(principal: &Principal, location: Uuid) -> Result<(), Erro
     principal.require_store(&location.to_string())
 }
 
+/// The stores a caller is limited to (none: every location).
+fn store_scope(principal: &Principal) -> Vec<Uuid> {
+    principal
+        .scope
+        .stores
+        .iter()
+        .filter_map(|s| Uuid::parse_str(s).ok())
+        .collect()
+}
+
 /// A caller limited to stores lists its own stores' records only: it must name a location in
 /// its scope.
 fn require_read_scope(principal: &Principal, location: Option<Uuid>) -> Result<(), Error> {
@@ -686,12 +696,7 @@ impl StockService for Grpc {
             require_store_scope(&actor, *location)?;
         }
         if locations.is_empty() {
-            locations = actor
-                .scope
-                .stores
-                .iter()
-                .filter_map(|s| Uuid::parse_str(s).ok())
-                .collect();
+            locations = store_scope(&actor);
         }
         let rows =
             crate::valuation::values(&self.app.pool, first, last, &locations, after, size).await?;
@@ -1267,7 +1272,7 @@ impl TransferService for Grpc {
         for (i, s) in req.sku_ids.iter().enumerate() {
             v.check(&format!("sku_ids[{i}]"), parse_sku(s));
         }
-        let locations: Vec<Uuid> = req
+        let mut locations: Vec<Uuid> = req
             .location_ids
             .iter()
             .enumerate()
@@ -1287,6 +1292,13 @@ impl TransferService for Grpc {
         } else {
             i64::from(req.surge_threshold_bps)
         };
+        // A caller limited to stores rebalances between its stores (all of them by default).
+        for location in &locations {
+            require_store_scope(&actor, *location)?;
+        }
+        if locations.is_empty() {
+            locations = store_scope(&actor);
+        }
         Ok(Response::new(
             self.app
                 .suggest_rebalance(&req, days, surge, &locations, &actor)

@@ -38,7 +38,7 @@ const COUPONS: &str = "coupons work in every channel; reads are the customer's o
 const CAMPAIGN_READ: &str = "campaign reads are shared, like promotions; changes are scoped";
 const SEGMENTS: &str = "segments select customers by customer-level figures across channels";
 const FOR_ASSOCIATES: &str =
-    "per associate and customer-level; a channel-limited scope does not limit stores";
+    "an associate's own book of customers (others' are refused); managers read every book";
 const SUGGESTIONS: &str = "suggestions come from customer-level purchase history";
 const EXPERIMENTS: &str = "experiments are shared by design";
 const SCORECARDS: &str = "scorecards compare channels: shared by design";
@@ -489,7 +489,14 @@ pub fn rule(method: &str, w: &World, f: &Fixtures) -> Option<Rule> {
         })),
 
         // crm: the customer view and associates
-        "omni.crm.v1.CustomerViewService/AssignAssociate" => Shared(FOR_ASSOCIATES),
+        // The customer to an associate of the Lyon store.
+        "omni.crm.v1.CustomerViewService/AssignAssociate" => {
+            Denied(req(crm::AssignAssociateRequest {
+                customer_id: f.customer.clone(),
+                associate_id: "associate-lyon".into(),
+                store_id: w.lyon.clone(),
+            }))
+        }
         "omni.crm.v1.CustomerViewService/GetCustomerView" => {
             Hidden(req(view_request(&f.customer)), f.order.clone())
         }
