@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, NaiveDate, Utc};
@@ -17,7 +18,7 @@ use omni_runtime::idempotency::{self, Claim};
 use omni_runtime::{Error, Result, paging};
 use prost::Message as _;
 use sqlx::PgPool;
-use tokio::sync::broadcast;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
@@ -54,6 +55,8 @@ pub struct Grpc {
     pool: PgPool,
     currency: String,
     sales_changed: broadcast::Sender<()>,
+    /// Reports read at once (see [`Snapshot::take`]).
+    reports: Arc<Semaphore>,
 }
 
 /// One moment of the database for a report's reads, which run side by side on several
@@ -63,11 +66,22 @@ pub struct Grpc {
 struct Snapshot {
     /// Holds the snapshot open until the report is read.
     _lead: sqlx::Transaction<'static, sqlx::Postgres>,
+    /// The report's turn among those read at once.
+    _turn: OwnedSemaphorePermit,
     id: String,
 }
 
 impl Snapshot {
-    async fn take(pool: &PgPool) -> Result<Self> {
+    /// Opens a report's snapshot once it is the report's turn. The snapshot's connection is
+    /// held while the reads wait for theirs: were every pooled connection a snapshot's, no read
+    /// could run and each report would wait out the pool's acquire timeout. So at most half the
+    /// pool's connections hold snapshots, and the reads always find the rest.
+    async fn take(pool: &PgPool, reports: &Arc<Semaphore>) -> Result<Self> {
+        let turn = reports
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Error::internal("the report semaphore closed"))?;
         let mut lead = pool.begin().await?;
         sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             .execute(&mut *lead)
@@ -78,7 +92,11 @@ impl Snapshot {
         if !id.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
             return Err(Error::internal(format!("unexpected snapshot id {id:?}")));
         }
-        Ok(Self { _lead: lead, id })
+        Ok(Self {
+            _lead: lead,
+            _turn: turn,
+            id,
+        })
     }
 
     /// A transaction of its own that sees exactly the snapshot.
@@ -100,10 +118,12 @@ impl Snapshot {
 
 impl Grpc {
     pub fn new(pool: PgPool, currency: String, sales_changed: broadcast::Sender<()>) -> Self {
+        let reports = (pool.options().get_max_connections() / 2).max(1) as usize;
         Self {
             pool,
             currency,
             sales_changed,
+            reports: Arc::new(Semaphore::new(reports)),
         }
     }
 
@@ -653,7 +673,7 @@ impl KpiService for Grpc {
             range: previous_range,
             ..sel.clone()
         };
-        let snapshot = Snapshot::take(&self.pool).await?;
+        let snapshot = Snapshot::take(&self.pool, &self.reports).await?;
         let ((current, current_total, current_empty), (previous, previous_total, previous_empty)) =
             tokio::try_join!(
                 self.kpis(&snapshot, &sel),
@@ -1201,7 +1221,7 @@ impl ScorecardService for Grpc {
                 source: Source::Rollups,
             };
             let (now_sel, before_sel) = (at(range), at(baseline));
-            let snapshot = Snapshot::take(&self.pool).await?;
+            let snapshot = Snapshot::take(&self.pool, &self.reports).await?;
             let ((_, current, _), (_, before, _)) = tokio::try_join!(
                 self.kpis(&snapshot, &now_sel),
                 self.kpis(&snapshot, &before_sel)

@@ -854,3 +854,35 @@ async fn a_report_read_while_orders_arrive_adds_up() {
     let reports = reading.await.expect("every report added up");
     assert!(reports > 0);
 }
+
+/// More reports at once than the pool has connections: each is answered. (A report holds its
+/// snapshot's connection while its reads wait for theirs; were every connection a snapshot's,
+/// no read could run and the reports would fail UNAVAILABLE at the pool's acquire timeout.)
+#[tokio::test]
+async fn more_reports_at_once_than_pooled_connections_are_all_answered() {
+    let mut p = start().await;
+    p.publish("catalog", vec![channel("eshop", ChannelKind::EShop)])
+        .await;
+    let order = Order {
+        id: "busy-1",
+        channel: "eshop",
+        store: "",
+        associate: "",
+        customer: "",
+        placed_at: at(3, 2, 10, 0),
+        quantity: 1,
+        net: 1000,
+        unit_cost: 400,
+    };
+    p.publish("orders", vec![order.placed()]).await;
+    // The suite's pool holds 10 connections.
+    let reports = (0..30).map(|_| {
+        let mut kpis = p.kpis.clone();
+        async move { kpis.get_kpi_report(march()).await.map(|r| r.into_inner()) }
+    });
+    for report in futures::future::join_all(reports).await {
+        let report = report.expect("every report is answered");
+        let total = report.total.and_then(|t| t.current).map_or(0, |v| v.orders);
+        assert_eq!(total, 1);
+    }
+}
