@@ -23,6 +23,7 @@ use crate::contact;
 use crate::coupons::Source;
 use crate::grpc::{Grpc, caller, customer_id, from_ts, ts};
 use crate::idem;
+use crate::offers;
 use crate::segments;
 
 const WRITERS: &[Role] = &[Role::Admin, Role::ChannelManager];
@@ -811,9 +812,8 @@ impl CampaignService for Grpc {
         request: Request<pb::CreateOfferRuleRequest>,
     ) -> Reply<pb::CreateOfferRuleResponse> {
         let who = caller(&request, WRITERS)?;
-        let rule = request.get_ref().rule.clone().unwrap_or_default();
         who.scope
-            .require_channels(&rule.action.unwrap_or_default().channel_ids)?;
+            .require_channels(offers::delivery_channels(request.get_ref().rule.as_ref()))?;
         Ok(Response::new(
             self.create_offer_rule(&who.id, request.into_inner())
                 .await?,

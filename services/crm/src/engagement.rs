@@ -411,8 +411,12 @@ impl EngagementService for Grpc {
         request: Request<pb::RecordFeedbackRequest>,
     ) -> Reply<pb::RecordFeedbackResponse> {
         let who = caller(&request, RECORDERS)?;
-        let f = request.get_ref().feedback.clone().unwrap_or_default();
-        who.require_reach("feedback", &f.channel_id, [f.store_id.as_str()])?;
+        let (channel, store) = request
+            .get_ref()
+            .feedback
+            .as_ref()
+            .map_or(("", ""), |f| (f.channel_id.as_str(), f.store_id.as_str()));
+        who.require_reach("feedback", channel, [store])?;
         Ok(Response::new(
             Grpc::record_feedback(self, &who.id, request.into_inner()).await?,
         ))
@@ -522,8 +526,12 @@ impl EngagementService for Grpc {
         request: Request<pb::RecordInteractionRequest>,
     ) -> Reply<pb::RecordInteractionResponse> {
         let who = caller(&request, RECORDERS)?;
-        let i = request.get_ref().interaction.clone().unwrap_or_default();
-        who.require_reach("interaction", &i.channel_id, [i.store_id.as_str()])?;
+        let (channel, store) = request
+            .get_ref()
+            .interaction
+            .as_ref()
+            .map_or(("", ""), |i| (i.channel_id.as_str(), i.store_id.as_str()));
+        who.require_reach("interaction", channel, [store])?;
         Ok(Response::new(
             Grpc::record_interaction(self, &who.id, request.into_inner()).await?,
         ))

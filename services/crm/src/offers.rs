@@ -105,6 +105,12 @@ fn validate(r: &pb::OfferRule) -> Result<(pb::OfferCondition, pb::OfferAction), 
 }
 
 /// The content an action delivers: its message, with the coupon template of the action.
+/// The channels a rule's offers are delivered through (none named: every channel).
+pub(crate) fn delivery_channels(rule: Option<&pb::OfferRule>) -> &[String] {
+    rule.and_then(|r| r.action.as_ref())
+        .map_or(&[], |a| a.channel_ids.as_slice())
+}
+
 fn action_content(action: &pb::OfferAction) -> pb::MessageContent {
     let mut content = action.content.clone().unwrap_or_default();
     if !action.coupon_template_id.is_empty() {
@@ -169,7 +175,7 @@ impl Grpc {
                 .parse()
                 .map_err(|_| Error::invalid("rule.id", "must be a UUID"))?;
         let (condition, action) = validate(&r)?;
-        scope.require_channels(&r.action.clone().unwrap_or_default().channel_ids)?;
+        scope.require_channels(delivery_channels(Some(&r)))?;
         let mut tx = self.pool.begin().await?;
         let current: Option<(i64, Vec<u8>)> =
             sqlx::query_as("SELECT version, action FROM offer_rules WHERE id = $1 FOR UPDATE")
