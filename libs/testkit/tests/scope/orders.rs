@@ -375,9 +375,33 @@ pub fn rule(method: &str, w: &World, f: &Fixtures) -> Option<Rule> {
         "omni.orders.v1.OrderService/GetOrder" => Rule::Denied(req(pb::GetOrderRequest {
             key: Some(pb::get_order_request::Key::OrderId(f.order.clone())),
         })),
-        "omni.orders.v1.OrderService/ImportOrders" => Rule::Shared(
-            "admin only: a previous system's closed history, brought in by the operator",
-        ),
+        // A closed e-shop order of the previous system, collected at Lyon last week.
+        "omni.orders.v1.OrderService/ImportOrders" => {
+            let days_ago = |days: i64| {
+                let at = chrono::Utc::now() - chrono::Duration::days(days);
+                prost_types::Timestamp {
+                    seconds: at.timestamp(),
+                    nanos: 0,
+                }
+            };
+            Rule::Denied(req(pb::ImportOrdersRequest {
+                orders: vec![pb::HistoricalOrder {
+                    channel_id: w.eshop.id.clone(),
+                    channel_order_ref: format!("legacy-{}", key()),
+                    customer_id: f.customer.clone(),
+                    lines: vec![pb::HistoricalOrderLine {
+                        sku_id: w.mug.clone(),
+                        quantity: 1,
+                        location_id: String::new(),
+                    }],
+                    delivery: pickup_at_lyon(w),
+                    status: pb::OrderStatus::Completed as i32,
+                    placed_at: Some(days_ago(8)),
+                    closed_at: Some(days_ago(7)),
+                    ..Default::default()
+                }],
+            }))
+        }
         // The buyer's orders: the e-shop order collected at Lyon only for callers reaching it.
         "omni.orders.v1.OrderService/ListOrders" => Rule::Hidden(
             req(pb::ListOrdersRequest {
