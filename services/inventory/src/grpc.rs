@@ -72,14 +72,21 @@ fn require_store_scope(principal: &Principal, location: Uuid) -> Result<(), Erro
     principal.require_store(&location.to_string())
 }
 
-/// The stores a caller is limited to (none: every location).
-fn store_scope(principal: &Principal) -> Vec<Uuid> {
-    principal
+/// The locations a store-wide read or change covers: those `asked`, each in the caller's
+/// scope, or, when none is asked, the caller's stores (none: every location).
+fn locations_within_scope(principal: &Principal, asked: Vec<Uuid>) -> Result<Vec<Uuid>, Error> {
+    for location in &asked {
+        require_store_scope(principal, *location)?;
+    }
+    if !asked.is_empty() {
+        return Ok(asked);
+    }
+    Ok(principal
         .scope
         .stores
         .iter()
         .filter_map(|s| Uuid::parse_str(s).ok())
-        .collect()
+        .collect())
 }
 
 /// A caller limited to stores lists its own stores' records only: it must name a location in
@@ -661,7 +668,7 @@ impl StockService for Grpc {
         let req = request.into_inner();
         let mut v = Violations::new();
         let days = value_days(&mut v, req.days.as_ref());
-        let mut locations: Vec<Uuid> = req
+        let locations: Vec<Uuid> = req
             .location_ids
             .iter()
             .enumerate()
@@ -692,12 +699,7 @@ impl StockService for Grpc {
             return Err(Error::invalid("days", "required").into());
         };
         // A caller limited to stores values its stores' stock only (all of them by default).
-        for location in &locations {
-            require_store_scope(&actor, *location)?;
-        }
-        if locations.is_empty() {
-            locations = store_scope(&actor);
-        }
+        let locations = locations_within_scope(&actor, locations)?;
         let rows =
             crate::valuation::values(&self.app.pool, first, last, &locations, after, size).await?;
         Ok(Response::new(pb::ListInventoryValuesResponse {
@@ -1272,7 +1274,7 @@ impl TransferService for Grpc {
         for (i, s) in req.sku_ids.iter().enumerate() {
             v.check(&format!("sku_ids[{i}]"), parse_sku(s));
         }
-        let mut locations: Vec<Uuid> = req
+        let locations: Vec<Uuid> = req
             .location_ids
             .iter()
             .enumerate()
@@ -1293,12 +1295,7 @@ impl TransferService for Grpc {
             i64::from(req.surge_threshold_bps)
         };
         // A caller limited to stores rebalances between its stores (all of them by default).
-        for location in &locations {
-            require_store_scope(&actor, *location)?;
-        }
-        if locations.is_empty() {
-            locations = store_scope(&actor);
-        }
+        let locations = locations_within_scope(&actor, locations)?;
         Ok(Response::new(
             self.app
                 .suggest_rebalance(&req, days, surge, &locations, &actor)
