@@ -40,8 +40,10 @@ use sqlx::PgPool;
 use tonic::{Code, Status};
 use uuid::Uuid;
 
-/// The payment window of the order-management replicas: orders not paid within it lapse.
-const PAYMENT_WINDOW_SECS: u64 = 5;
+/// The payment window of the order-management replicas: orders not paid within it lapse. Wider
+/// than a caller's retries take around a killed replica on a loaded machine (at 5 s, an order
+/// whose payment was retried that long lapsed first, rightly refusing the late payment).
+const PAYMENT_WINDOW_SECS: u64 = 15;
 /// How long a consumer's pending entry stays with it before another replica takes it over.
 const RECLAIM_MS: u64 = 3_000;
 
