@@ -3,6 +3,8 @@
 //! and coupon credit to the issuing channel. Read from rollups, per-customer days and the small
 //! per-order link tables, never from a scan of every fact.
 
+use std::collections::BTreeMap;
+
 use chrono::NaiveDate;
 use omni_proto::common::Money;
 use omni_proto::omni::performance::v1 as pb;
@@ -73,49 +75,71 @@ fn range(raw: Option<&omni_proto::common::DateRange>) -> Result<DayRange> {
     }
 }
 
-/// Replaces an order's store credits and coupons when its latest event carries them.
-pub async fn replace_links(
-    conn: &mut PgConnection,
-    order_id: &str,
-    credits: &[(String, &'static str)],
-    coupons: &[(String, String, i64)],
-) -> Result<()> {
-    if !credits.is_empty() {
-        sqlx::query("DELETE FROM order_store_credits WHERE order_id = $1")
-            .bind(order_id)
+/// What an order's latest event says about who to credit: the stores that fulfilled it (with
+/// their role) and the coupons it used (code, issuing channel, discount).
+#[derive(Debug, Default)]
+pub struct Links {
+    pub order_id: String,
+    pub credits: Vec<(String, &'static str)>,
+    pub coupons: Vec<(String, String, i64)>,
+}
+
+/// Replaces each order's store credits and coupons when its latest event carries them (an
+/// event without any leaves those known before), in four statements at most for the batch.
+/// One order appears once in `links`.
+pub async fn replace_links(conn: &mut PgConnection, links: &[Links]) -> Result<()> {
+    let credited: Vec<&Links> = links.iter().filter(|l| !l.credits.is_empty()).collect();
+    if !credited.is_empty() {
+        let ids: Vec<&str> = credited.iter().map(|l| l.order_id.as_str()).collect();
+        sqlx::query("DELETE FROM order_store_credits WHERE order_id = ANY($1)")
+            .bind(&ids)
             .execute(&mut *conn)
             .await?;
-        for (store, role) in credits {
-            sqlx::query(
-                "INSERT INTO order_store_credits (order_id, store_id, role) VALUES ($1, $2, $3) \
-                 ON CONFLICT DO NOTHING",
-            )
-            .bind(order_id)
-            .bind(store)
-            .bind(*role)
-            .execute(&mut *conn)
-            .await?;
-        }
+        let rows: Vec<(&str, &str, &str)> = credited
+            .iter()
+            .flat_map(|l| {
+                l.credits
+                    .iter()
+                    .map(|(store, role)| (l.order_id.as_str(), store.as_str(), *role))
+            })
+            .collect();
+        sqlx::query(
+            "INSERT INTO order_store_credits (order_id, store_id, role) \
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[]) ON CONFLICT DO NOTHING",
+        )
+        .bind(rows.iter().map(|r| r.0).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.1).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.2).collect::<Vec<_>>())
+        .execute(&mut *conn)
+        .await?;
     }
-    if !coupons.is_empty() {
-        sqlx::query("DELETE FROM order_coupons WHERE order_id = $1")
-            .bind(order_id)
+    let couponed: Vec<&Links> = links.iter().filter(|l| !l.coupons.is_empty()).collect();
+    if !couponed.is_empty() {
+        let ids: Vec<&str> = couponed.iter().map(|l| l.order_id.as_str()).collect();
+        sqlx::query("DELETE FROM order_coupons WHERE order_id = ANY($1)")
+            .bind(&ids)
             .execute(&mut *conn)
             .await?;
-        for (code, issuing, discount) in coupons {
-            sqlx::query(
-                "INSERT INTO order_coupons (order_id, code, issuing_channel_id, discount) \
-                 VALUES ($1, $2, $3, $4) ON CONFLICT (order_id, code) DO UPDATE SET \
-                   issuing_channel_id = excluded.issuing_channel_id, \
-                   discount = excluded.discount",
-            )
-            .bind(order_id)
-            .bind(code)
-            .bind(issuing)
-            .bind(discount)
-            .execute(&mut *conn)
-            .await?;
+        // One row per order and code (the last the event lists), as one statement may not
+        // touch a row twice.
+        let mut rows: BTreeMap<(&str, &str), (&str, i64)> = BTreeMap::new();
+        for l in &couponed {
+            for (code, issuing, discount) in &l.coupons {
+                rows.insert((&l.order_id, code), (issuing, *discount));
+            }
         }
+        sqlx::query(
+            "INSERT INTO order_coupons (order_id, code, issuing_channel_id, discount) \
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int8[]) \
+             ON CONFLICT (order_id, code) DO UPDATE SET \
+               issuing_channel_id = excluded.issuing_channel_id, discount = excluded.discount",
+        )
+        .bind(rows.keys().map(|k| k.0).collect::<Vec<_>>())
+        .bind(rows.keys().map(|k| k.1).collect::<Vec<_>>())
+        .bind(rows.values().map(|v| v.0).collect::<Vec<_>>())
+        .bind(rows.values().map(|v| v.1).collect::<Vec<_>>())
+        .execute(&mut *conn)
+        .await?;
     }
     Ok(())
 }

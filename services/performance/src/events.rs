@@ -10,6 +10,8 @@ use omni_runtime::consumer::Handler;
 use sqlx::PgConnection;
 use tokio::sync::broadcast;
 
+use crate::attribution::{self, Links};
+use crate::order_facts::{self, OrderChange};
 use crate::store::{self, OrderRow, ReturnRow};
 
 /// The streams this service reads.
@@ -117,7 +119,7 @@ fn order_change(event: &Event) -> Option<(Option<&OrderFacts>, DateTime<Utc>, bo
 /// One order's events of a batch folded into one change. Applying the fold gives what
 /// applying each event in turn gives: an order's facts are replaced by its latest event's,
 /// except that cancellation sticks and ready times, once known, are kept (the same rules
-/// [`store::apply_order`] applies against the stored facts, and they compose), so the
+/// [`OrderRow::over`] applies against the stored facts, and they compose), so the
 /// intermediate contributions would only cancel out in the rollups.
 struct Folded<'a> {
     /// The merged fact row.
@@ -139,20 +141,58 @@ impl<'a> Folded<'a> {
     }
 
     fn then(&mut self, next: Folded<'a>) {
-        let mut row = next.row;
-        row.cancelled |= self.row.cancelled;
-        row.ready_at = row.ready_at.or(self.row.ready_at);
-        row.promised_ready_at = row.promised_ready_at.or(self.row.promised_ready_at);
+        let row = next.row.over(&self.row);
         *self = Folded { row, ..next };
     }
 }
 
-/// Applies the folded order changes, in the order their orders first appeared.
+/// Applies the folded order changes together ([`order_facts::apply`]): a fixed number of
+/// statements for the batch, not per order.
 async fn flush(conn: &mut PgConnection, folded: &mut Vec<Folded<'_>>) -> Result<()> {
+    if folded.is_empty() {
+        return Ok(());
+    }
+    let changes: Vec<OrderChange> = folded
+        .iter()
+        .map(|f| OrderChange {
+            row: f.row.clone(),
+            channel_kind: f.facts.channel_kind,
+        })
+        .collect();
+    order_facts::apply(conn, &changes).await?;
+    let links: Vec<Links> = folded
+        .iter()
+        .map(|f| Links {
+            order_id: f.row.order_id.clone(),
+            credits: store_credits(f.facts),
+            coupons: coupons(f.facts),
+        })
+        .collect();
+    attribution::replace_links(conn, &links).await?;
     for f in folded.drain(..) {
-        apply(conn, f.facts, f.row, f.occurred_at, f.cancelled).await?;
+        if !f.facts.experiment_id.is_empty() {
+            record_fulfilment(conn, f.facts, f.occurred_at, f.cancelled).await?;
+        }
     }
     Ok(())
+}
+
+/// Whether `event` must wait for the folded order changes to be applied first: when it reads
+/// or changes what they change. A return reads its order's facts and whether it was its
+/// customer's first order; a merge moves orders between customers; a channel's announced kind must land after
+/// the kinds orders carried before it. Feedback and inventory values touch other tables, and a
+/// ready time for an order already folded is folded in with it.
+fn waits_for(event: &Event, folded: &[Folded<'_>]) -> bool {
+    match &event.payload {
+        // A return that does not name its customer may concern any of them.
+        Some(Payload::ReturnCompleted(e)) => folded.iter().any(|f| {
+            e.customer_id.is_empty()
+                || f.row.order_id == e.order_id
+                || f.row.customer_id == e.customer_id
+        }),
+        Some(Payload::CustomerMerged(_) | Payload::ChannelChanged(_)) => true,
+        _ => false,
+    }
 }
 
 impl Handler for Facts {
@@ -160,10 +200,11 @@ impl Handler for Facts {
         self.handle_batch(conn, std::slice::from_ref(event)).await
     }
 
-    /// Folds each order's consecutive events (placed, paid, fulfilled, cancelled) into one
-    /// change: a batch's order usually arrives three times, and each application moves its
-    /// contribution out of and back into the same rollup rows. Any other event applies the
-    /// folded changes first, as it may read their facts (a return, a ready time, a merge).
+    /// Folds each order's events (placed, paid, fulfilled, cancelled, ready) into one change
+    /// and applies the batch's changes together: a batch's order usually arrives three times,
+    /// and each application would move its contribution out of and back into the same rollup
+    /// rows. An event that reads or moves what the folded changes change (see [`waits_for`])
+    /// has them applied first.
     async fn handle_batch(&self, conn: &mut PgConnection, events: &[Event]) -> Result<()> {
         let mut folded: Vec<Folded<'_>> = Vec::new();
         let mut sales = false;
@@ -183,7 +224,19 @@ impl Handler for Facts {
                 }
                 continue;
             }
-            flush(conn, &mut folded).await?;
+            if let Some(Payload::OrderReadyForPickup(e)) = &event.payload
+                && let Some(f) = folded.iter_mut().find(|f| f.row.order_id == e.order_id)
+            {
+                let row = &mut f.row;
+                row.promised_ready_at =
+                    time(e.promised_ready_at.as_ref()).or(row.promised_ready_at);
+                row.ready_at = time(e.ready_at.as_ref()).or(row.ready_at);
+                sales = true;
+                continue;
+            }
+            if waits_for(event, &folded) {
+                flush(conn, &mut folded).await?;
+            }
             sales |= self.apply_other(conn, event).await?;
         }
         flush(conn, &mut folded).await?;
@@ -280,29 +333,6 @@ impl Facts {
         }
         Ok(sales)
     }
-}
-
-/// Applies an order's change: `row` is its fact row (folded over the batch), `order` the
-/// latest event's facts.
-async fn apply(
-    conn: &mut PgConnection,
-    order: &OrderFacts,
-    row: OrderRow,
-    occurred_at: DateTime<Utc>,
-    cancelled: bool,
-) -> Result<()> {
-    store::apply_order(conn, &row).await?;
-    crate::attribution::replace_links(
-        conn,
-        &order.order_id,
-        &store_credits(order),
-        &coupons(order),
-    )
-    .await?;
-    if !order.experiment_id.is_empty() {
-        record_fulfilment(conn, order, occurred_at, cancelled).await?;
-    }
-    store::upsert_channel(conn, &order.channel_id, order.channel_kind, "").await
 }
 
 /// How an order of a sourcing experiment was fulfilled: split, time to completion, and how

@@ -19,6 +19,7 @@ pub mod experiment_store;
 pub mod experiments;
 pub mod grpc;
 pub mod inventory_feed;
+pub mod order_facts;
 pub mod spans;
 pub mod stats;
 pub mod store;

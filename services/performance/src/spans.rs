@@ -213,8 +213,24 @@ pub struct Snapshot {
     before: Contributions,
 }
 
-/// Locks the customers (for the rest of the transaction, in a fixed order so two changes
-/// never wait on each other crosswise) and records what they hold now.
+/// Takes the customers' locks for the rest of the transaction, in one statement and in id
+/// order, so two changes never wait on each other crosswise. Every change to a customer's
+/// orders or returns holds its lock. `customers` must be sorted and without duplicates.
+pub async fn lock(conn: &mut PgConnection, customers: &[String]) -> Result<()> {
+    if customers.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "SELECT pg_advisory_xact_lock(hashtextextended('performance.customer:' || c, 0)) \
+         FROM unnest($1::text[]) WITH ORDINALITY AS t(c, n) ORDER BY n",
+    )
+    .bind(customers)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Locks the customers (see [`lock`]) and records what they hold now.
 pub async fn snapshot(conn: &mut PgConnection, customers: &[&str]) -> Result<Snapshot> {
     let mut customers: Vec<String> = customers
         .iter()
@@ -223,14 +239,9 @@ pub async fn snapshot(conn: &mut PgConnection, customers: &[&str]) -> Result<Sna
         .collect();
     customers.sort();
     customers.dedup();
+    lock(conn, &customers).await?;
     let mut before = Contributions::new();
     for c in &customers {
-        sqlx::query(
-            "SELECT pg_advisory_xact_lock(hashtextextended('performance.customer:' || $1, 0))",
-        )
-        .bind(c)
-        .execute(&mut *conn)
-        .await?;
         let (orders, returns) = customer_facts(conn, c).await?;
         contributions(&orders, &returns, &mut before);
     }
@@ -312,7 +323,7 @@ fn bind_columns<'q>(
 
 /// Adds `delta` to the stored rows; rows that reach zero are removed, as a rebuild would not
 /// write them.
-async fn add(conn: &mut PgConnection, delta: Contributions) -> Result<()> {
+pub async fn add(conn: &mut PgConnection, delta: Contributions) -> Result<()> {
     if delta.is_empty() {
         return Ok(());
     }

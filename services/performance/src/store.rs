@@ -3,8 +3,9 @@
 //!
 //! Every order holds a contribution to `daily_rollups` and `customer_days` that is a function
 //! of its fact row and whether it is its customer's first order (`counted_first`). A change is
-//! applied as "remove the old contribution, add the new one" in the event's transaction, so
-//! re-sent, late or out-of-order events leave the same rollups a rebuild from facts gives.
+//! applied as "remove the old contribution, add the new one" in the event's transaction (order
+//! changes a batch at a time, in [`order_facts`]), so re-sent, late or out-of-order events
+//! leave the same rollups a rebuild from facts gives.
 
 use std::collections::BTreeMap;
 
@@ -13,6 +14,7 @@ use omni_runtime::Result;
 use sqlx::{FromRow, PgConnection, PgPool};
 
 use crate::domain::{DayRange, Sums};
+use crate::order_facts::{self, OrderChange};
 use crate::spans;
 
 /// One order as the latest event described it.
@@ -44,7 +46,7 @@ pub struct ReturnRow {
     pub cost: i64,
 }
 
-const ORDER_COLUMNS: &str = "order_id, channel_id, store_id, associate_id, customer_id, \
+pub(crate) const ORDER_COLUMNS: &str = "order_id, channel_id, store_id, associate_id, customer_id, \
     placed_at, day, sales, cost, units, cancelled, promised_ready_at, ready_at";
 
 pub async fn upsert_channel(
@@ -125,53 +127,6 @@ pub async fn order(conn: &mut PgConnection, order_id: &str) -> Result<Option<(Or
     Ok(row.map(|r| (r.order, r.counted_first)))
 }
 
-/// Adds (`sign` 1) or removes (-1) what one order holds in the rollups.
-async fn contribute(conn: &mut PgConnection, o: &OrderRow, first: bool, sign: i64) -> Result<()> {
-    if o.cancelled {
-        return Ok(());
-    }
-    let known = !o.customer_id.is_empty();
-    let pickup = o.ready_at.is_some() && o.promised_ready_at.is_some();
-    let hit = matches!((o.ready_at, o.promised_ready_at), (Some(r), Some(p)) if r <= p);
-    let repeat = if known && !first { o.sales } else { 0 };
-    sqlx::query(
-        "INSERT INTO daily_rollups (day, channel_id, store_id, associate_id, orders, units, \
-           sales, cogs, new_customers, repeat_net_sales, pickup_orders, pickup_hits) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
-         ON CONFLICT (day, channel_id, store_id, associate_id) DO UPDATE SET \
-           orders = daily_rollups.orders + excluded.orders, \
-           units = daily_rollups.units + excluded.units, \
-           sales = daily_rollups.sales + excluded.sales, \
-           cogs = daily_rollups.cogs + excluded.cogs, \
-           new_customers = daily_rollups.new_customers + excluded.new_customers, \
-           repeat_net_sales = daily_rollups.repeat_net_sales + excluded.repeat_net_sales, \
-           pickup_orders = daily_rollups.pickup_orders + excluded.pickup_orders, \
-           pickup_hits = daily_rollups.pickup_hits + excluded.pickup_hits",
-    )
-    .bind(o.day)
-    .bind(&o.channel_id)
-    .bind(&o.store_id)
-    .bind(&o.associate_id)
-    .bind(sign)
-    .bind(sign * o.units)
-    .bind(sign * o.sales)
-    .bind(sign * o.cost)
-    .bind(sign * i64::from(first && known))
-    .bind(sign * repeat)
-    .bind(sign * i64::from(pickup))
-    .bind(sign * i64::from(hit))
-    .execute(&mut *conn)
-    .await?;
-    // Only taking a contribution away can bring a row back to zero.
-    if sign < 0 {
-        drop_empty_rollup(conn, o.day, &o.channel_id, &o.store_id, &o.associate_id).await?;
-    }
-    if known {
-        customer_day(conn, o, &o.customer_id, sign, sign * o.sales).await?;
-    }
-    Ok(())
-}
-
 /// A rollup row whose figures all went back to zero is removed, as a rebuild would not
 /// produce it.
 async fn drop_empty_rollup(
@@ -237,141 +192,6 @@ async fn customer_day(
     Ok(())
 }
 
-/// Records an order's latest facts and moves its contribution (and, when its customer's first
-/// order changes, theirs) in the rollups.
-pub async fn apply_order(conn: &mut PgConnection, new: &OrderRow) -> Result<()> {
-    let old_customer: Option<String> =
-        sqlx::query_scalar("SELECT customer_id FROM order_facts WHERE order_id = $1")
-            .bind(&new.order_id)
-            .fetch_optional(&mut *conn)
-            .await?;
-    let customers = spans::snapshot(
-        conn,
-        &[
-            old_customer.as_deref().unwrap_or_default(),
-            &new.customer_id,
-        ],
-    )
-    .await?;
-    apply_order_facts(conn, new).await?;
-    customers.settle(conn).await
-}
-
-async fn apply_order_facts(conn: &mut PgConnection, new: &OrderRow) -> Result<()> {
-    let old = order(conn, &new.order_id).await?;
-    let mut row = new.clone();
-    if let Some((old_row, old_first)) = &old {
-        contribute(conn, old_row, *old_first, -1).await?;
-        // Once cancelled, an order stays cancelled whatever arrives late; a ready time, once
-        // known, is kept by events that do not carry it.
-        row.cancelled |= old_row.cancelled;
-        row.ready_at = row.ready_at.or(old_row.ready_at);
-        row.promised_ready_at = row.promised_ready_at.or(old_row.promised_ready_at);
-    }
-    sqlx::query(
-        "INSERT INTO order_facts (order_id, channel_id, store_id, associate_id, customer_id, \
-           placed_at, day, sales, cost, units, cancelled, promised_ready_at, ready_at, \
-           counted_first) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, false) \
-         ON CONFLICT (order_id) DO UPDATE SET channel_id = excluded.channel_id, \
-           store_id = excluded.store_id, associate_id = excluded.associate_id, \
-           customer_id = excluded.customer_id, placed_at = excluded.placed_at, \
-           day = excluded.day, sales = excluded.sales, cost = excluded.cost, \
-           units = excluded.units, cancelled = excluded.cancelled, \
-           promised_ready_at = excluded.promised_ready_at, ready_at = excluded.ready_at, \
-           counted_first = false",
-    )
-    .bind(&row.order_id)
-    .bind(&row.channel_id)
-    .bind(&row.store_id)
-    .bind(&row.associate_id)
-    .bind(&row.customer_id)
-    .bind(row.placed_at)
-    .bind(row.day)
-    .bind(row.sales)
-    .bind(row.cost)
-    .bind(row.units)
-    .bind(row.cancelled)
-    .bind(row.promised_ready_at)
-    .bind(row.ready_at)
-    .execute(&mut *conn)
-    .await?;
-    contribute(conn, &row, false, 1).await?;
-    upsert_channel(conn, &row.channel_id, 0, "").await?;
-    if let Some((old_row, _)) = &old
-        && !old_row.customer_id.is_empty()
-        && old_row.customer_id != row.customer_id
-    {
-        sync_customer(conn, &old_row.customer_id).await?;
-    }
-    if !row.customer_id.is_empty() {
-        sync_customer(conn, &row.customer_id).await?;
-    }
-    Ok(())
-}
-
-/// Sets which of a customer's orders counts as the first (the earliest not cancelled), moving
-/// the contributions whose flag changes, and records the acquisition.
-async fn sync_customer(conn: &mut PgConnection, customer_id: &str) -> Result<()> {
-    let first: Option<OrderRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {ORDER_COLUMNS} FROM order_facts WHERE customer_id = $1 AND NOT cancelled \
-         ORDER BY placed_at, order_id LIMIT 1"
-    )))
-    .bind(customer_id)
-    .fetch_optional(&mut *conn)
-    .await?;
-    let first_id = first
-        .as_ref()
-        .map(|o| o.order_id.clone())
-        .unwrap_or_default();
-    let flagged: Vec<OrderRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {ORDER_COLUMNS} FROM order_facts WHERE customer_id = $1 \
-           AND (counted_first <> (order_id = $2)) FOR UPDATE"
-    )))
-    .bind(customer_id)
-    .bind(&first_id)
-    .fetch_all(&mut *conn)
-    .await?;
-    for o in &flagged {
-        let now_first = o.order_id == first_id;
-        contribute(conn, o, !now_first, -1).await?;
-        contribute(conn, o, now_first, 1).await?;
-        sqlx::query("UPDATE order_facts SET counted_first = $2 WHERE order_id = $1")
-            .bind(&o.order_id)
-            .bind(now_first)
-            .execute(&mut *conn)
-            .await?;
-    }
-    match first {
-        Some(o) => {
-            sqlx::query(
-                "INSERT INTO customers (customer_id, first_order_id, first_day, \
-                   acquisition_channel_id, acquisition_store_id, acquisition_associate_id) \
-                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (customer_id) DO UPDATE SET \
-                   first_order_id = excluded.first_order_id, first_day = excluded.first_day, \
-                   acquisition_channel_id = excluded.acquisition_channel_id, \
-                   acquisition_store_id = excluded.acquisition_store_id, \
-                   acquisition_associate_id = excluded.acquisition_associate_id",
-            )
-            .bind(customer_id)
-            .bind(&o.order_id)
-            .bind(o.day)
-            .bind(&o.channel_id)
-            .bind(&o.store_id)
-            .bind(&o.associate_id)
-            .execute(&mut *conn)
-            .await?;
-        }
-        None => {
-            sqlx::query("DELETE FROM customers WHERE customer_id = $1")
-                .bind(customer_id)
-                .execute(&mut *conn)
-                .await?;
-        }
-    }
-    Ok(())
-}
-
 /// Sets an order's pickup readiness, when the order is known.
 pub async fn apply_ready(
     conn: &mut PgConnection,
@@ -379,17 +199,58 @@ pub async fn apply_ready(
     promised: Option<DateTime<Utc>>,
     ready: Option<DateTime<Utc>>,
 ) -> Result<bool> {
+    let Some(customer) = order_customer(conn, order_id).await? else {
+        return Ok(false);
+    };
+    // The customer's lock before the order's row, the order every change takes them in.
+    spans::lock(
+        conn,
+        &[customer]
+            .into_iter()
+            .filter(|c| !c.is_empty())
+            .collect::<Vec<_>>(),
+    )
+    .await?;
     let Some((mut row, _)) = order(conn, order_id).await? else {
         return Ok(false);
     };
     row.promised_ready_at = promised.or(row.promised_ready_at);
     row.ready_at = ready.or(row.ready_at);
-    apply_order(conn, &row).await?;
+    order_facts::apply(
+        conn,
+        &[OrderChange {
+            row,
+            channel_kind: 0,
+        }],
+    )
+    .await?;
     Ok(true)
+}
+
+/// The customer of a known order (empty: anonymous), without locking it.
+async fn order_customer(conn: &mut PgConnection, order_id: &str) -> Result<Option<String>> {
+    Ok(
+        sqlx::query_scalar("SELECT customer_id FROM order_facts WHERE order_id = $1")
+            .bind(order_id)
+            .fetch_optional(conn)
+            .await?,
+    )
 }
 
 /// Records a completed return (once per return id) and its contribution.
 pub async fn apply_return(conn: &mut PgConnection, r: &ReturnRow) -> Result<()> {
+    // The customer's lock before the order's row, the order every change takes them in.
+    let customer = order_customer(conn, &r.order_id)
+        .await?
+        .unwrap_or_else(|| r.customer_id.clone());
+    spans::lock(
+        conn,
+        &[customer]
+            .into_iter()
+            .filter(|c| !c.is_empty())
+            .collect::<Vec<_>>(),
+    )
+    .await?;
     let order = order(conn, &r.order_id).await?;
     let (store, associate, customer, repeat) = match &order {
         Some((o, first)) => (
@@ -1473,6 +1334,9 @@ pub async fn merge_customer(conn: &mut PgConnection, merged: &str, survivor: &st
     if merged.is_empty() || survivor.is_empty() || merged == survivor {
         return Ok(());
     }
+    let mut both = [merged.to_owned(), survivor.to_owned()];
+    both.sort();
+    spans::lock(conn, &both).await?;
     let orders: Vec<OrderRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {ORDER_COLUMNS} FROM order_facts WHERE customer_id = $1 ORDER BY order_id \
          FOR UPDATE"
@@ -1480,10 +1344,17 @@ pub async fn merge_customer(conn: &mut PgConnection, merged: &str, survivor: &st
     .bind(merged)
     .fetch_all(&mut *conn)
     .await?;
-    for mut order in orders {
-        order.customer_id = survivor.to_owned();
-        apply_order(conn, &order).await?;
-    }
+    let moved: Vec<OrderChange> = orders
+        .into_iter()
+        .map(|mut row| {
+            row.customer_id = survivor.to_owned();
+            OrderChange {
+                row,
+                channel_kind: 0,
+            }
+        })
+        .collect();
+    order_facts::apply(conn, &moved).await?;
     #[derive(FromRow)]
     struct Returned {
         order_id: String,
