@@ -146,52 +146,107 @@ impl<'a> Folded<'a> {
     }
 }
 
-/// Applies the folded order changes together ([`order_facts::apply`]): a fixed number of
-/// statements for the batch, not per order.
-async fn flush(conn: &mut PgConnection, folded: &mut Vec<Folded<'_>>) -> Result<()> {
-    if folded.is_empty() {
-        return Ok(());
+/// The row of a completed return, as its event describes it.
+fn return_row(e: &omni_proto::events::ReturnCompleted, occurred_at: DateTime<Utc>) -> ReturnRow {
+    let completed = time(e.completed_at.as_ref()).unwrap_or(occurred_at);
+    let refund = if e.refund_total.is_some() {
+        money(e.refund_total.as_ref())
+    } else {
+        e.lines
+            .iter()
+            .map(|l| money(l.refund_amount.as_ref()))
+            .sum()
+    };
+    ReturnRow {
+        return_id: e.return_id.clone(),
+        order_id: e.order_id.clone(),
+        order_channel_id: e.order_channel_id.clone(),
+        customer_id: e.customer_id.clone(),
+        day: completed.date_naive(),
+        refund,
+        cost: e
+            .lines
+            .iter()
+            .map(|l| money(l.unit_cost.as_ref()) * i64::from(l.quantity))
+            .sum(),
     }
-    let changes: Vec<OrderChange> = folded
-        .iter()
-        .map(|f| OrderChange {
-            row: f.row.clone(),
-            channel_kind: f.facts.channel_kind,
-        })
-        .collect();
-    order_facts::apply(conn, &changes).await?;
-    let links: Vec<Links> = folded
-        .iter()
-        .map(|f| Links {
-            order_id: f.row.order_id.clone(),
-            credits: store_credits(f.facts),
-            coupons: coupons(f.facts),
-        })
-        .collect();
-    attribution::replace_links(conn, &links).await?;
-    for f in folded.drain(..) {
-        if !f.facts.experiment_id.is_empty() {
-            record_fulfilment(conn, f.facts, f.occurred_at, f.cancelled).await?;
-        }
-    }
-    Ok(())
 }
 
-/// Whether `event` must wait for the folded order changes to be applied first: when it reads
-/// or changes what they change. A return reads its order's facts and whether it was its
-/// customer's first order; a merge moves orders between customers; a channel's announced kind must land after
-/// the kinds orders carried before it. Feedback and inventory values touch other tables, and a
-/// ready time for an order already folded is folded in with it.
-fn waits_for(event: &Event, folded: &[Folded<'_>]) -> bool {
-    match &event.payload {
+/// What a batch holds back to apply together: order changes, folded per order, and returns.
+#[derive(Default)]
+struct Pending<'a> {
+    orders: Vec<Folded<'a>>,
+    returns: Vec<ReturnRow>,
+}
+
+impl Pending<'_> {
+    /// Whether `event` must wait for what is held back to be applied first: when it reads or
+    /// changes what that changes, or the other way round. A return is stored with its order's
+    /// dimensions and whether it was its customer's first order, so it waits for changes to
+    /// that order or customer, and they wait for it; a merge moves orders between customers;
+    /// a channel's announced kind must land after the kinds orders carried before it. Feedback
+    /// and inventory values touch other tables, and a ready time for an order held back is
+    /// folded in with it.
+    fn blocks(&self, event: &Event) -> bool {
         // A return that does not name its customer may concern any of them.
-        Some(Payload::ReturnCompleted(e)) => folded.iter().any(|f| {
-            e.customer_id.is_empty()
-                || f.row.order_id == e.order_id
-                || f.row.customer_id == e.customer_id
-        }),
-        Some(Payload::CustomerMerged(_) | Payload::ChannelChanged(_)) => true,
-        _ => false,
+        let related = |r_order: &str, r_customer: &str, order: &str, customer: &str| {
+            r_customer.is_empty() || r_order == order || r_customer == customer
+        };
+        match &event.payload {
+            Some(Payload::ReturnCompleted(e)) => self.orders.iter().any(|f| {
+                related(
+                    &e.order_id,
+                    &e.customer_id,
+                    &f.row.order_id,
+                    &f.row.customer_id,
+                )
+            }),
+            Some(Payload::CustomerMerged(_) | Payload::ChannelChanged(_)) => {
+                !self.orders.is_empty() || !self.returns.is_empty()
+            }
+            _ => match order_change(event) {
+                Some((Some(o), _, _)) => self
+                    .returns
+                    .iter()
+                    .any(|r| related(&r.order_id, &r.customer_id, &o.order_id, &o.customer_id)),
+                _ => false,
+            },
+        }
+    }
+
+    /// Applies what is held back: the order changes together ([`order_facts::apply`]), then
+    /// the returns ([`order_facts::apply_returns`]), a fixed number of statements for the
+    /// batch, not per order.
+    async fn flush(&mut self, conn: &mut PgConnection) -> Result<()> {
+        if !self.orders.is_empty() {
+            let changes: Vec<OrderChange> = self
+                .orders
+                .iter()
+                .map(|f| OrderChange {
+                    row: f.row.clone(),
+                    channel_kind: f.facts.channel_kind,
+                })
+                .collect();
+            order_facts::apply(conn, &changes).await?;
+            let links: Vec<Links> = self
+                .orders
+                .iter()
+                .map(|f| Links {
+                    order_id: f.row.order_id.clone(),
+                    credits: store_credits(f.facts),
+                    coupons: coupons(f.facts),
+                })
+                .collect();
+            attribution::replace_links(conn, &links).await?;
+            for f in self.orders.drain(..) {
+                if !f.facts.experiment_id.is_empty() {
+                    record_fulfilment(conn, f.facts, f.occurred_at, f.cancelled).await?;
+                }
+            }
+        }
+        order_facts::apply_returns(conn, &self.returns).await?;
+        self.returns.clear();
+        Ok(())
     }
 }
 
@@ -203,12 +258,15 @@ impl Handler for Facts {
     /// Folds each order's events (placed, paid, fulfilled, cancelled, ready) into one change
     /// and applies the batch's changes together: a batch's order usually arrives three times,
     /// and each application would move its contribution out of and back into the same rollup
-    /// rows. An event that reads or moves what the folded changes change (see [`waits_for`])
-    /// has them applied first.
+    /// rows. Returns are held back with them. An event that reads or moves what is held back
+    /// (see [`Pending::blocks`]) has it applied first.
     async fn handle_batch(&self, conn: &mut PgConnection, events: &[Event]) -> Result<()> {
-        let mut folded: Vec<Folded<'_>> = Vec::new();
+        let mut pending = Pending::default();
         let mut sales = false;
         for event in events {
+            if pending.blocks(event) {
+                pending.flush(conn).await?;
+            }
             if let Some((facts, at, cancelled)) = order_change(event) {
                 sales = true;
                 let Some(facts) =
@@ -218,28 +276,38 @@ impl Handler for Facts {
                     continue;
                 };
                 let next = Folded::new(facts, at, cancelled);
-                match folded.iter_mut().find(|f| f.row.order_id == facts.order_id) {
+                match pending
+                    .orders
+                    .iter_mut()
+                    .find(|f| f.row.order_id == facts.order_id)
+                {
                     Some(f) => f.then(next),
-                    None => folded.push(next),
+                    None => pending.orders.push(next),
                 }
                 continue;
             }
-            if let Some(Payload::OrderReadyForPickup(e)) = &event.payload
-                && let Some(f) = folded.iter_mut().find(|f| f.row.order_id == e.order_id)
-            {
-                let row = &mut f.row;
-                row.promised_ready_at =
-                    time(e.promised_ready_at.as_ref()).or(row.promised_ready_at);
-                row.ready_at = time(e.ready_at.as_ref()).or(row.ready_at);
-                sales = true;
-                continue;
+            match &event.payload {
+                Some(Payload::ReturnCompleted(e)) => {
+                    let at = time(event.occurred_at.as_ref()).unwrap_or_else(Utc::now);
+                    pending.returns.push(return_row(e, at));
+                    sales = true;
+                }
+                Some(Payload::OrderReadyForPickup(e))
+                    if let Some(f) = pending
+                        .orders
+                        .iter_mut()
+                        .find(|f| f.row.order_id == e.order_id) =>
+                {
+                    let row = &mut f.row;
+                    row.promised_ready_at =
+                        time(e.promised_ready_at.as_ref()).or(row.promised_ready_at);
+                    row.ready_at = time(e.ready_at.as_ref()).or(row.ready_at);
+                    sales = true;
+                }
+                _ => sales |= self.apply_other(conn, event).await?,
             }
-            if waits_for(event, &folded) {
-                flush(conn, &mut folded).await?;
-            }
-            sales |= self.apply_other(conn, event).await?;
         }
-        flush(conn, &mut folded).await?;
+        pending.flush(conn).await?;
         if sales {
             // Watchers re-read after the commit; a lagging watcher only misses a wake-up.
             let _ = self.sales_changed.send(());
@@ -267,29 +335,7 @@ impl Facts {
                 .await?;
             }
             Payload::ReturnCompleted(e) => {
-                let completed = time(e.completed_at.as_ref()).unwrap_or(occurred_at);
-                let refund = if e.refund_total.is_some() {
-                    money(e.refund_total.as_ref())
-                } else {
-                    e.lines
-                        .iter()
-                        .map(|l| money(l.refund_amount.as_ref()))
-                        .sum()
-                };
-                let row = ReturnRow {
-                    return_id: e.return_id.clone(),
-                    order_id: e.order_id.clone(),
-                    order_channel_id: e.order_channel_id.clone(),
-                    customer_id: e.customer_id.clone(),
-                    day: completed.date_naive(),
-                    refund,
-                    cost: e
-                        .lines
-                        .iter()
-                        .map(|l| money(l.unit_cost.as_ref()) * i64::from(l.quantity))
-                        .sum(),
-                };
-                store::apply_return(conn, &row).await?;
+                order_facts::apply_returns(conn, &[return_row(e, occurred_at)]).await?;
             }
             Payload::CustomerMerged(e) => {
                 store::merge_customer(conn, &e.merged_id, &e.survivor_id).await?;

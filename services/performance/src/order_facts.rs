@@ -28,7 +28,7 @@ use omni_runtime::Result;
 use sqlx::{FromRow, PgConnection};
 
 use crate::spans::{self, Contributions, CustomerOrder, CustomerReturn};
-use crate::store::{ORDER_COLUMNS, OrderRow};
+use crate::store::{ORDER_COLUMNS, OrderRow, ReturnRow};
 
 /// An order's latest facts, and the kind of its channel when the event names it (0: not
 /// said, which never overwrites a known kind).
@@ -57,9 +57,9 @@ struct Stored {
     counted_first: bool,
 }
 
-/// `daily_rollups` figures an order moves: orders, units, sales, cogs, new customers, repeat
-/// net sales, pickup orders, pickup hits.
-type DayFigures = [i64; 8];
+/// `daily_rollups` figures orders and returns move: orders, units, sales, cogs, new customers,
+/// repeat net sales, pickup orders, pickup hits, returns.
+type DayFigures = [i64; 9];
 type DayKey = (NaiveDate, String, String, String);
 /// `customer_days` figures: orders and net sales.
 type CustomerDayKey = (NaiveDate, String, String, String, String);
@@ -90,6 +90,7 @@ impl Deltas {
             repeat,
             i64::from(pickup),
             i64::from(hit),
+            0,
         ];
         let day = self
             .days
@@ -130,29 +131,15 @@ pub async fn apply(conn: &mut PgConnection, changes: &[OrderChange]) -> Result<(
     ids.sort_unstable();
     ids.dedup();
 
-    // The customers: the changed orders' current ones (read before locking, to lock them
-    // first; checked again once the rows are locked) and their new ones.
-    let current: Vec<String> =
-        sqlx::query_scalar("SELECT customer_id FROM order_facts WHERE order_id = ANY($1)")
-            .bind(&ids)
-            .fetch_all(&mut *conn)
-            .await?;
-    let mut customers = sorted_customers(
+    // The customers: the changed orders' current ones and their new ones.
+    let current = customers_of(conn, &ids).await?;
+    let customers = sorted_customers(
         current
-            .iter()
+            .values()
             .map(String::as_str)
             .chain(changes.iter().map(|c| c.row.customer_id.as_str())),
     );
-    spans::lock(conn, &customers).await?;
-    let (mut stored, mut returns) = read(conn, &ids, &customers).await?;
-    // Another writer moved a changed order to a customer between the two reads (rare): lock
-    // that customer too and read again.
-    let held = sorted_customers(stored.values().map(|s| s.row.customer_id.as_str()));
-    if held.iter().any(|c| customers.binary_search(c).is_err()) {
-        customers = sorted_customers(customers.iter().chain(&held).map(String::as_str));
-        spans::lock(conn, &customers).await?;
-        (stored, returns) = read(conn, &ids, &customers).await?;
-    }
+    let (customers, stored, returns) = lock_and_read(conn, &ids, customers).await?;
 
     // The facts after the changes, and each customer's first order.
     let mut after = stored.clone();
@@ -203,7 +190,10 @@ pub async fn apply(conn: &mut PgConnection, changes: &[OrderChange]) -> Result<(
         deltas.contribute(&new.row, new.counted_first, 1);
         written.push(new);
     }
-    let spans_delta = span_delta(&customers, &stored, &after, &returns);
+    let spans_delta = span_delta(
+        &held(&customers, &stored, &returns),
+        &held(&customers, &after, &returns),
+    );
 
     write_facts(conn, &written).await?;
     write_days(conn, deltas.days).await?;
@@ -218,6 +208,175 @@ pub async fn apply(conn: &mut PgConnection, changes: &[OrderChange]) -> Result<(
         }
     }
     upsert_channels(conn, &kinds).await
+}
+
+/// Applies completed returns, once per return id (the first of a batch wins, as the first
+/// stored does): each is stored with the store, associate and customer its order has now,
+/// and whether the order was a returning customer's, and moves the day, customer-day and pair
+/// rollups by its refund and returned cost.
+pub async fn apply_returns(conn: &mut PgConnection, returns: &[ReturnRow]) -> Result<()> {
+    if returns.is_empty() {
+        return Ok(());
+    }
+    let mut ids: Vec<&str> = returns.iter().map(|r| r.order_id.as_str()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let current = customers_of(conn, &ids).await?;
+    let customers = sorted_customers(
+        returns
+            .iter()
+            .map(|r| current.get(&r.order_id).unwrap_or(&r.customer_id).as_str()),
+    );
+    let (customers, stored, returned) = lock_and_read(conn, &ids, customers).await?;
+
+    let mut rows: BTreeMap<&str, ReturnFact> = BTreeMap::new();
+    for r in returns {
+        rows.entry(r.return_id.as_str()).or_insert_with(|| {
+            let (store, associate, customer, repeat) = match stored.get(&r.order_id) {
+                Some(o) => (
+                    o.row.store_id.clone(),
+                    o.row.associate_id.clone(),
+                    o.row.customer_id.clone(),
+                    !o.row.customer_id.is_empty() && !o.counted_first,
+                ),
+                None => (String::new(), String::new(), r.customer_id.clone(), false),
+            };
+            ReturnFact {
+                r,
+                store,
+                associate,
+                customer,
+                repeat,
+            }
+        });
+    }
+    let inserted = insert_returns(conn, rows.values()).await?;
+    let rows: Vec<&ReturnFact> = rows
+        .values()
+        .filter(|f| inserted.contains(&f.r.return_id))
+        .collect();
+    if rows.is_empty() {
+        return Ok(());
+    }
+
+    let mut deltas = Deltas::default();
+    let mut after = returned.clone();
+    let mut kinds: BTreeMap<&str, i32> = BTreeMap::new();
+    for f in &rows {
+        let r = f.r;
+        let day = deltas
+            .days
+            .entry((
+                r.day,
+                r.order_channel_id.clone(),
+                f.store.clone(),
+                f.associate.clone(),
+            ))
+            .or_default();
+        day[3] -= r.cost;
+        day[5] -= if f.repeat { r.refund } else { 0 };
+        day[8] += r.refund;
+        if !f.customer.is_empty() {
+            deltas
+                .customer_days
+                .entry((
+                    r.day,
+                    r.order_channel_id.clone(),
+                    f.store.clone(),
+                    f.associate.clone(),
+                    f.customer.clone(),
+                ))
+                .or_default()[1] -= r.refund;
+            after
+                .entry(f.customer.clone())
+                .or_default()
+                .push(CustomerReturn {
+                    day: r.day,
+                    refund: r.refund,
+                });
+        }
+        kinds.entry(r.order_channel_id.as_str()).or_default();
+    }
+    let spans_delta = span_delta(
+        &held(&customers, &stored, &returned),
+        &held(&customers, &stored, &after),
+    );
+    write_days(conn, deltas.days).await?;
+    write_customer_days(conn, deltas.customer_days).await?;
+    spans::add(conn, spans_delta).await?;
+    upsert_channels(conn, &kinds).await
+}
+
+/// A return as stored: the event's figures with its order's standing.
+struct ReturnFact<'a> {
+    r: &'a ReturnRow,
+    store: String,
+    associate: String,
+    customer: String,
+    repeat: bool,
+}
+
+/// Stores the returns not stored before; the ids of those it stored.
+async fn insert_returns<'a>(
+    conn: &mut PgConnection,
+    rows: impl Iterator<Item = &'a ReturnFact<'a>>,
+) -> Result<Vec<String>> {
+    let rows: Vec<&ReturnFact<'_>> = rows.collect();
+    let text = |f: fn(&ReturnFact<'_>) -> String| rows.iter().map(|r| f(r)).collect::<Vec<_>>();
+    Ok(sqlx::query_scalar(
+        "INSERT INTO return_facts (return_id, order_id, channel_id, store_id, associate_id, \
+           customer_id, day, refund, cost, repeat) \
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
+           $6::text[], $7::date[], $8::int8[], $9::int8[], $10::bool[]) \
+         ON CONFLICT DO NOTHING RETURNING return_id",
+    )
+    .bind(text(|f| f.r.return_id.clone()))
+    .bind(text(|f| f.r.order_id.clone()))
+    .bind(text(|f| f.r.order_channel_id.clone()))
+    .bind(text(|f| f.store.clone()))
+    .bind(text(|f| f.associate.clone()))
+    .bind(text(|f| f.customer.clone()))
+    .bind(rows.iter().map(|f| f.r.day).collect::<Vec<_>>())
+    .bind(rows.iter().map(|f| f.r.refund).collect::<Vec<_>>())
+    .bind(rows.iter().map(|f| f.r.cost).collect::<Vec<_>>())
+    .bind(rows.iter().map(|f| f.repeat).collect::<Vec<_>>())
+    .fetch_all(conn)
+    .await?)
+}
+
+/// The customers of the known orders among `ids`, read without locking (to take the
+/// customers' locks first, see [`lock_and_read`]).
+async fn customers_of(conn: &mut PgConnection, ids: &[&str]) -> Result<HashMap<String, String>> {
+    let rows: Vec<(String, String)> =
+        sqlx::query_as("SELECT order_id, customer_id FROM order_facts WHERE order_id = ANY($1)")
+            .bind(ids)
+            .fetch_all(conn)
+            .await?;
+    Ok(rows.into_iter().collect())
+}
+
+/// What [`read`] reads, once `customers` and then the orders are locked: customers first, then
+/// rows, the order every writer takes them in. When another writer moved one of the orders to
+/// a customer not locked in between (rare), that customer is locked too and the read made
+/// again. Returns the customers locked with what was read.
+async fn lock_and_read(
+    conn: &mut PgConnection,
+    ids: &[&str],
+    mut customers: Vec<String>,
+) -> Result<(
+    Vec<String>,
+    BTreeMap<String, Stored>,
+    HashMap<String, Vec<CustomerReturn>>,
+)> {
+    loop {
+        spans::lock(conn, &customers).await?;
+        let (stored, returns) = read(conn, ids, &customers).await?;
+        let held = sorted_customers(stored.values().map(|s| s.row.customer_id.as_str()));
+        if held.iter().all(|c| customers.binary_search(c).is_ok()) {
+            return Ok((customers, stored, returns));
+        }
+        customers = sorted_customers(customers.iter().chain(&held).map(String::as_str));
+    }
 }
 
 fn sorted_customers<'a>(ids: impl Iterator<Item = &'a str>) -> Vec<String> {
@@ -267,48 +426,54 @@ async fn read(
     Ok((stored, returns))
 }
 
-/// What the customers hold in the pair rollups after the changes minus before, computed only
-/// for customers whose orders changed as far as those rollups see them.
-fn span_delta(
+/// A customer's facts as the pair rollups see them: orders not cancelled, and returns.
+type Held = HashMap<String, (Vec<CustomerOrder>, Vec<CustomerReturn>)>;
+
+/// Each customer's facts, from orders read (in id order, so equal facts give equal lists) and
+/// returns.
+fn held(
     customers: &[String],
-    before: &BTreeMap<String, Stored>,
-    after: &BTreeMap<String, Stored>,
+    orders: &BTreeMap<String, Stored>,
     returns: &HashMap<String, Vec<CustomerReturn>>,
-) -> Contributions {
-    fn counted(facts: &BTreeMap<String, Stored>) -> HashMap<&str, Vec<CustomerOrder>> {
-        let mut by_customer: HashMap<&str, Vec<CustomerOrder>> = HashMap::new();
-        for s in facts.values().filter(|s| !s.row.cancelled) {
-            let o = &s.row;
-            by_customer
-                .entry(o.customer_id.as_str())
-                .or_default()
-                .push(CustomerOrder {
-                    placed_at: o.placed_at,
-                    order_id: o.order_id.clone(),
-                    day: o.day,
-                    channel_id: o.channel_id.clone(),
-                    store_id: o.store_id.clone(),
-                    associate_id: o.associate_id.clone(),
-                    sales: o.sales,
-                });
+) -> Held {
+    let mut by_customer: Held = customers
+        .iter()
+        .map(|c| {
+            let r = returns.get(c).cloned().unwrap_or_default();
+            (c.clone(), (Vec::new(), r))
+        })
+        .collect();
+    for s in orders.values().filter(|s| !s.row.cancelled) {
+        let o = &s.row;
+        if let Some((orders, _)) = by_customer.get_mut(&o.customer_id) {
+            orders.push(CustomerOrder {
+                placed_at: o.placed_at,
+                order_id: o.order_id.clone(),
+                day: o.day,
+                channel_id: o.channel_id.clone(),
+                store_id: o.store_id.clone(),
+                associate_id: o.associate_id.clone(),
+                sales: o.sales,
+            });
         }
-        by_customer
     }
-    let (mut old, mut new) = (counted(before), counted(after));
+    by_customer
+}
+
+/// What the customers hold in the pair rollups after a change minus before, computed only for
+/// customers whose facts changed.
+fn span_delta(before: &Held, after: &Held) -> Contributions {
     let mut delta = Contributions::new();
     let mut removed = Contributions::new();
-    for c in customers {
-        let (o, n) = (
-            old.remove(c.as_str()).unwrap_or_default(),
-            new.remove(c.as_str()).unwrap_or_default(),
-        );
-        // Orders come from one map in id order, so equal facts give equal lists.
-        if o == n {
+    for (c, (orders, returns)) in after {
+        let Some((old_orders, old_returns)) = before.get(c) else {
+            continue;
+        };
+        if old_orders == orders && old_returns == returns {
             continue;
         }
-        let r = returns.get(c).map_or(&[][..], Vec::as_slice);
-        spans::contributions(&n, r, &mut delta);
-        spans::contributions(&o, r, &mut removed);
+        spans::contributions(orders, returns, &mut delta);
+        spans::contributions(old_orders, old_returns, &mut removed);
     }
     for (k, v) in removed {
         *delta.entry(k).or_default() -= v;
@@ -395,10 +560,10 @@ async fn write_days(conn: &mut PgConnection, mut days: BTreeMap<DayKey, DayFigur
     let figure = |i: usize| days.values().map(|f| f[i]).collect::<Vec<i64>>();
     sqlx::query(
         "INSERT INTO daily_rollups (day, channel_id, store_id, associate_id, orders, units, \
-           sales, cogs, new_customers, repeat_net_sales, pickup_orders, pickup_hits) \
+           sales, cogs, new_customers, repeat_net_sales, pickup_orders, pickup_hits, returns) \
          SELECT * FROM UNNEST($1::date[], $2::text[], $3::text[], $4::text[], $5::int8[], \
            $6::int8[], $7::int8[], $8::int8[], $9::int8[], $10::int8[], $11::int8[], \
-           $12::int8[]) \
+           $12::int8[], $13::int8[]) \
          ON CONFLICT (day, channel_id, store_id, associate_id) DO UPDATE SET \
            orders = daily_rollups.orders + excluded.orders, \
            units = daily_rollups.units + excluded.units, \
@@ -407,7 +572,8 @@ async fn write_days(conn: &mut PgConnection, mut days: BTreeMap<DayKey, DayFigur
            new_customers = daily_rollups.new_customers + excluded.new_customers, \
            repeat_net_sales = daily_rollups.repeat_net_sales + excluded.repeat_net_sales, \
            pickup_orders = daily_rollups.pickup_orders + excluded.pickup_orders, \
-           pickup_hits = daily_rollups.pickup_hits + excluded.pickup_hits",
+           pickup_hits = daily_rollups.pickup_hits + excluded.pickup_hits, \
+           returns = daily_rollups.returns + excluded.returns",
     )
     .bind(&keys.day)
     .bind(&keys.channel)
@@ -421,6 +587,7 @@ async fn write_days(conn: &mut PgConnection, mut days: BTreeMap<DayKey, DayFigur
     .bind(figure(5))
     .bind(figure(6))
     .bind(figure(7))
+    .bind(figure(8))
     .execute(&mut *conn)
     .await?;
     // Only rows something was taken from can have come back to zero.

@@ -127,30 +127,6 @@ pub async fn order(conn: &mut PgConnection, order_id: &str) -> Result<Option<(Or
     Ok(row.map(|r| (r.order, r.counted_first)))
 }
 
-/// A rollup row whose figures all went back to zero is removed, as a rebuild would not
-/// produce it.
-async fn drop_empty_rollup(
-    conn: &mut PgConnection,
-    day: NaiveDate,
-    channel: &str,
-    store: &str,
-    associate: &str,
-) -> Result<()> {
-    sqlx::query(
-        "DELETE FROM daily_rollups WHERE day = $1 AND channel_id = $2 AND store_id = $3 \
-           AND associate_id = $4 AND orders = 0 AND units = 0 AND sales = 0 AND returns = 0 \
-           AND cogs = 0 AND new_customers = 0 AND repeat_net_sales = 0 AND pickup_orders = 0 \
-           AND pickup_hits = 0",
-    )
-    .bind(day)
-    .bind(channel)
-    .bind(store)
-    .bind(associate)
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
 async fn customer_day(
     conn: &mut PgConnection,
     o: &OrderRow,
@@ -235,94 +211,6 @@ async fn order_customer(conn: &mut PgConnection, order_id: &str) -> Result<Optio
             .fetch_optional(conn)
             .await?,
     )
-}
-
-/// Records a completed return (once per return id) and its contribution.
-pub async fn apply_return(conn: &mut PgConnection, r: &ReturnRow) -> Result<()> {
-    // The customer's lock before the order's row, the order every change takes them in.
-    let customer = order_customer(conn, &r.order_id)
-        .await?
-        .unwrap_or_else(|| r.customer_id.clone());
-    spans::lock(
-        conn,
-        &[customer]
-            .into_iter()
-            .filter(|c| !c.is_empty())
-            .collect::<Vec<_>>(),
-    )
-    .await?;
-    let order = order(conn, &r.order_id).await?;
-    let (store, associate, customer, repeat) = match &order {
-        Some((o, first)) => (
-            o.store_id.clone(),
-            o.associate_id.clone(),
-            o.customer_id.clone(),
-            !o.customer_id.is_empty() && !first,
-        ),
-        None => (String::new(), String::new(), r.customer_id.clone(), false),
-    };
-    let customers = spans::snapshot(conn, &[&customer]).await?;
-    let inserted = sqlx::query(
-        "INSERT INTO return_facts (return_id, order_id, channel_id, store_id, associate_id, \
-           customer_id, day, refund, cost, repeat) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT DO NOTHING",
-    )
-    .bind(&r.return_id)
-    .bind(&r.order_id)
-    .bind(&r.order_channel_id)
-    .bind(&store)
-    .bind(&associate)
-    .bind(&customer)
-    .bind(r.day)
-    .bind(r.refund)
-    .bind(r.cost)
-    .bind(repeat)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected()
-        == 1;
-    if !inserted {
-        return Ok(());
-    }
-    customers.settle(conn).await?;
-    sqlx::query(
-        "INSERT INTO daily_rollups (day, channel_id, store_id, associate_id, returns, cogs, \
-           repeat_net_sales) VALUES ($1, $2, $3, $4, $5, $6, $7) \
-         ON CONFLICT (day, channel_id, store_id, associate_id) DO UPDATE SET \
-           returns = daily_rollups.returns + excluded.returns, \
-           cogs = daily_rollups.cogs + excluded.cogs, \
-           repeat_net_sales = daily_rollups.repeat_net_sales + excluded.repeat_net_sales",
-    )
-    .bind(r.day)
-    .bind(&r.order_channel_id)
-    .bind(&store)
-    .bind(&associate)
-    .bind(r.refund)
-    .bind(-r.cost)
-    .bind(if repeat { -r.refund } else { 0 })
-    .execute(&mut *conn)
-    .await?;
-    drop_empty_rollup(conn, r.day, &r.order_channel_id, &store, &associate).await?;
-    if !customer.is_empty() {
-        let at = OrderRow {
-            order_id: r.order_id.clone(),
-            channel_id: r.order_channel_id.clone(),
-            store_id: store,
-            associate_id: associate,
-            customer_id: customer.clone(),
-            placed_at: Utc::now(),
-            day: r.day,
-            sales: 0,
-            cost: 0,
-            units: 0,
-            cancelled: false,
-            promised_ready_at: None,
-            ready_at: None,
-        };
-        customer_day(conn, &at, &customer, 0, -r.refund).await?;
-    }
-    upsert_channel(conn, &r.order_channel_id, 0, "").await?;
-    Ok(())
 }
 
 /// Feedback sums: CSAT 1-5, or NPS 0-10 (promoters 9-10, detractors 0-6).
