@@ -27,7 +27,7 @@ use chrono::NaiveDate;
 use omni_runtime::Result;
 use sqlx::{FromRow, PgConnection};
 
-use crate::spans::{self, Contributions, CustomerOrder, CustomerReturn};
+use crate::spans::{self, Contributions, CustomerOrder, CustomerReturn, Pairs};
 use crate::store::{ORDER_COLUMNS, OrderRow, ReturnRow};
 
 /// An order's latest facts, and the kind of its channel when the event names it (0: not
@@ -463,8 +463,7 @@ fn held(
 /// What the customers hold in the pair rollups after a change minus before, computed only for
 /// customers whose facts changed.
 fn span_delta(before: &Held, after: &Held) -> Contributions {
-    let mut delta = Contributions::new();
-    let mut removed = Contributions::new();
+    let mut pairs = Pairs::default();
     for (c, (orders, returns)) in after {
         let Some((old_orders, old_returns)) = before.get(c) else {
             continue;
@@ -472,12 +471,11 @@ fn span_delta(before: &Held, after: &Held) -> Contributions {
         if old_orders == orders && old_returns == returns {
             continue;
         }
-        spans::contributions(orders, returns, &mut delta);
-        spans::contributions(old_orders, old_returns, &mut removed);
+        pairs.customer(orders, returns, 1);
+        pairs.customer(old_orders, old_returns, -1);
     }
-    for (k, v) in removed {
-        *delta.entry(k).or_default() -= v;
-    }
+    let mut delta = Contributions::new();
+    pairs.rows(&mut delta);
     delta.retain(|_, v| *v != 0);
     delta
 }

@@ -104,32 +104,110 @@ fn keys<'a>(
     keys
 }
 
-fn add_pair(
-    out: &mut Contributions,
-    (level, channel, store, associate): (Level, &str, &str, &str),
+/// One pair of days under a key and family, before it is stored at its four grains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Pair<'a> {
+    key: (Level, &'a str, &'a str, &'a str),
     family: i16,
     a: NaiveDate,
     b: NaiveDate,
-    value: i64,
-) {
-    if value == 0 {
-        return;
+}
+
+/// Weighted pairs. Adding one state of a customer and taking away another cancels what they
+/// share here, in small keys borrowed from the facts, before any stored row's key is built
+/// (a customer with a long history shares almost everything with itself one order later).
+#[derive(Debug, Default)]
+pub struct Pairs<'a>(HashMap<Pair<'a>, i64>);
+
+impl<'a> Pairs<'a> {
+    fn add(
+        &mut self,
+        key: (Level, &'a str, &'a str, &'a str),
+        family: i16,
+        a: NaiveDate,
+        b: NaiveDate,
+        value: i64,
+    ) {
+        if value != 0 {
+            *self.0.entry(Pair { key, family, a, b }).or_default() += value;
+        }
     }
-    let (am, bm) = (month(a), month(b));
-    for (grain, ka, kb) in [(0, am, bm), (1, a, bm), (2, am, b), (3, a, b)] {
-        *out.entry(RowKey {
-            level,
-            grain,
-            am,
-            bm,
-            a: ka,
-            b: kb,
-            family,
-            channel_id: channel.to_owned(),
-            store_id: store.to_owned(),
-            associate_id: associate.to_owned(),
-        })
-        .or_default() += value;
+
+    /// Adds (`sign` 1) or takes away (-1) what one customer holds, from its not-cancelled
+    /// orders (any order) and its returns.
+    pub fn customer(&mut self, orders: &'a [CustomerOrder], returns: &[CustomerReturn], sign: i64) {
+        let mut orders: Vec<&'a CustomerOrder> = orders.iter().collect();
+        orders.sort_by(|x, y| (x.placed_at, &x.order_id).cmp(&(y.placed_at, &y.order_id)));
+        let Some(first) = orders.first() else {
+            return;
+        };
+
+        // Families 0-2: per key, the customer's order days in order.
+        let mut days: BTreeMap<(Level, &str, &str, &str), Vec<NaiveDate>> = BTreeMap::new();
+        for o in &orders {
+            for key in keys(&o.channel_id, &o.store_id, &o.associate_id) {
+                days.entry(key).or_default().push(o.day);
+            }
+        }
+        for (key, mut ds) in days {
+            ds.sort();
+            for (i, d) in ds.iter().enumerate() {
+                self.add(key, 0, *d, *d, sign);
+                if let Some(next) = ds.get(i + 1) {
+                    self.add(key, 1, *d, *next, sign);
+                }
+                if let Some(after) = ds.get(i + 2) {
+                    self.add(key, 2, *d, *after, sign);
+                }
+            }
+        }
+
+        // Families 3-4: under the acquisition's keys.
+        let acquired = keys(&first.channel_id, &first.store_id, &first.associate_id);
+        let mut order_days: Vec<NaiveDate> = orders.iter().map(|o| o.day).collect();
+        order_days.sort();
+        let mut net: BTreeMap<NaiveDate, i64> = BTreeMap::new();
+        for o in &orders {
+            *net.entry(o.day).or_default() += o.sales;
+        }
+        for r in returns {
+            *net.entry(r.day).or_default() -= r.refund;
+        }
+        for key in acquired {
+            if let Some(second) = order_days.get(1) {
+                self.add(key, 3, first.day, *second, sign);
+            }
+            for (d, value) in &net {
+                self.add(key, 4, first.day, first.day.max(*d), sign * *value);
+            }
+        }
+    }
+
+    /// Adds the stored rows these pairs move, at each of the four grains, to `out`.
+    pub fn rows(self, out: &mut Contributions) {
+        for (p, value) in self.0 {
+            if value == 0 {
+                continue;
+            }
+            let (level, channel, store, associate) = p.key;
+            let (a, b) = (p.a, p.b);
+            let (am, bm) = (month(a), month(b));
+            for (grain, ka, kb) in [(0, am, bm), (1, a, bm), (2, am, b), (3, a, b)] {
+                *out.entry(RowKey {
+                    level,
+                    grain,
+                    am,
+                    bm,
+                    a: ka,
+                    b: kb,
+                    family: p.family,
+                    channel_id: channel.to_owned(),
+                    store_id: store.to_owned(),
+                    associate_id: associate.to_owned(),
+                })
+                .or_default() += value;
+            }
+        }
     }
 }
 
@@ -140,51 +218,9 @@ pub fn contributions(
     returns: &[CustomerReturn],
     out: &mut Contributions,
 ) {
-    let mut orders: Vec<&CustomerOrder> = orders.iter().collect();
-    orders.sort_by(|x, y| (x.placed_at, &x.order_id).cmp(&(y.placed_at, &y.order_id)));
-    let Some(first) = orders.first() else {
-        return;
-    };
-
-    // Families 0-2: per key, the customer's order days in order.
-    let mut days: BTreeMap<(Level, &str, &str, &str), Vec<NaiveDate>> = BTreeMap::new();
-    for o in &orders {
-        for key in keys(&o.channel_id, &o.store_id, &o.associate_id) {
-            days.entry(key).or_default().push(o.day);
-        }
-    }
-    for (key, mut ds) in days {
-        ds.sort();
-        for (i, d) in ds.iter().enumerate() {
-            add_pair(out, key, 0, *d, *d, 1);
-            if let Some(next) = ds.get(i + 1) {
-                add_pair(out, key, 1, *d, *next, 1);
-            }
-            if let Some(after) = ds.get(i + 2) {
-                add_pair(out, key, 2, *d, *after, 1);
-            }
-        }
-    }
-
-    // Families 3-4: under the acquisition's keys.
-    let acquired = keys(&first.channel_id, &first.store_id, &first.associate_id);
-    let mut order_days: Vec<NaiveDate> = orders.iter().map(|o| o.day).collect();
-    order_days.sort();
-    let mut net: BTreeMap<NaiveDate, i64> = BTreeMap::new();
-    for o in &orders {
-        *net.entry(o.day).or_default() += o.sales;
-    }
-    for r in returns {
-        *net.entry(r.day).or_default() -= r.refund;
-    }
-    for key in acquired {
-        if let Some(second) = order_days.get(1) {
-            add_pair(out, key, 3, first.day, *second, 1);
-        }
-        for (d, value) in &net {
-            add_pair(out, key, 4, first.day, first.day.max(*d), *value);
-        }
-    }
+    let mut pairs = Pairs::default();
+    pairs.customer(orders, returns, 1);
+    pairs.rows(out);
 }
 
 async fn customer_facts(
