@@ -386,8 +386,10 @@ fn sorted_customers<'a>(ids: impl Iterator<Item = &'a str>) -> Vec<String> {
     v
 }
 
-/// The changed orders' rows and every order of `customers`, locked; and the customers'
-/// returns.
+/// The changed orders' rows (`ids`, sorted), locked (an order without a customer has no customer lock to
+/// guard it), and every other order of `customers`, guarded by the customers' locks, which
+/// every writer of a customer's orders holds (locking those rows as well would write to every
+/// one of them); and the customers' returns.
 async fn read(
     conn: &mut PgConnection,
     ids: &[&str],
@@ -396,14 +398,27 @@ async fn read(
     BTreeMap<String, Stored>,
     HashMap<String, Vec<CustomerReturn>>,
 )> {
-    let rows: Vec<Stored> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+    let mut rows: Vec<Stored> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {ORDER_COLUMNS}, counted_first FROM order_facts \
-         WHERE order_id = ANY($1) OR customer_id = ANY($2) ORDER BY order_id FOR UPDATE"
+         WHERE order_id = ANY($1) ORDER BY order_id FOR UPDATE"
     )))
     .bind(ids)
-    .bind(customers)
     .fetch_all(&mut *conn)
     .await?;
+    if !customers.is_empty() {
+        let others: Vec<Stored> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {ORDER_COLUMNS}, counted_first FROM order_facts WHERE customer_id = ANY($1)"
+        )))
+        .bind(customers)
+        .fetch_all(&mut *conn)
+        .await?;
+        // The changed orders among them were read (and locked) above.
+        rows.extend(
+            others
+                .into_iter()
+                .filter(|o| ids.binary_search(&o.row.order_id.as_str()).is_err()),
+        );
+    }
     let stored = rows
         .into_iter()
         .map(|s| (s.row.order_id.clone(), s))
