@@ -1,11 +1,24 @@
 //! Applies identity and order events to crm's tables, inside the consumer's transaction, so
 //! each event is applied exactly once; a batch of events refreshes each customer it touched
 //! once.
+//!
+//! Round trips to Postgres, more than the work itself, bound how fast events apply: applied
+//! one at a time, an order event costs some twenty-five statements. So a batch's consecutive
+//! order events (placed, paid, fulfilled, cancelled) and returns are gathered into a run and
+//! applied together, with a fixed number of statements whatever the run's length
+//! ([`orders`]). Any other event (a registration, merge, erasure, consent or channel) first
+//! applies the pending run, as it may read or move what the run files, then applies on its
+//! own. Either way a batch leaves what applying its events one at a time, in stream order,
+//! leaves.
+
+mod orders;
+
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeSet, HashMap};
 
 use chrono::{DateTime, Utc};
-use omni_proto::events::Event;
 use omni_proto::events::event::Payload;
-use omni_proto::events::{OrderFacts, ReturnCompleted};
+use omni_proto::events::{Event, OrderFacts};
 use omni_runtime::consumer::Handler;
 use sqlx::PgConnection;
 
@@ -25,45 +38,56 @@ impl Handler for Events {
         self.handle_batch(conn, std::slice::from_ref(event)).await
     }
 
-    /// Applies a batch's events in order, then refreshes the segments of each customer they
-    /// touched once, then fires the offers they may trigger.
+    /// Applies a batch's events in order (runs of order events together), then refreshes the
+    /// segments of each customer they touched once, then fires the offers they may trigger.
     async fn handle_batch(
         &self,
         conn: &mut PgConnection,
         events: &[Event],
     ) -> omni_runtime::Result<()> {
-        let mut touched: Vec<String> = Vec::new();
-        let mut happenings: Vec<(String, Happening)> = Vec::new();
+        let mut batch = Batch::default();
+        let mut run: Vec<Pending<'_>> = Vec::new();
         for event in events {
-            let Some(customer) = apply(conn, event, &mut happenings).await? else {
-                continue;
-            };
-            if !touched.contains(&customer) {
-                touched.push(customer);
+            match classify(event) {
+                Applies::InRun(pending) => run.push(pending),
+                Applies::Alone => {
+                    flush(conn, &mut run, &mut batch).await?;
+                    if let Some(customer) = apply(conn, event).await? {
+                        batch.touched.insert(customer);
+                    }
+                    tracing::debug!(event_id = %event.id, event_type = %event.r#type, "event applied");
+                }
+                Applies::Nothing => {}
             }
-            tracing::debug!(event_id = %event.id, event_type = %event.r#type, "event applied");
         }
-        if touched.is_empty() {
+        flush(conn, &mut run, &mut batch).await?;
+        if batch.touched.is_empty() {
             return Ok(());
         }
         // A merge later in the batch may have moved a customer touched earlier.
-        let mut customers = Vec::with_capacity(touched.len());
-        for customer in &touched {
-            let survivor = store::resolve(conn, customer).await?;
-            if !customers.contains(&survivor) {
-                customers.push(survivor);
-            }
-        }
+        let touched: Vec<String> = batch.touched.into_iter().collect();
+        let survivors = store::resolve_all(conn, &touched).await?;
+        let mut customers: Vec<String> = survivors.values().cloned().collect();
         customers.sort();
+        customers.dedup();
         // Segments first, offers second: the same lock order as a campaign send (segment
         // members, then the customer row), so the two cannot deadlock.
         segments::refresh_customers(conn, &customers).await?;
         // Outbox rows for tier changes and fired offers.
         let mut announced =
             tiers::announce_changes(conn, &self.grpc.outbox, &customers, facts::CANCELLED).await?;
-        for (customer, happening) in &happenings {
-            let customer = store::resolve(conn, customer).await?;
-            announced += self.grpc.fire_offers(conn, &customer, happening).await?;
+        // Each trigger's rules are loaded once for the batch; most triggers have none.
+        let mut offer_rules = HashMap::new();
+        for (customer, happening) in &batch.happenings {
+            let rules = match offer_rules.entry(happening.trigger) {
+                Entry::Occupied(e) => e.into_mut(),
+                Entry::Vacant(e) => e.insert(offers::armed_rules(conn, happening.trigger).await?),
+            };
+            if rules.is_empty() {
+                continue;
+            }
+            let customer = survivors.get(customer).unwrap_or(customer);
+            announced += self.grpc.fire(conn, customer, happening, rules).await?;
         }
         if announced > 0 {
             self.grpc.outbox.wake();
@@ -72,23 +96,111 @@ impl Handler for Events {
     }
 }
 
-/// Applies one event's data; returns the customer whose segments may have changed and records
-/// what may fire an offer.
-async fn apply(
-    conn: &mut PgConnection,
-    event: &Event,
-    happenings: &mut Vec<(String, Happening)>,
-) -> omni_runtime::Result<Option<String>> {
+/// What a batch gathers as its events apply.
+#[derive(Default)]
+struct Batch {
+    /// Customers whose segments may have changed, as the events named them.
+    touched: BTreeSet<String>,
+    /// What may fire an offer, in stream order, with the customer it concerns.
+    happenings: Vec<(String, Happening)>,
+}
+
+/// An event waiting in the run, with what it may fire.
+struct Pending<'a> {
+    event: orders::RunEvent<'a>,
+    happening: Option<Happening>,
+}
+
+/// How an event applies.
+enum Applies<'a> {
+    /// An order event or a return about a customer: joins the run.
+    InRun(Pending<'a>),
+    /// An identity or channel event: applies on its own, after the run.
+    Alone,
+    /// Nothing to apply: an order event without facts, an order event or a return without
+    /// customer (anonymous orders have nobody to attach to), or an event type that does not
+    /// concern crm (it leaves the run going).
+    Nothing,
+}
+
+fn classify(event: &Event) -> Applies<'_> {
     let Some(payload) = &event.payload else {
-        return Ok(None);
+        return Applies::Nothing;
+    };
+    let (facts, fulfilled, trigger) = match payload {
+        Payload::OrderPlaced(p) => (p.order.as_ref(), false, Some(offers::ORDER_PLACED)),
+        Payload::OrderPaid(p) => (p.order.as_ref(), false, None),
+        Payload::OrderFulfilled(p) => (p.order.as_ref(), true, Some(offers::ORDER_FULFILLED)),
+        Payload::OrderCancelled(p) => (p.order.as_ref(), false, None),
+        Payload::ReturnCompleted(r) if r.customer_id.is_empty() => return Applies::Nothing,
+        Payload::ReturnCompleted(r) => {
+            return Applies::InRun(Pending {
+                event: orders::RunEvent::Return(r),
+                happening: None,
+            });
+        }
+        Payload::CustomerRegistered(_)
+        | Payload::CustomerMerged(_)
+        | Payload::CustomerErased(_)
+        | Payload::CustomerConsentChanged(_)
+        | Payload::ChannelChanged(_) => return Applies::Alone,
+        // Other event types on these streams do not concern crm.
+        _ => return Applies::Nothing,
+    };
+    let Some(facts) = facts.filter(|f| !f.customer_id.is_empty()) else {
+        return Applies::Nothing;
     };
     let at = event
         .occurred_at
         .as_ref()
         .and_then(|t| DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32))
         .unwrap_or_else(Utc::now);
-    let mut happening = None;
-    let touched = match payload {
+    Applies::InRun(Pending {
+        event: orders::RunEvent::Order {
+            facts,
+            at,
+            fulfilled,
+        },
+        // Imported history earns its points but is not news: it fires no offers.
+        happening: trigger
+            .filter(|_| !facts.imported)
+            .map(|t| offer_trigger(t, facts)),
+    })
+}
+
+/// Applies the pending run, and records the customers it touched and what it may fire.
+async fn flush(
+    conn: &mut PgConnection,
+    run: &mut Vec<Pending<'_>>,
+    batch: &mut Batch,
+) -> omni_runtime::Result<()> {
+    if run.is_empty() {
+        return Ok(());
+    }
+    let rules = if run.iter().any(|p| p.event.moves_points()) {
+        Some(tiers::load(conn).await?)
+    } else {
+        None
+    };
+    let events: Vec<orders::RunEvent<'_>> = run.iter().map(|p| p.event).collect();
+    let customers = orders::apply(conn, &events, rules.as_ref()).await?;
+    tracing::debug!(events = events.len(), "order events applied");
+    for (pending, customer) in run.drain(..).zip(customers) {
+        if let Some(happening) = pending.happening {
+            batch.happenings.push((customer.clone(), happening));
+        }
+        batch.touched.insert(customer);
+    }
+    Ok(())
+}
+
+/// Applies an identity or channel event; returns the customer whose segments may have
+/// changed.
+async fn apply(conn: &mut PgConnection, event: &Event) -> omni_runtime::Result<Option<String>> {
+    let Some(payload) = &event.payload else {
+        return Ok(None);
+    };
+    Ok(match payload {
         Payload::CustomerRegistered(r) => {
             store::register(conn, r).await?;
             Some(r.customer_id.clone())
@@ -110,35 +222,9 @@ async fn apply(
             store::upsert_channel(conn, &c.channel_id, c.kind).await?;
             None
         }
-        Payload::OrderPlaced(p) => {
-            let customer = order(conn, p.order.as_ref(), at, false).await?;
-            happening = p
-                .order
-                .as_ref()
-                .filter(|o| !o.imported)
-                .map(|o| offer_trigger(offers::ORDER_PLACED, o));
-            customer
-        }
-        Payload::OrderPaid(p) => order(conn, p.order.as_ref(), at, false).await?,
-        Payload::OrderFulfilled(p) => {
-            let customer = order(conn, p.order.as_ref(), at, true).await?;
-            // Imported history earns its points but is not news: it fires no offers.
-            happening = p
-                .order
-                .as_ref()
-                .filter(|o| !o.imported)
-                .map(|o| offer_trigger(offers::ORDER_FULFILLED, o));
-            customer
-        }
-        Payload::OrderCancelled(p) => order(conn, p.order.as_ref(), at, false).await?,
-        Payload::ReturnCompleted(r) => returned(conn, r).await?,
-        // Other event types on these streams do not concern crm.
+        // Not applied alone (see `classify`).
         _ => None,
-    };
-    if let (Some(customer), Some(happening)) = (&touched, happening) {
-        happenings.push((customer.clone(), happening));
-    }
-    Ok(touched)
+    })
 }
 
 /// What an order event may fire, as offer conditions see it.
@@ -151,74 +237,4 @@ fn offer_trigger(trigger: i32, facts: &OrderFacts) -> Happening {
         category_ids: facts.lines.iter().map(|l| l.category_id.clone()).collect(),
         sku_ids: facts.lines.iter().map(|l| l.sku_id.clone()).collect(),
     }
-}
-
-/// Files an order (and credits its points when `fulfilled`); returns the customer it
-/// concerns, none for an anonymous order.
-async fn order(
-    conn: &mut PgConnection,
-    facts: Option<&OrderFacts>,
-    at: DateTime<Utc>,
-    fulfilled: bool,
-) -> omni_runtime::Result<Option<String>> {
-    let Some(facts) = facts else {
-        return Ok(None);
-    };
-    if facts.customer_id.is_empty() {
-        // Anonymous orders have nobody to attach to.
-        return Ok(None);
-    }
-    let customer = store::resolve_locked(conn, &facts.customer_id).await?;
-    store::upsert_order(conn, &customer, facts, at).await?;
-    if fulfilled {
-        earn(conn, &customer, facts).await?;
-    }
-    Ok(Some(customer))
-}
-
-async fn earn(
-    conn: &mut PgConnection,
-    customer: &str,
-    facts: &OrderFacts,
-) -> omni_runtime::Result<()> {
-    let total = facts.total.as_ref().map_or(0, |m| m.minor_units);
-    let points = points_at_current_tier(conn, customer, total).await?;
-    store::earn(conn, customer, &facts.order_id, &facts.channel_id, points).await?;
-    Ok(())
-}
-
-async fn returned(
-    conn: &mut PgConnection,
-    r: &ReturnCompleted,
-) -> omni_runtime::Result<Option<String>> {
-    if r.customer_id.is_empty() {
-        return Ok(None);
-    }
-    let customer = store::resolve_locked(conn, &r.customer_id).await?;
-    let refund = r.refund_total.as_ref().map_or(0, |m| m.minor_units);
-    store::record_refund(conn, &r.order_id, refund).await?;
-    let points = points_at_current_tier(conn, &customer, refund).await?;
-    store::reverse(
-        conn,
-        &customer,
-        &r.order_id,
-        &r.return_id,
-        &r.channel_id,
-        points,
-    )
-    .await?;
-    Ok(Some(customer))
-}
-
-/// Points for `net_minor` of spend at the loyalty rules' rate and the customer's tier now.
-async fn points_at_current_tier(
-    conn: &mut PgConnection,
-    customer: &str,
-    net_minor: i64,
-) -> omni_runtime::Result<i64> {
-    let rules = tiers::load(conn).await?;
-    let orders = store::orders(conn, customer).await?;
-    let spend = rules.rolling_spend(&orders, chrono::Utc::now(), facts::CANCELLED);
-    let tier = rules.tier_for(spend).0.to_owned();
-    Ok(rules.points_for(net_minor, &tier))
 }

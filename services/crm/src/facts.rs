@@ -79,17 +79,23 @@ pub async fn base(conn: &mut PgConnection) -> Result<Vec<Aggregate>, Error> {
     Ok(rows.into_iter().map(aggregate).collect())
 }
 
-/// Recomputes the aggregate of `customer_id` from its orders (a handful of rows); called
-/// whenever one of them changes. A customer without a counted order has no aggregate.
-pub async fn refresh_stats(conn: &mut PgConnection, customer_id: &str) -> Result<(), Error> {
+/// Recomputes the aggregates of `customer_ids` from their orders (a handful of rows each), in
+/// one statement; called whenever one of their orders changes. A customer without a counted
+/// order has no aggregate.
+pub async fn refresh_stats(conn: &mut PgConnection, customer_ids: &[&str]) -> Result<(), Error> {
+    if customer_ids.is_empty() {
+        return Ok(());
+    }
+    // In customer order, so two transactions lock the rows in the same order.
     sqlx::query(
         "WITH agg AS (
              SELECT customer_id, min(placed_at) AS first_purchase, max(placed_at) AS last_purchase,
                  count(*) AS orders, sum(total_minor - refunded_minor)::BIGINT AS monetary
-             FROM customer_orders WHERE customer_id = $1 AND status <> $2 GROUP BY customer_id
+             FROM customer_orders WHERE customer_id = ANY($1) AND status <> $2
+             GROUP BY customer_id ORDER BY customer_id
          ), gone AS (
-             DELETE FROM customer_stats WHERE customer_id = $1
-                 AND NOT EXISTS (SELECT 1 FROM agg)
+             DELETE FROM customer_stats s WHERE s.customer_id = ANY($1)
+                 AND NOT EXISTS (SELECT 1 FROM agg WHERE agg.customer_id = s.customer_id)
          )
          INSERT INTO customer_stats (customer_id, first_purchase, last_purchase, orders, monetary)
          SELECT * FROM agg
@@ -97,7 +103,7 @@ pub async fn refresh_stats(conn: &mut PgConnection, customer_id: &str) -> Result
              last_purchase = EXCLUDED.last_purchase, orders = EXCLUDED.orders,
              monetary = EXCLUDED.monetary",
     )
-    .bind(customer_id)
+    .bind(customer_ids)
     .bind(CANCELLED)
     .execute(conn)
     .await?;
@@ -242,6 +248,18 @@ pub async fn load(
     customers: Option<&[String]>,
     now: DateTime<Utc>,
 ) -> Result<Vec<Facts>, Error> {
+    load_with(conn, customers, now, true).await
+}
+
+/// [`load`], with the customers' order lines only when `lines`: the lines of a customer's
+/// whole history are the largest read, and most rules never look at them
+/// ([`crate::segment_rule::Expr::reads_lines`]).
+pub async fn load_with(
+    conn: &mut PgConnection,
+    customers: Option<&[String]>,
+    now: DateTime<Utc>,
+    lines: bool,
+) -> Result<Vec<Facts>, Error> {
     let (ids, scores) = match customers {
         Some(ids) => (ids.to_vec(), scored(conn, ids).await?),
         None => {
@@ -268,15 +286,19 @@ pub async fn load(
     .bind(&ids)
     .fetch_all(&mut *conn)
     .await?;
-    let lines: Vec<LineFact> = sqlx::query_as(
-        "SELECT l.customer_id, l.order_id, l.sku_id, l.product_id, l.category_id
-         FROM order_lines l JOIN customer_orders o ON o.order_id = l.order_id
-         WHERE o.status <> $1 AND l.customer_id = ANY($2)",
-    )
-    .bind(CANCELLED)
-    .bind(&ids)
-    .fetch_all(&mut *conn)
-    .await?;
+    let lines: Vec<LineFact> = if lines {
+        sqlx::query_as(
+            "SELECT l.customer_id, l.order_id, l.sku_id, l.product_id, l.category_id
+             FROM order_lines l JOIN customer_orders o ON o.order_id = l.order_id
+             WHERE o.status <> $1 AND l.customer_id = ANY($2)",
+        )
+        .bind(CANCELLED)
+        .bind(&ids)
+        .fetch_all(&mut *conn)
+        .await?
+    } else {
+        Vec::new()
+    };
     let mut by_id: HashMap<String, Facts> = ids
         .iter()
         .map(|id| {

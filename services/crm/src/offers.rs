@@ -251,37 +251,29 @@ impl Grpc {
 
     /// Fires every enabled rule `h` matches for `customer`, inside the caller's transaction;
     /// returns how many deliveries were written.
-    #[tracing::instrument(name = "crm.fire_offers", skip_all, fields(trigger = h.trigger), err)]
     pub(crate) async fn fire_offers(
         &self,
         conn: &mut PgConnection,
         customer: &str,
         h: &Happening,
     ) -> Result<usize, Error> {
-        let rules: Vec<RuleRow> = sqlx::query_as(
-            "SELECT id, name, condition, action, cooldown_days, enabled, version, created_at,
-                 updated_at
-             FROM offer_rules WHERE enabled AND trigger = $1 ORDER BY id",
-        )
-        .bind(h.trigger)
-        .fetch_all(&mut *conn)
-        .await?;
-        if rules.is_empty() {
-            return Ok(0);
-        }
-        let cap = contact::weekly_cap(conn).await?;
+        let rules = armed_rules(conn, h.trigger).await?;
+        self.fire(conn, customer, h, &rules).await
+    }
+
+    /// [`Grpc::fire_offers`] with the trigger's rules already loaded ([`armed_rules`]), for a
+    /// batch of happenings that loads them once.
+    #[tracing::instrument(name = "crm.fire_offers", skip_all, fields(trigger = h.trigger), err)]
+    pub(crate) async fn fire(
+        &self,
+        conn: &mut PgConnection,
+        customer: &str,
+        h: &Happening,
+        rules: &[ArmedRule],
+    ) -> Result<usize, Error> {
+        let mut cap = None;
         let mut fired = 0;
-        for rule in rules {
-            let (Ok(condition), Ok(action)) = (
-                pb::OfferCondition::decode(rule.condition.as_slice()),
-                pb::OfferAction::decode(rule.action.as_slice()),
-            ) else {
-                tracing::warn!(offer_rule_id = %rule.id, "stored offer rule does not decode");
-                continue;
-            };
-            if !fires(&condition, h) {
-                continue;
-            }
+        for rule in rules.iter().filter(|r| fires(&r.condition, h)) {
             // Cooldown: 0 means once ever per customer.
             let recent: bool = sqlx::query_scalar(
                 "SELECT EXISTS (SELECT 1 FROM deliveries WHERE offer_rule_id = $1
@@ -296,6 +288,11 @@ impl Grpc {
             if recent {
                 continue;
             }
+            let cap = match cap {
+                Some(cap) => cap,
+                None => *cap.insert(contact::weekly_cap(conn).await?),
+            };
+            let action = &rule.action;
             let channel = match contact::check(conn, customer, &action.channel_ids, cap).await? {
                 Ok(channel) => channel,
                 Err(reason) => {
@@ -308,7 +305,7 @@ impl Grpc {
             } else {
                 String::new()
             };
-            let mut content = action_content(&action);
+            let mut content = action_content(action);
             if !store.is_empty() && content.body.contains("{store}") {
                 content.body = content.body.replace("{store}", &store);
             }
@@ -325,6 +322,49 @@ impl Grpc {
         }
         Ok(fired)
     }
+}
+
+/// An enabled offer rule, decoded.
+#[derive(Debug, Clone)]
+pub(crate) struct ArmedRule {
+    id: Uuid,
+    condition: pb::OfferCondition,
+    action: pb::OfferAction,
+    cooldown_days: i32,
+}
+
+/// The enabled rules of `trigger`, in id order; a stored rule that does not decode is left
+/// out.
+pub(crate) async fn armed_rules(
+    conn: &mut PgConnection,
+    trigger: i32,
+) -> Result<Vec<ArmedRule>, Error> {
+    let rows: Vec<RuleRow> = sqlx::query_as(
+        "SELECT id, name, condition, action, cooldown_days, enabled, version, created_at,
+             updated_at
+         FROM offer_rules WHERE enabled AND trigger = $1 ORDER BY id",
+    )
+    .bind(trigger)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|rule| {
+            let (Ok(condition), Ok(action)) = (
+                pb::OfferCondition::decode(rule.condition.as_slice()),
+                pb::OfferAction::decode(rule.action.as_slice()),
+            ) else {
+                tracing::warn!(offer_rule_id = %rule.id, "stored offer rule does not decode");
+                return None;
+            };
+            Some(ArmedRule {
+                id: rule.id,
+                condition,
+                action,
+                cooldown_days: rule.cooldown_days,
+            })
+        })
+        .collect())
 }
 
 /// The store to invite a customer to: where the event happened, else the store the customer

@@ -467,7 +467,25 @@ pub fn parse(src: &str) -> Result<Expr, ParseError> {
     Ok(expr)
 }
 
+impl Bought {
+    /// Whether it matches order lines (by category, product or SKU) rather than orders.
+    fn by_line(&self) -> bool {
+        self.category.is_some() || self.product.is_some() || self.sku.is_some()
+    }
+}
+
 impl Expr {
+    /// Whether evaluating the rule reads order lines ([`Facts::lines`]): a `bought` by
+    /// category, product or SKU.
+    pub fn reads_lines(&self) -> bool {
+        match self {
+            Expr::Or(a, b) | Expr::And(a, b) => a.reads_lines() || b.reads_lines(),
+            Expr::Not(a) => a.reads_lines(),
+            Expr::Bought(b) => b.by_line(),
+            Expr::Num(..) | Expr::Text(..) => false,
+        }
+    }
+
     /// Whether the customer with these facts matches, at `now`.
     pub fn matches(&self, f: &Facts, now: DateTime<Utc>) -> bool {
         match self {
@@ -509,8 +527,7 @@ fn bought(b: &Bought, f: &Facts, now: DateTime<Utc>) -> bool {
         })
         .map(|o| o.order_id.as_str())
         .collect();
-    let by_line = b.category.is_some() || b.product.is_some() || b.sku.is_some();
-    let count = if by_line {
+    let count = if b.by_line() {
         f.lines
             .iter()
             .filter(|l| {
@@ -578,6 +595,18 @@ mod tests {
         assert!(parse("bought(min_orders = 2)").unwrap().matches(&f, now));
         assert!(!parse("bought(min_orders = 3)").unwrap().matches(&f, now));
         assert!(parse("total_spend > 1999").unwrap().matches(&f, now));
+    }
+
+    #[test]
+    fn only_a_bought_by_category_product_or_sku_reads_lines() {
+        let reads = |src: &str| parse(src).unwrap().reads_lines();
+        assert!(!reads(
+            r#"bought(min_orders = 3, within_days = 90) and lifecycle = "active""#
+        ));
+        assert!(!reads(r#"tier = "gold" or bought(channel_kind = "store")"#));
+        assert!(reads(r#"tier = "gold" or not (bought(sku = "s"))"#));
+        assert!(reads(r#"bought(category = "shoes") and total_spend > 1"#));
+        assert!(reads(r#"bought(product = "p")"#));
     }
 
     #[test]

@@ -124,7 +124,8 @@ pub async fn refresh(conn: &mut PgConnection, id: Uuid, rule: &str) -> Result<i6
 }
 
 /// Recomputes the membership of every segment for `customers`, after their events: their
-/// facts are loaded once, then two statements per segment.
+/// facts are loaded once (order lines only when a rule reads them), then two statements per
+/// segment.
 #[tracing::instrument(name = "crm.segment_refresh_customers", skip_all, fields(customers = customers.len()), err)]
 pub async fn refresh_customers(conn: &mut PgConnection, customers: &[String]) -> Result<(), Error> {
     let segments: Vec<(Uuid, String)> = sqlx::query_as("SELECT id, rule FROM segments")
@@ -133,13 +134,23 @@ pub async fn refresh_customers(conn: &mut PgConnection, customers: &[String]) ->
     if segments.is_empty() || customers.is_empty() {
         return Ok(());
     }
+    let rules: Vec<(Uuid, segment_rule::Expr)> = segments
+        .into_iter()
+        .filter_map(|(id, rule)| match segment_rule::parse(&rule) {
+            Ok(rule) => Some((id, rule)),
+            Err(_) => {
+                tracing::warn!(segment_id = %id, "stored segment rule no longer parses");
+                None
+            }
+        })
+        .collect();
+    if rules.is_empty() {
+        return Ok(());
+    }
     let now = Utc::now();
-    let facts = facts::load(conn, Some(customers), now).await?;
-    for (id, rule) in segments {
-        let Ok(rule) = segment_rule::parse(&rule) else {
-            tracing::warn!(segment_id = %id, "stored segment rule no longer parses");
-            continue;
-        };
+    let lines = rules.iter().any(|(_, rule)| rule.reads_lines());
+    let facts = facts::load_with(conn, Some(customers), now, lines).await?;
+    for (id, rule) in rules {
         let (members, others): (Vec<&Facts>, Vec<&Facts>) =
             facts.iter().partition(|f| rule.matches(f, now));
         let ids = |fs: Vec<&Facts>| {

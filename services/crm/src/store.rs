@@ -1,7 +1,9 @@
 //! Postgres access for crm: customers, their orders and the points ledger.
 
+use std::collections::{BTreeMap, HashMap, HashSet};
+
 use chrono::{DateTime, Utc};
-use omni_proto::events::{CustomerRegistered, OrderFacts};
+use omni_proto::events::CustomerRegistered;
 use omni_runtime::Error;
 use sqlx::PgConnection;
 use uuid::Uuid;
@@ -62,19 +64,77 @@ pub async fn resolve(conn: &mut PgConnection, customer_id: &str) -> Result<Strin
     Ok(merged.flatten().unwrap_or_else(|| customer_id.to_owned()))
 }
 
-/// [`resolve`], holding the customer's row (shared) until the transaction ends: what is
-/// filed under the customer then cannot slip past a merge running beside it. The merge takes
+/// The survivor of each of `customer_ids` (itself when not merged away), creating the
+/// customers crm does not know yet, and holding their rows (shared) until the transaction ends:
+/// what is filed under them then cannot slip past a merge running beside it. The merge takes
 /// the row exclusively before it moves anything, so either it waits for this transaction and
 /// moves what it filed, or this one waits for the merge and files under the survivor. (The
-/// consumer's readers of different streams, and replicas, apply events side by side.)
-pub async fn resolve_locked(conn: &mut PgConnection, customer_id: &str) -> Result<String, Error> {
-    ensure_customer(conn, customer_id).await?;
-    let merged: Option<String> =
-        sqlx::query_scalar("SELECT merged_into FROM customers WHERE customer_id = $1 FOR SHARE")
-            .bind(customer_id)
-            .fetch_one(&mut *conn)
-            .await?;
-    Ok(merged.unwrap_or_else(|| customer_id.to_owned()))
+/// consumer's readers of different streams, and replicas, apply events side by side.) The rows
+/// are locked in id order, so two transactions lock them in the same order.
+pub async fn resolve_locked(
+    conn: &mut PgConnection,
+    customer_ids: &[&str],
+) -> Result<HashMap<String, String>, Error> {
+    ensure_customers(conn, customer_ids).await?;
+    let rows: Vec<(String, Option<String>)> = sqlx::query_as(
+        "SELECT customer_id, merged_into FROM customers WHERE customer_id = ANY($1)
+         ORDER BY customer_id FOR SHARE",
+    )
+    .bind(customer_ids)
+    .fetch_all(&mut *conn)
+    .await?;
+    let resolved: HashMap<String, String> = rows
+        .into_iter()
+        .map(|(id, merged)| {
+            let survivor = merged.unwrap_or_else(|| id.clone());
+            (id, survivor)
+        })
+        .collect();
+    // A survivor's row was created by its merge; filing under it makes sure of it all the same.
+    let mut survivors: Vec<&str> = resolved
+        .values()
+        .map(String::as_str)
+        .filter(|s| !customer_ids.contains(s))
+        .collect();
+    if !survivors.is_empty() {
+        survivors.sort_unstable();
+        survivors.dedup();
+        ensure_customers(conn, &survivors).await?;
+    }
+    Ok(resolved)
+}
+
+/// The survivor of each of `customer_ids` as [`resolve`] gives it, in one statement; an id crm
+/// does not know is its own.
+pub async fn resolve_all(
+    conn: &mut PgConnection,
+    customer_ids: &[String],
+) -> Result<HashMap<String, String>, Error> {
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "SELECT customer_id, merged_into FROM customers
+         WHERE customer_id = ANY($1) AND merged_into IS NOT NULL",
+    )
+    .bind(customer_ids)
+    .fetch_all(conn)
+    .await?;
+    let merged: HashMap<String, String> = rows.into_iter().collect();
+    Ok(customer_ids
+        .iter()
+        .map(|id| {
+            let survivor = merged.get(id).cloned().unwrap_or_else(|| id.clone());
+            (id.clone(), survivor)
+        })
+        .collect())
+}
+
+async fn ensure_customers(conn: &mut PgConnection, customer_ids: &[&str]) -> Result<(), Error> {
+    sqlx::query(
+        "INSERT INTO customers (customer_id) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING",
+    )
+    .bind(customer_ids)
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 async fn ensure_customer(conn: &mut PgConnection, customer_id: &str) -> Result<(), Error> {
@@ -189,8 +249,7 @@ pub async fn merge(conn: &mut PgConnection, survivor: &str, merged: &str) -> Res
         .bind(merged)
         .execute(&mut *conn)
         .await?;
-    crate::facts::refresh_stats(conn, merged).await?;
-    crate::facts::refresh_stats(conn, survivor).await
+    crate::facts::refresh_stats(conn, &[merged, survivor]).await
 }
 
 /// Removes the personal data of a customer and of the duplicates merged into it (`merged`,
@@ -258,16 +317,30 @@ pub async fn upsert_channel(
     channel_id: &str,
     kind: i32,
 ) -> Result<(), Error> {
-    if channel_id.is_empty() || kind == 0 {
+    upsert_channels(conn, &[(channel_id, kind)]).await
+}
+
+/// [`upsert_channel`] for many channels in one statement; each channel id at most once.
+/// Channels without an id or a kind are left out.
+pub async fn upsert_channels(
+    conn: &mut PgConnection,
+    channels: &[(&str, i32)],
+) -> Result<(), Error> {
+    let (ids, kinds): (Vec<&str>, Vec<i32>) = channels
+        .iter()
+        .filter(|(id, kind)| !id.is_empty() && *kind != 0)
+        .copied()
+        .unzip();
+    if ids.is_empty() {
         return Ok(());
     }
     sqlx::query(
-        "INSERT INTO channels (channel_id, kind) VALUES ($1, $2)
+        "INSERT INTO channels (channel_id, kind) SELECT * FROM unnest($1::text[], $2::int[])
          ON CONFLICT (channel_id) DO UPDATE SET kind = EXCLUDED.kind
          WHERE channels.kind <> EXCLUDED.kind",
     )
-    .bind(channel_id)
-    .bind(kind)
+    .bind(&ids)
+    .bind(&kinds)
     .execute(conn)
     .await?;
     Ok(())
@@ -283,92 +356,189 @@ pub async fn opt_ins(conn: &mut PgConnection, customer_id: &str) -> Result<Vec<i
     .await?)
 }
 
-/// Files an order as an event of `event_at` describes it. An event older than the one that
-/// set the stored status does not change it, and a cancelled order stays cancelled, so events
-/// delivered out of order (a reclaimed or re-published entry) never bring an order back.
-pub async fn upsert_order(
+/// An order as `customer_orders` holds it, or as a run of events files it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct FiledOrder {
+    pub order_id: String,
+    pub customer_id: String,
+    pub order_number: String,
+    pub channel_id: String,
+    pub channel_kind: i32,
+    pub store_id: String,
+    pub status: i32,
+    pub total_minor: i64,
+    pub currency: String,
+    pub item_count: i32,
+    pub placed_at: DateTime<Utc>,
+    /// When the event that set the status happened; `None` for a row filed before these times
+    /// were kept ('-infinity'), which any event is newer than.
+    pub status_at: Option<DateTime<Utc>>,
+    pub refunded_minor: i64,
+    pub earned: bool,
+}
+
+/// The stored orders among `order_ids`, locked for update in id order (two transactions lock
+/// them in the same order).
+pub async fn orders_for_update(
     conn: &mut PgConnection,
-    customer_id: &str,
-    facts: &OrderFacts,
-    event_at: DateTime<Utc>,
-) -> Result<(), Error> {
-    ensure_customer(conn, customer_id).await?;
-    let total = facts.total.clone().unwrap_or_default();
-    let placed_at = facts
-        .placed_at
-        .as_ref()
-        .and_then(|t| DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32))
-        .unwrap_or_else(Utc::now);
-    let items: i32 = facts.lines.iter().map(|l| l.quantity).sum();
+    order_ids: &[&str],
+) -> Result<Vec<FiledOrder>, Error> {
+    Ok(sqlx::query_as(
+        "SELECT order_id, customer_id, order_number, channel_id, channel_kind, store_id, status,
+             total_minor, currency, item_count, placed_at,
+             NULLIF(status_at, '-infinity'::timestamptz) AS status_at, refunded_minor, earned
+         FROM customer_orders WHERE order_id = ANY($1) ORDER BY order_id FOR UPDATE",
+    )
+    .bind(order_ids)
+    .fetch_all(conn)
+    .await?)
+}
+
+/// Files orders in one statement: inserts the new ones, and sets the status, total, item count
+/// and status time of the stored ones, unless the stored status is CANCELLED or was set by a
+/// newer event, so events delivered out of order (a reclaimed or re-published entry) never
+/// bring an order back. The guard holds against a row another transaction filed meanwhile.
+/// Each order id at most once; the earned flag and refunds are not written here.
+pub async fn file_orders(conn: &mut PgConnection, orders: &[&FiledOrder]) -> Result<(), Error> {
+    if orders.is_empty() {
+        return Ok(());
+    }
+    let column = |f: fn(&FiledOrder) -> &str| orders.iter().map(|o| f(o)).collect::<Vec<&str>>();
+    // `None` goes through as the '-infinity' it was read from.
+    let status_at: Vec<Option<DateTime<Utc>>> = orders.iter().map(|o| o.status_at).collect();
     sqlx::query(
         "INSERT INTO customer_orders (order_id, customer_id, order_number, channel_id,
              channel_kind, store_id, status, total_minor, currency, item_count, placed_at,
              status_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+         SELECT o.order_id, o.customer_id, o.order_number, o.channel_id, o.channel_kind,
+             o.store_id, o.status, o.total_minor, o.currency, o.item_count, o.placed_at,
+             coalesce(o.status_at, '-infinity')
+         FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int[], $6::text[],
+                     $7::int[], $8::bigint[], $9::text[], $10::int[], $11::timestamptz[],
+                     $12::timestamptz[])
+             AS o(order_id, customer_id, order_number, channel_id, channel_kind, store_id, status,
+                  total_minor, currency, item_count, placed_at, status_at)
          ON CONFLICT (order_id) DO UPDATE SET status = EXCLUDED.status,
              total_minor = EXCLUDED.total_minor, item_count = EXCLUDED.item_count,
              status_at = EXCLUDED.status_at
          WHERE customer_orders.status <> $13 AND customer_orders.status_at <= EXCLUDED.status_at",
     )
-    .bind(&facts.order_id)
-    .bind(customer_id)
-    .bind(&facts.order_number)
-    .bind(&facts.channel_id)
-    .bind(facts.channel_kind)
-    .bind(if facts.store_id.is_empty() {
-        &facts.handover_store_id
-    } else {
-        &facts.store_id
-    })
-    .bind(facts.status)
-    .bind(total.minor_units)
-    .bind(&total.currency)
-    .bind(items)
-    .bind(placed_at)
-    .bind(event_at)
+    .bind(column(|o| &o.order_id))
+    .bind(column(|o| &o.customer_id))
+    .bind(column(|o| &o.order_number))
+    .bind(column(|o| &o.channel_id))
+    .bind(orders.iter().map(|o| o.channel_kind).collect::<Vec<_>>())
+    .bind(column(|o| &o.store_id))
+    .bind(orders.iter().map(|o| o.status).collect::<Vec<_>>())
+    .bind(orders.iter().map(|o| o.total_minor).collect::<Vec<_>>())
+    .bind(column(|o| &o.currency))
+    .bind(orders.iter().map(|o| o.item_count).collect::<Vec<_>>())
+    .bind(orders.iter().map(|o| o.placed_at).collect::<Vec<_>>())
+    .bind(status_at)
     .bind(crate::facts::CANCELLED)
-    .execute(&mut *conn)
+    .execute(conn)
     .await?;
-    for line in &facts.lines {
-        sqlx::query(
-            "INSERT INTO order_lines (order_id, line_id, customer_id, sku_id, product_id,
-                 category_id, quantity, net_minor)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-             ON CONFLICT (order_id, line_id) DO UPDATE SET quantity = EXCLUDED.quantity,
-                 net_minor = EXCLUDED.net_minor",
-        )
-        .bind(&facts.order_id)
-        .bind(&line.line_id)
-        .bind(customer_id)
-        .bind(&line.sku_id)
-        .bind(&line.product_id)
-        .bind(&line.category_id)
-        .bind(line.quantity)
-        .bind(line.net_amount.as_ref().map_or(0, |m| m.minor_units))
-        .execute(&mut *conn)
-        .await?;
-    }
-    upsert_channel(conn, &facts.channel_id, facts.channel_kind).await?;
-    crate::facts::refresh_stats(conn, customer_id).await
+    Ok(())
 }
 
-pub async fn record_refund(
-    conn: &mut PgConnection,
-    order_id: &str,
-    refund_minor: i64,
-) -> Result<(), Error> {
-    let customer: Option<String> = sqlx::query_scalar(
-        "UPDATE customer_orders SET refunded_minor = LEAST(total_minor, refunded_minor + $2)
-         WHERE order_id = $1 RETURNING customer_id",
-    )
-    .bind(order_id)
-    .bind(refund_minor)
-    .fetch_optional(&mut *conn)
-    .await?;
-    match customer {
-        Some(customer) => crate::facts::refresh_stats(conn, &customer).await,
-        None => Ok(()),
+/// An order line as a run of events files it.
+#[derive(Debug, Clone)]
+pub struct FiledLine {
+    pub order_id: String,
+    pub line_id: String,
+    pub customer_id: String,
+    pub sku_id: String,
+    pub product_id: String,
+    pub category_id: String,
+    pub quantity: i32,
+    pub net_minor: i64,
+}
+
+/// Files order lines in one statement: a new line is inserted whole, a stored one gets its
+/// quantity and net amount (its customer, SKU, product and category stay as first filed).
+/// Each (order id, line id) at most once.
+pub async fn file_lines(conn: &mut PgConnection, lines: &[&FiledLine]) -> Result<(), Error> {
+    if lines.is_empty() {
+        return Ok(());
     }
+    let column = |f: fn(&FiledLine) -> &str| lines.iter().map(|l| f(l)).collect::<Vec<&str>>();
+    sqlx::query(
+        "INSERT INTO order_lines (order_id, line_id, customer_id, sku_id, product_id,
+             category_id, quantity, net_minor)
+         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+                              $6::text[], $7::int[], $8::bigint[])
+         ON CONFLICT (order_id, line_id) DO UPDATE SET quantity = EXCLUDED.quantity,
+             net_minor = EXCLUDED.net_minor",
+    )
+    .bind(column(|l| &l.order_id))
+    .bind(column(|l| &l.line_id))
+    .bind(column(|l| &l.customer_id))
+    .bind(column(|l| &l.sku_id))
+    .bind(column(|l| &l.product_id))
+    .bind(column(|l| &l.category_id))
+    .bind(lines.iter().map(|l| l.quantity).collect::<Vec<_>>())
+    .bind(lines.iter().map(|l| l.net_minor).collect::<Vec<_>>())
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The net spend (total less refunds) of each of `customers`' orders placed since `since`,
+/// cancelled ones and `except` aside, in one statement; no entry for a customer without such
+/// orders. What [`crate::tiers::Rules::rolling_spend`] gives over the same orders.
+pub async fn rolling_spends(
+    conn: &mut PgConnection,
+    customers: &[&str],
+    since: DateTime<Utc>,
+    except: &[&str],
+) -> Result<HashMap<String, i64>, Error> {
+    let rows: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT customer_id, sum(total_minor - refunded_minor)::bigint FROM customer_orders
+         WHERE customer_id = ANY($1) AND status <> $2 AND placed_at >= $3
+             AND order_id <> ALL($4)
+         GROUP BY customer_id",
+    )
+    .bind(customers)
+    .bind(crate::facts::CANCELLED)
+    .bind(since)
+    .bind(except)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().collect())
+}
+
+/// Sets the refunded amount of stored orders (`(order id, refunded minor units)`), in one
+/// statement; each order id at most once.
+pub async fn record_refunds(conn: &mut PgConnection, refunds: &[(&str, i64)]) -> Result<(), Error> {
+    if refunds.is_empty() {
+        return Ok(());
+    }
+    let (ids, refunded): (Vec<&str>, Vec<i64>) = refunds.iter().copied().unzip();
+    sqlx::query(
+        "UPDATE customer_orders o SET refunded_minor = r.refunded
+         FROM unnest($1::text[], $2::bigint[]) AS r(order_id, refunded)
+         WHERE o.order_id = r.order_id",
+    )
+    .bind(&ids)
+    .bind(&refunded)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The balances of `customers` that have a loyalty account, locked for update in id order.
+pub async fn balances_for_update(
+    conn: &mut PgConnection,
+    customers: &[&str],
+) -> Result<HashMap<String, i64>, Error> {
+    let rows: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT customer_id, balance FROM loyalty_accounts WHERE customer_id = ANY($1)
+         ORDER BY customer_id FOR UPDATE",
+    )
+    .bind(customers)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().collect())
 }
 
 async fn add_balance(
@@ -417,79 +587,115 @@ async fn entry(
     .await?)
 }
 
-/// Credits a fulfilled order's points once per order, whichever event says it.
-pub async fn earn(
-    conn: &mut PgConnection,
-    customer_id: &str,
-    order_id: &str,
-    channel_id: &str,
-    points: i64,
-) -> Result<(), Error> {
-    let first: Option<bool> = sqlx::query_scalar(
-        "UPDATE customer_orders SET earned = true WHERE order_id = $1 AND NOT earned RETURNING true",
-    )
-    .bind(order_id)
-    .fetch_optional(&mut *conn)
-    .await?;
-    if first.is_none() || points <= 0 {
-        return Ok(());
-    }
-    let balance = add_balance(conn, customer_id, points).await?;
-    entry(
-        conn,
-        customer_id,
-        KIND_EARN,
-        points,
-        balance,
-        channel_id,
-        order_id,
-        "",
-    )
-    .await?;
-    Ok(())
+/// A points entry a run of events writes: a fulfilled order's earning ([`KIND_EARN`]) or a
+/// return's reversal ([`KIND_RETURN_REVERSAL`], negative).
+#[derive(Debug, Clone)]
+pub struct Posting {
+    pub customer_id: String,
+    pub kind: i32,
+    pub points: i64,
+    pub channel_id: String,
+    pub order_id: String,
+    pub return_id: String,
 }
 
-/// Takes back a return's points, never below zero (already redeemed points stay redeemed).
-pub async fn reverse(
+/// Writes a run's postings, in their order, with three to four statements whatever their
+/// number: marks `earned` orders earned, keeping only the earnings of the orders no one marked
+/// before (whichever event says it, an order earns once); moves each customer's balance by the
+/// sum of its postings; writes one ledger entry per posting with the balance right after it.
+pub async fn post(
     conn: &mut PgConnection,
-    customer_id: &str,
-    order_id: &str,
-    return_id: &str,
-    channel_id: &str,
-    points: i64,
+    earned: &[&str],
+    postings: &[Posting],
 ) -> Result<(), Error> {
-    if points <= 0 {
+    let first: HashSet<String> = if earned.is_empty() {
+        HashSet::new()
+    } else {
+        sqlx::query_scalar(
+            "UPDATE customer_orders SET earned = true WHERE order_id = ANY($1) AND NOT earned
+             RETURNING order_id",
+        )
+        .bind(earned)
+        .fetch_all(&mut *conn)
+        .await?
+        .into_iter()
+        .collect()
+    };
+    let postings: Vec<&Posting> = postings
+        .iter()
+        .filter(|p| p.kind != KIND_EARN || first.contains(&p.order_id))
+        .collect();
+    if postings.is_empty() {
         return Ok(());
     }
-    let balance: Option<i64> = sqlx::query_scalar(
-        "SELECT balance FROM loyalty_accounts WHERE customer_id = $1 FOR UPDATE",
-    )
-    .bind(customer_id)
-    .fetch_optional(&mut *conn)
-    .await?;
-    let taken = points.min(balance.unwrap_or(0));
-    if taken == 0 {
-        return Ok(());
+    // In customer order, so two transactions lock accounts in the same order.
+    let mut sums: BTreeMap<&str, i64> = BTreeMap::new();
+    for p in &postings {
+        *sums.entry(p.customer_id.as_str()).or_default() += p.points;
     }
-    // A plain update: an insert of a negative row would trip the CHECK before ON CONFLICT.
-    let after: i64 = sqlx::query_scalar(
-        "UPDATE loyalty_accounts SET balance = balance - $2 WHERE customer_id = $1
-         RETURNING balance",
+    let (credits, debits): (Vec<_>, Vec<_>) = sums.into_iter().partition(|(_, sum)| *sum >= 0);
+    let mut balance: HashMap<String, i64> = HashMap::new();
+    if !credits.is_empty() {
+        let (customers, sums): (Vec<&str>, Vec<i64>) = credits.into_iter().unzip();
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "INSERT INTO loyalty_accounts (customer_id, balance)
+             SELECT * FROM unnest($1::text[], $2::bigint[])
+             ON CONFLICT (customer_id) DO UPDATE
+                 SET balance = loyalty_accounts.balance + EXCLUDED.balance
+             RETURNING customer_id, balance",
+        )
+        .bind(&customers)
+        .bind(&sums)
+        .fetch_all(&mut *conn)
+        .await?;
+        balance.extend(rows);
+    }
+    if !debits.is_empty() {
+        // A plain update: an insert of a negative row would trip the CHECK before ON CONFLICT.
+        // (Points are only taken from a balance that has them, so the account exists.)
+        let (customers, sums): (Vec<&str>, Vec<i64>) = debits.into_iter().unzip();
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "UPDATE loyalty_accounts a SET balance = a.balance + d.sum
+             FROM unnest($1::text[], $2::bigint[]) AS d(customer_id, sum)
+             WHERE a.customer_id = d.customer_id
+             RETURNING a.customer_id, a.balance",
+        )
+        .bind(&customers)
+        .bind(&sums)
+        .fetch_all(&mut *conn)
+        .await?;
+        balance.extend(rows);
+    }
+    // Ids in the postings' order; each entry's balance is the final one less what later
+    // entries of the customer moved.
+    let ids: Vec<Uuid> = postings.iter().map(|_| Uuid::now_v7()).collect();
+    let mut after = vec![0_i64; postings.len()];
+    for (i, p) in postings.iter().enumerate().rev() {
+        let Some(b) = balance.get_mut(&p.customer_id) else {
+            return Err(Error::Internal(anyhow::anyhow!(
+                "no loyalty account for customer {}",
+                p.customer_id
+            )));
+        };
+        after[i] = *b;
+        *b -= p.points;
+    }
+    let column = |f: fn(&Posting) -> &str| postings.iter().map(|p| f(p)).collect::<Vec<&str>>();
+    sqlx::query(
+        "INSERT INTO points_entries (id, customer_id, kind, points, balance_after, channel_id,
+             order_id, return_id)
+         SELECT * FROM unnest($1::uuid[], $2::text[], $3::int[], $4::bigint[], $5::bigint[],
+                              $6::text[], $7::text[], $8::text[])",
     )
-    .bind(customer_id)
-    .bind(taken)
-    .fetch_one(&mut *conn)
-    .await?;
-    entry(
-        conn,
-        customer_id,
-        KIND_RETURN_REVERSAL,
-        -taken,
-        after,
-        channel_id,
-        order_id,
-        return_id,
-    )
+    .bind(&ids)
+    .bind(column(|p| &p.customer_id))
+    .bind(postings.iter().map(|p| p.kind).collect::<Vec<_>>())
+    .bind(postings.iter().map(|p| p.points).collect::<Vec<_>>())
+    .bind(&after)
+    .bind(column(|p| &p.channel_id))
+    .bind(column(|p| &p.order_id))
+    .bind(column(|p| &p.return_id))
+    .execute(conn)
     .await?;
     Ok(())
 }

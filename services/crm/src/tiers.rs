@@ -75,12 +75,17 @@ impl Default for Rules {
 impl Rules {
     /// Net spend of non-cancelled orders placed within the window before `now`.
     pub fn rolling_spend(&self, orders: &[OrderRow], now: DateTime<Utc>, cancelled: i32) -> i64 {
-        let since = now - Duration::days(self.window_days);
+        let since = self.window_start(now);
         orders
             .iter()
             .filter(|o| o.status != cancelled && o.placed_at >= since)
             .map(|o| o.total_minor - o.refunded_minor)
             .sum()
+    }
+
+    /// The earliest placement time the rolling spend at `now` counts.
+    pub fn window_start(&self, now: DateTime<Utc>) -> DateTime<Utc> {
+        now - Duration::days(self.window_days)
     }
 
     /// The tier a rolling spend reaches ("" below the first), and the next one with the spend
