@@ -423,21 +423,17 @@ async fn read(
         .into_iter()
         .map(|s| (s.row.order_id.clone(), s))
         .collect();
-    let mut returns: HashMap<String, Vec<CustomerReturn>> = HashMap::new();
-    if !customers.is_empty() {
-        let rows: Vec<(String, NaiveDate, i64)> = sqlx::query_as(
+    if customers.is_empty() {
+        return Ok((stored, HashMap::new()));
+    }
+    let returns = spans::returns_by_customer(
+        sqlx::query_as(
             "SELECT customer_id, day, refund FROM return_facts WHERE customer_id = ANY($1)",
         )
         .bind(customers)
         .fetch_all(&mut *conn)
-        .await?;
-        for (customer, day, refund) in rows {
-            returns
-                .entry(customer)
-                .or_default()
-                .push(CustomerReturn { day, refund });
-        }
-    }
+        .await?,
+    );
     Ok((stored, returns))
 }
 

@@ -479,20 +479,28 @@ pub async fn figures(
         .collect())
 }
 
-/// Recomputes every row from raw facts (inside the caller's transaction, which keeps facts
-/// still); returns (rows written, rows that differed).
-pub async fn rebuild(conn: &mut PgConnection) -> Result<(i64, i64)> {
+/// Returns read as (customer, day, refund), by customer.
+pub fn returns_by_customer(
+    rows: Vec<(String, NaiveDate, i64)>,
+) -> HashMap<String, Vec<CustomerReturn>> {
     let mut returns: HashMap<String, Vec<CustomerReturn>> = HashMap::new();
-    let rows: Vec<(String, NaiveDate, i64)> =
-        sqlx::query_as("SELECT customer_id, day, refund FROM return_facts WHERE customer_id <> ''")
-            .fetch_all(&mut *conn)
-            .await?;
     for (customer, day, refund) in rows {
         returns
             .entry(customer)
             .or_default()
             .push(CustomerReturn { day, refund });
     }
+    returns
+}
+
+/// Recomputes every row from raw facts (inside the caller's transaction, which keeps facts
+/// still); returns (rows written, rows that differed).
+pub async fn rebuild(conn: &mut PgConnection) -> Result<(i64, i64)> {
+    let returns = returns_by_customer(
+        sqlx::query_as("SELECT customer_id, day, refund FROM return_facts WHERE customer_id <> ''")
+            .fetch_all(&mut *conn)
+            .await?,
+    );
 
     let mut rebuilt = Contributions::new();
     {

@@ -47,6 +47,22 @@ async fn database() -> PgPool {
     pool
 }
 
+/// A fresh database with `history` applied in batches of `size` (one: event by event).
+async fn applied(history: &[Event], size: usize) -> PgPool {
+    let (sales_changed, _) = tokio::sync::broadcast::channel(4);
+    let facts = Facts { sales_changed };
+    let pool = database().await;
+    let mut conn = pool.acquire().await.expect("conn");
+    for batch in history.chunks(size) {
+        match batch {
+            [one] => facts.handle(&mut conn, one).await.expect("event"),
+            _ => facts.handle_batch(&mut conn, batch).await.expect("batch"),
+        }
+    }
+    drop(conn);
+    pool
+}
+
 fn event(n: usize, (kind, payload): (&str, Payload)) -> Event {
     Event {
         id: uuid::Uuid::from_u128(n as u128 + 1).to_string(),
@@ -111,20 +127,10 @@ async fn a_batch_leaves_every_table_as_event_by_event_application_does() {
     .map(|(n, e)| event(n, e))
     .collect();
 
-    let (sales_changed, _) = tokio::sync::broadcast::channel(4);
-    let facts = Facts { sales_changed };
-    let (one_by_one, batched) = (database().await, database().await);
-    let mut conn = one_by_one.acquire().await.expect("conn");
-    for e in &history {
-        facts.handle(&mut conn, e).await.expect("event");
-    }
-    drop(conn);
-    let mut conn = batched.acquire().await.expect("conn");
-    facts
-        .handle_batch(&mut conn, &history)
-        .await
-        .expect("batch");
-    drop(conn);
+    let (one_by_one, batched) = (
+        applied(&history, 1).await,
+        applied(&history, usize::MAX).await,
+    );
 
     let (expected, got) = (dump(&one_by_one).await, dump(&batched).await);
     assert!(
@@ -231,25 +237,9 @@ async fn batches_of_any_size_leave_every_table_as_event_by_event_application_doe
         .map(|(n, e)| event(n, e))
         .collect();
 
-    let (sales_changed, _) = tokio::sync::broadcast::channel(4);
-    let facts = Facts { sales_changed };
-    let (one_by_one, sevens, whole) = (database().await, database().await, database().await);
-    let mut conn = one_by_one.acquire().await.expect("conn");
-    for e in &history {
-        facts.handle(&mut conn, e).await.expect("event");
-    }
-    drop(conn);
-    let mut conn = sevens.acquire().await.expect("conn");
-    for batch in history.chunks(7) {
-        facts.handle_batch(&mut conn, batch).await.expect("batch");
-    }
-    drop(conn);
-    let mut conn = whole.acquire().await.expect("conn");
-    facts
-        .handle_batch(&mut conn, &history)
-        .await
-        .expect("batch");
-    drop(conn);
+    let one_by_one = applied(&history, 1).await;
+    let sevens = applied(&history, 7).await;
+    let whole = applied(&history, usize::MAX).await;
 
     let expected = dump(&one_by_one).await;
     assert!(
