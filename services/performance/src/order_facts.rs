@@ -61,6 +61,8 @@ struct Stored {
 /// repeat net sales, pickup orders, pickup hits, returns.
 type DayFigures = [i64; 9];
 type DayKey = (NaiveDate, String, String, String);
+/// Where a row of either rollup is: day, channel, store, associate.
+type At<'a> = (NaiveDate, &'a String, &'a String, &'a String);
 /// `customer_days` figures: orders and net sales.
 type CustomerDayKey = (NaiveDate, String, String, String, String);
 
@@ -92,32 +94,43 @@ impl Deltas {
             i64::from(hit),
             0,
         ];
-        let day = self
+        let at = (o.day, &o.channel_id, &o.store_id, &o.associate_id);
+        self.add(at, figures.map(|f| sign * f));
+        if known {
+            self.add_customer(at, &o.customer_id, [sign, sign * o.sales]);
+        }
+    }
+
+    /// Moves the day row of `(day, channel, store, associate)` by `figures`.
+    fn add(&mut self, (day, channel, store, associate): At<'_>, figures: DayFigures) {
+        let row = self
             .days
+            .entry((day, channel.clone(), store.clone(), associate.clone()))
+            .or_default();
+        for (sum, f) in row.iter_mut().zip(figures) {
+            *sum += f;
+        }
+    }
+
+    /// Moves a customer's row of that day by (orders, net sales).
+    fn add_customer(
+        &mut self,
+        (day, channel, store, associate): At<'_>,
+        customer: &str,
+        [orders, net]: [i64; 2],
+    ) {
+        let row = self
+            .customer_days
             .entry((
-                o.day,
-                o.channel_id.clone(),
-                o.store_id.clone(),
-                o.associate_id.clone(),
+                day,
+                channel.clone(),
+                store.clone(),
+                associate.clone(),
+                customer.to_owned(),
             ))
             .or_default();
-        for (sum, f) in day.iter_mut().zip(figures) {
-            *sum += sign * f;
-        }
-        if known {
-            let cd = self
-                .customer_days
-                .entry((
-                    o.day,
-                    o.channel_id.clone(),
-                    o.store_id.clone(),
-                    o.associate_id.clone(),
-                    o.customer_id.clone(),
-                ))
-                .or_default();
-            cd[0] += sign;
-            cd[1] += sign * o.sales;
-        }
+        row[0] += orders;
+        row[1] += net;
     }
 }
 
@@ -264,29 +277,12 @@ pub async fn apply_returns(conn: &mut PgConnection, returns: &[ReturnRow]) -> Re
     let mut kinds: BTreeMap<&str, i32> = BTreeMap::new();
     for f in &rows {
         let r = f.r;
-        let day = deltas
-            .days
-            .entry((
-                r.day,
-                r.order_channel_id.clone(),
-                f.store.clone(),
-                f.associate.clone(),
-            ))
-            .or_default();
-        day[3] -= r.cost;
-        day[5] -= if f.repeat { r.refund } else { 0 };
-        day[8] += r.refund;
+        let at = (r.day, &r.order_channel_id, &f.store, &f.associate);
+        // cogs net of the returned goods, repeat net sales, returns.
+        let repeat = if f.repeat { r.refund } else { 0 };
+        deltas.add(at, [0, 0, 0, -r.cost, 0, -repeat, 0, 0, r.refund]);
         if !f.customer.is_empty() {
-            deltas
-                .customer_days
-                .entry((
-                    r.day,
-                    r.order_channel_id.clone(),
-                    f.store.clone(),
-                    f.associate.clone(),
-                    f.customer.clone(),
-                ))
-                .or_default()[1] -= r.refund;
+            deltas.add_customer(at, &f.customer, [0, -r.refund]);
             after
                 .entry(f.customer.clone())
                 .or_default()
