@@ -7,15 +7,22 @@
 //!
 //! 1. lock the customers the changes concern (their current and new customers) and the
 //!    changed orders' rows;
-//! 2. read those customers' orders and returns once;
+//! 2. read those customers' first orders and their [`Standing`] (their `customer_days` rows),
+//!    never their histories;
 //! 3. work out in memory the facts after the changes, which order is each customer's first,
 //!    and the difference every order and customer makes to each rollup row;
 //! 4. write each table once with that difference (rows brought back to zero are removed, as a
 //!    rebuild from facts would not write them).
 //!
-//! A batch costs about a dozen statements however many orders it holds. Applied one order at
-//! a time the same work took some twenty statements per order, and twice read the customer's
-//! whole history back from Postgres; the round trips, not the work, bounded the consumer.
+//! A batch costs about a dozen statements however many orders it holds, and reads what grows
+//! with its customers' distinct days, not with their orders. Applied one order at a time the
+//! same work took some twenty statements per order, and twice read the customer's whole
+//! history back from Postgres; the round trips, not the work, bounded the consumer. Reading
+//! every order of a batch's customers (the next step) made a batch's cost grow with history:
+//! at 200 orders a customer, such reads were most of a batch's time.
+//!
+//! A customer's first order needs its other orders only when a change takes the first away
+//! (a cancellation, a merge, a later `placed_at`); then the earliest of the rest is read.
 //!
 //! The result is the one applying each change in turn gives: an order's contribution depends
 //! on its row and flag only, so moving every changed contribution once lands where the steps
@@ -27,7 +34,7 @@ use chrono::NaiveDate;
 use omni_runtime::Result;
 use sqlx::{FromRow, PgConnection};
 
-use crate::spans::{self, Contributions, CustomerOrder, CustomerReturn, Pairs};
+use crate::spans::{self, Contributions, Pairs, Place, Standing, place};
 use crate::store::{ORDER_COLUMNS, OrderRow, ReturnRow};
 
 /// An order's latest facts, and the kind of its channel when the event names it (0: not
@@ -60,7 +67,7 @@ struct Stored {
 /// `daily_rollups` figures orders and returns move: orders, units, sales, cogs, new customers,
 /// repeat net sales, pickup orders, pickup hits, returns.
 type DayFigures = [i64; 9];
-type DayKey = (NaiveDate, String, String, String);
+type DayKey = Place;
 /// Where a row of either rollup is: day, channel, store, associate.
 type At<'a> = (NaiveDate, &'a String, &'a String, &'a String);
 /// `customer_days` figures: orders and net sales.
@@ -99,6 +106,17 @@ impl Deltas {
         if known {
             self.add_customer(at, &o.customer_id, [sign, sign * o.sales]);
         }
+    }
+
+    /// The customers' standings (`before`) moved by the customer-day rows these deltas move.
+    fn standing(&self, before: &HashMap<String, Standing>) -> HashMap<String, Standing> {
+        let mut after = before.clone();
+        for ((day, channel, store, associate, customer), [orders, net]) in &self.customer_days {
+            if let Some(s) = after.get_mut(customer) {
+                s.add(&place(*day, channel, store, associate), *orders, *net);
+            }
+        }
+        after
     }
 
     /// Moves the day row of `(day, channel, store, associate)` by `figures`.
@@ -152,9 +170,14 @@ pub async fn apply(conn: &mut PgConnection, changes: &[OrderChange]) -> Result<(
             .map(String::as_str)
             .chain(changes.iter().map(|c| c.row.customer_id.as_str())),
     );
-    let (customers, stored, returns) = lock_and_read(conn, &ids, customers).await?;
+    let Read {
+        customers,
+        mut stored,
+        firsts,
+        standing,
+    } = lock_and_read(conn, &ids, customers).await?;
 
-    // The facts after the changes, and each customer's first order.
+    // The facts after the changes.
     let mut after = stored.clone();
     for change in changes {
         let row = match after.get(&change.row.order_id) {
@@ -169,22 +192,41 @@ pub async fn apply(conn: &mut PgConnection, changes: &[OrderChange]) -> Result<(
             },
         );
     }
-    let mut firsts: HashMap<&str, &OrderRow> = HashMap::new();
+    // Each customer's first order is the earliest of its changed orders and its stored first,
+    // unless a change took the stored first away or placed it later: then the earliest of the
+    // customer's other orders is a candidate too.
+    let displaced: Vec<&str> = firsts
+        .iter()
+        .filter(|(customer, id)| {
+            let (Some(old), Some(new)) = (stored.get(*id), after.get(*id)) else {
+                return false;
+            };
+            !(new.row.customer_id == **customer
+                && !new.row.cancelled
+                && new.row.placed_at <= old.row.placed_at)
+        })
+        .map(|(customer, _)| customer.as_str())
+        .collect();
+    for s in earliest_others(conn, &displaced, &ids).await? {
+        after.insert(s.row.order_id.clone(), s.clone());
+        stored.insert(s.row.order_id.clone(), s);
+    }
+    let mut earliest: HashMap<&str, &OrderRow> = HashMap::new();
     for s in after.values() {
         let o = &s.row;
         if o.customer_id.is_empty() || o.cancelled {
             continue;
         }
-        let first = firsts.entry(o.customer_id.as_str()).or_insert(o);
+        let first = earliest.entry(o.customer_id.as_str()).or_insert(o);
         if (o.placed_at, &o.order_id) < (first.placed_at, &first.order_id) {
             *first = o;
         }
     }
-    let first_ids: HashMap<String, String> = firsts
+    let first_ids: HashMap<String, String> = earliest
         .iter()
         .map(|(c, o)| ((*c).to_owned(), o.order_id.clone()))
         .collect();
-    let acquisitions: Vec<OrderRow> = firsts.into_values().cloned().collect();
+    let acquisitions: Vec<OrderRow> = earliest.into_values().cloned().collect();
     for s in after.values_mut() {
         s.counted_first = first_ids.get(&s.row.customer_id) == Some(&s.row.order_id);
     }
@@ -203,10 +245,14 @@ pub async fn apply(conn: &mut PgConnection, changes: &[OrderChange]) -> Result<(
         deltas.contribute(&new.row, new.counted_first, 1);
         written.push(new);
     }
-    let spans_delta = span_delta(
-        &held(&customers, &stored, &returns),
-        &held(&customers, &after, &returns),
-    );
+    let mut moved = deltas.standing(&standing);
+    for (customer, s) in &mut moved {
+        s.first = acquisitions
+            .iter()
+            .find(|o| &o.customer_id == customer)
+            .map(|o| place(o.day, &o.channel_id, &o.store_id, &o.associate_id));
+    }
+    let spans_delta = span_delta(&standing, &moved);
 
     write_facts(conn, &written).await?;
     write_days(conn, deltas.days).await?;
@@ -240,7 +286,9 @@ pub async fn apply_returns(conn: &mut PgConnection, returns: &[ReturnRow]) -> Re
             .iter()
             .map(|r| current.get(&r.order_id).unwrap_or(&r.customer_id).as_str()),
     );
-    let (customers, stored, returned) = lock_and_read(conn, &ids, customers).await?;
+    let Read {
+        stored, standing, ..
+    } = lock_and_read(conn, &ids, customers).await?;
 
     let mut rows: BTreeMap<&str, ReturnFact> = BTreeMap::new();
     for r in returns {
@@ -273,7 +321,6 @@ pub async fn apply_returns(conn: &mut PgConnection, returns: &[ReturnRow]) -> Re
     }
 
     let mut deltas = Deltas::default();
-    let mut after = returned.clone();
     let mut kinds: BTreeMap<&str, i32> = BTreeMap::new();
     for f in &rows {
         let r = f.r;
@@ -283,20 +330,10 @@ pub async fn apply_returns(conn: &mut PgConnection, returns: &[ReturnRow]) -> Re
         deltas.add(at, [0, 0, 0, -r.cost, 0, -repeat, 0, 0, r.refund]);
         if !f.customer.is_empty() {
             deltas.add_customer(at, &f.customer, [0, -r.refund]);
-            after
-                .entry(f.customer.clone())
-                .or_default()
-                .push(CustomerReturn {
-                    day: r.day,
-                    refund: r.refund,
-                });
         }
         kinds.entry(r.order_channel_id.as_str()).or_default();
     }
-    let spans_delta = span_delta(
-        &held(&customers, &stored, &returned),
-        &held(&customers, &stored, &after),
-    );
+    let spans_delta = span_delta(&standing, &deltas.standing(&standing));
     write_days(conn, deltas.days).await?;
     write_customer_days(conn, deltas.customer_days).await?;
     spans::add(conn, spans_delta).await?;
@@ -351,27 +388,36 @@ async fn customers_of(conn: &mut PgConnection, ids: &[&str]) -> Result<HashMap<S
     Ok(rows.into_iter().collect())
 }
 
+/// What a batch reads under its customers' locks.
+struct Read {
+    /// The customers locked, sorted.
+    customers: Vec<String>,
+    /// The changed orders' rows (locked) and the customers' first orders, by order id.
+    stored: BTreeMap<String, Stored>,
+    /// Each customer's first order not cancelled, by customer (customers without one have
+    /// none).
+    firsts: HashMap<String, String>,
+    /// Every customer locked, with what its pair rows are a function of.
+    standing: HashMap<String, Standing>,
+}
+
 /// What [`read`] reads, once `customers` and then the orders are locked: customers first, then
 /// rows, the order every writer takes them in. When another writer moved one of the orders to
 /// a customer not locked in between (rare), that customer is locked too and the read made
-/// again. Returns the customers locked with what was read.
+/// again.
 async fn lock_and_read(
     conn: &mut PgConnection,
     ids: &[&str],
     mut customers: Vec<String>,
-) -> Result<(
-    Vec<String>,
-    BTreeMap<String, Stored>,
-    HashMap<String, Vec<CustomerReturn>>,
-)> {
+) -> Result<Read> {
     loop {
         spans::lock(conn, &customers).await?;
-        let (stored, returns) = read(conn, ids, &customers).await?;
-        let held = sorted_customers(stored.values().map(|s| s.row.customer_id.as_str()));
-        if held.iter().all(|c| customers.binary_search(c).is_ok()) {
-            return Ok((customers, stored, returns));
+        let read = read(conn, ids, customers).await?;
+        let held = sorted_customers(read.stored.values().map(|s| s.row.customer_id.as_str()));
+        if held.iter().all(|c| read.customers.binary_search(c).is_ok()) {
+            return Ok(read);
         }
-        customers = sorted_customers(customers.iter().chain(&held).map(String::as_str));
+        customers = sorted_customers(read.customers.iter().chain(&held).map(String::as_str));
     }
 }
 
@@ -382,104 +428,107 @@ fn sorted_customers<'a>(ids: impl Iterator<Item = &'a str>) -> Vec<String> {
     v
 }
 
-/// The changed orders' rows (`ids`, sorted), locked (an order without a customer has no customer lock to
-/// guard it), and every other order of `customers`, guarded by the customers' locks, which
-/// every writer of a customer's orders holds (locking those rows as well would write to every
-/// one of them); and the customers' returns.
-async fn read(
-    conn: &mut PgConnection,
-    ids: &[&str],
-    customers: &[String],
-) -> Result<(
-    BTreeMap<String, Stored>,
-    HashMap<String, Vec<CustomerReturn>>,
-)> {
-    let mut rows: Vec<Stored> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+/// The changed orders' rows (`ids`, sorted), locked (an order without a customer has no
+/// customer lock to guard it); and each of `customers`' first order and standing, guarded by
+/// the customers' locks, which every writer of a customer's orders and returns holds.
+async fn read(conn: &mut PgConnection, ids: &[&str], customers: Vec<String>) -> Result<Read> {
+    let rows: Vec<Stored> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {ORDER_COLUMNS}, counted_first FROM order_facts \
          WHERE order_id = ANY($1) ORDER BY order_id FOR UPDATE"
     )))
     .bind(ids)
     .fetch_all(&mut *conn)
     .await?;
-    if !customers.is_empty() {
-        let others: Vec<Stored> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT {ORDER_COLUMNS}, counted_first FROM order_facts WHERE customer_id = ANY($1)"
-        )))
-        .bind(customers)
-        .fetch_all(&mut *conn)
-        .await?;
-        // The changed orders among them were read (and locked) above.
-        rows.extend(
-            others
-                .into_iter()
-                .filter(|o| ids.binary_search(&o.row.order_id.as_str()).is_err()),
-        );
-    }
-    let stored = rows
+    let mut stored: BTreeMap<String, Stored> = rows
         .into_iter()
         .map(|s| (s.row.order_id.clone(), s))
         .collect();
-    if customers.is_empty() {
-        return Ok((stored, HashMap::new()));
-    }
-    let returns = spans::returns_by_customer(
-        sqlx::query_as(
-            "SELECT customer_id, day, refund FROM return_facts WHERE customer_id = ANY($1)",
-        )
-        .bind(customers)
-        .fetch_all(&mut *conn)
-        .await?,
-    );
-    Ok((stored, returns))
-}
-
-/// A customer's facts as the pair rollups see them: orders not cancelled, and returns.
-type Held = HashMap<String, (Vec<CustomerOrder>, Vec<CustomerReturn>)>;
-
-/// Each customer's facts, from orders read (in id order, so equal facts give equal lists) and
-/// returns.
-fn held(
-    customers: &[String],
-    orders: &BTreeMap<String, Stored>,
-    returns: &HashMap<String, Vec<CustomerReturn>>,
-) -> Held {
-    let mut by_customer: Held = customers
+    let mut standing: HashMap<String, Standing> = customers
         .iter()
-        .map(|c| {
-            let r = returns.get(c).cloned().unwrap_or_default();
-            (c.clone(), (Vec::new(), r))
-        })
+        .map(|c| (c.clone(), Standing::default()))
         .collect();
-    for s in orders.values().filter(|s| !s.row.cancelled) {
-        let o = &s.row;
-        if let Some((orders, _)) = by_customer.get_mut(&o.customer_id) {
-            orders.push(CustomerOrder {
-                placed_at: o.placed_at,
-                order_id: o.order_id.clone(),
-                day: o.day,
-                channel_id: o.channel_id.clone(),
-                store_id: o.store_id.clone(),
-                associate_id: o.associate_id.clone(),
-                sales: o.sales,
-            });
+    let mut firsts = HashMap::new();
+    if customers.is_empty() {
+        return Ok(Read {
+            customers,
+            stored,
+            firsts,
+            standing,
+        });
+    }
+    let first_rows: Vec<Stored> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {ORDER_COLUMNS}, counted_first FROM order_facts WHERE order_id IN \
+           (SELECT first_order_id FROM customers WHERE customer_id = ANY($1))"
+    )))
+    .bind(&customers)
+    .fetch_all(&mut *conn)
+    .await?;
+    for first in first_rows {
+        let Some(s) = standing.get_mut(&first.row.customer_id) else {
+            continue;
+        };
+        let o = &first.row;
+        s.first = Some(place(o.day, &o.channel_id, &o.store_id, &o.associate_id));
+        firsts.insert(o.customer_id.clone(), o.order_id.clone());
+        // A changed order's row was read (and locked) above.
+        stored.entry(o.order_id.clone()).or_insert(first);
+    }
+    let days: Vec<(String, NaiveDate, String, String, String, i64, i64)> = sqlx::query_as(
+        "SELECT customer_id, day, channel_id, store_id, associate_id, orders, net_sales \
+         FROM customer_days WHERE customer_id = ANY($1)",
+    )
+    .bind(&customers)
+    .fetch_all(&mut *conn)
+    .await?;
+    for (customer, day, channel, store, associate, orders, net) in days {
+        if let Some(s) = standing.get_mut(&customer) {
+            s.add(&(day, channel, store, associate), orders, net);
         }
     }
-    by_customer
+    Ok(Read {
+        customers,
+        stored,
+        firsts,
+        standing,
+    })
+}
+
+/// The earliest order not cancelled of each of `customers` among those not in `ids` (sorted).
+async fn earliest_others(
+    conn: &mut PgConnection,
+    customers: &[&str],
+    ids: &[&str],
+) -> Result<Vec<Stored>> {
+    if customers.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT DISTINCT ON (customer_id) {ORDER_COLUMNS}, counted_first FROM order_facts \
+         WHERE customer_id = ANY($1) AND NOT cancelled AND order_id <> ALL($2) \
+         ORDER BY customer_id, placed_at, order_id"
+    )))
+    .bind(customers)
+    .bind(ids)
+    .fetch_all(conn)
+    .await?)
 }
 
 /// What the customers hold in the pair rollups after a change minus before, computed only for
-/// customers whose facts changed.
-fn span_delta(before: &Held, after: &Held) -> Contributions {
+/// customers whose standing changed.
+fn span_delta(
+    before: &HashMap<String, Standing>,
+    after: &HashMap<String, Standing>,
+) -> Contributions {
     let mut pairs = Pairs::default();
-    for (c, (orders, returns)) in after {
-        let Some((old_orders, old_returns)) = before.get(c) else {
+    for (c, now) in after {
+        let Some(then) = before.get(c) else {
             continue;
         };
-        if old_orders == orders && old_returns == returns {
+        if then == now {
             continue;
         }
-        pairs.customer(orders, returns, 1);
-        pairs.customer(old_orders, old_returns, -1);
+        pairs.customer(now, 1);
+        pairs.customer(then, -1);
     }
     let mut delta = Contributions::new();
     pairs.rows(&mut delta);

@@ -26,9 +26,10 @@
 //! `e`'s. So a report reads at most months² + 2 × 31 × months + 31² rows per key and family,
 //! however many orders there are.
 //!
-//! A customer's pairs are a function of its own facts only: every change is applied as
-//! "compute the customer's pairs before, change the facts, compute them after, add the
-//! difference", under a per-customer advisory lock, and [`rebuild`] recomputes them all.
+//! A customer's pairs are a function of its own facts only, through its [`Standing`]: every
+//! change is applied as "compute the customer's pairs before, change the facts, compute them
+//! after, add the difference", under a per-customer advisory lock, and [`rebuild`] recomputes
+//! them all from the facts.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -84,6 +85,75 @@ pub struct CustomerReturn {
     pub refund: i64,
 }
 
+/// Where an order or a return counts: its day, channel, store and associate.
+pub type Place = (NaiveDate, String, String, String);
+
+/// All a customer's pair rows are a function of: where its first order not cancelled was
+/// placed, how many orders not cancelled it placed at each place, and its net sales (sales
+/// less refunds) per day. It grows with the customer's distinct days and places, not with its
+/// orders: `customer_days` holds it, and `customers` the acquisition, so a batch of changes
+/// reads that instead of the customers' histories.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Standing {
+    pub first: Option<Place>,
+    pub orders: BTreeMap<Place, i64>,
+    pub net: BTreeMap<NaiveDate, i64>,
+}
+
+impl Standing {
+    /// From a customer's not-cancelled orders and its returns.
+    pub fn from_facts(orders: &[CustomerOrder], returns: &[CustomerReturn]) -> Standing {
+        let mut s = Standing {
+            first: orders
+                .iter()
+                .min_by(|x, y| (x.placed_at, &x.order_id).cmp(&(y.placed_at, &y.order_id)))
+                .map(|o| place(o.day, &o.channel_id, &o.store_id, &o.associate_id)),
+            ..Standing::default()
+        };
+        for o in orders {
+            let at = place(o.day, &o.channel_id, &o.store_id, &o.associate_id);
+            s.add(&at, 1, o.sales);
+        }
+        for r in returns {
+            s.add_net(r.day, -r.refund);
+        }
+        s
+    }
+
+    /// Moves a place's orders, and its day's net sales (a `customer_days` row, or a change to
+    /// one). Nothing left at zero is kept, so equal standings compare equal.
+    pub fn add(&mut self, at: &Place, orders: i64, net: i64) {
+        if orders != 0 {
+            let n = self.orders.entry(at.clone()).or_default();
+            *n += orders;
+            if *n == 0 {
+                self.orders.remove(at);
+            }
+        }
+        self.add_net(at.0, net);
+    }
+
+    fn add_net(&mut self, day: NaiveDate, net: i64) {
+        if net != 0 {
+            let v = self.net.entry(day).or_default();
+            *v += net;
+            if *v == 0 {
+                self.net.remove(&day);
+            }
+        }
+    }
+}
+
+/// The place of a row with these dimensions.
+pub fn place(day: NaiveDate, channel: &str, store: &str, associate: &str) -> Place {
+    (
+        day,
+        channel.to_owned(),
+        store.to_owned(),
+        associate.to_owned(),
+    )
+}
+
 fn month(d: NaiveDate) -> NaiveDate {
     d.with_day(1).unwrap_or(d)
 }
@@ -113,7 +183,7 @@ struct Pair<'a> {
     b: NaiveDate,
 }
 
-/// Weighted pairs. Adding one state of a customer and taking away another cancels what they
+/// Weighted pairs. Adding one standing of a customer and taking away another cancels what they
 /// share here, in small keys borrowed from the facts, before any stored row's key is built
 /// (a customer with a long history shares almost everything with itself one order later).
 #[derive(Debug, Default)]
@@ -133,52 +203,40 @@ impl<'a> Pairs<'a> {
         }
     }
 
-    /// Adds (`sign` 1) or takes away (-1) what one customer holds, from its not-cancelled
-    /// orders (any order) and its returns.
-    pub fn customer(&mut self, orders: &'a [CustomerOrder], returns: &[CustomerReturn], sign: i64) {
-        let mut orders: Vec<&'a CustomerOrder> = orders.iter().collect();
-        orders.sort_by(|x, y| (x.placed_at, &x.order_id).cmp(&(y.placed_at, &y.order_id)));
-        let Some(first) = orders.first() else {
+    /// Adds (`sign` 1) or takes away (-1) what one customer holds.
+    pub fn customer(&mut self, s: &'a Standing, sign: i64) {
+        let Some((first_day, channel, store, associate)) = &s.first else {
             return;
         };
 
-        // Families 0-2: per key, the customer's order days in order.
-        let mut days: BTreeMap<(Level, &str, &str, &str), Vec<NaiveDate>> = BTreeMap::new();
-        for o in &orders {
-            for key in keys(&o.channel_id, &o.store_id, &o.associate_id) {
-                days.entry(key).or_default().push(o.day);
+        // Families 0-2: per key, the customer's order days in order, as runs of one day.
+        let mut runs: BTreeMap<(Level, &'a str, &'a str, &'a str), BTreeMap<NaiveDate, i64>> =
+            BTreeMap::new();
+        for ((day, channel, store, associate), n) in &s.orders {
+            for key in keys(channel, store, associate) {
+                *runs.entry(key).or_default().entry(*day).or_default() += n;
             }
         }
-        for (key, mut ds) in days {
-            ds.sort();
-            for (i, d) in ds.iter().enumerate() {
-                self.add(key, 0, *d, *d, sign);
-                if let Some(next) = ds.get(i + 1) {
-                    self.add(key, 1, *d, *next, sign);
-                }
-                if let Some(after) = ds.get(i + 2) {
-                    self.add(key, 2, *d, *after, sign);
-                }
+        let mut second = None;
+        for (key, days) in runs {
+            let days: Vec<(NaiveDate, i64)> = days.into_iter().filter(|(_, n)| *n > 0).collect();
+            if key.0 == TOTAL {
+                second = nth_day(&days, 1);
+            }
+            for family in 0..=2_i16 {
+                apart(&days, i64::from(family), |a, b, n| {
+                    self.add(key, family, a, b, sign * n);
+                });
             }
         }
 
         // Families 3-4: under the acquisition's keys.
-        let acquired = keys(&first.channel_id, &first.store_id, &first.associate_id);
-        let mut order_days: Vec<NaiveDate> = orders.iter().map(|o| o.day).collect();
-        order_days.sort();
-        let mut net: BTreeMap<NaiveDate, i64> = BTreeMap::new();
-        for o in &orders {
-            *net.entry(o.day).or_default() += o.sales;
-        }
-        for r in returns {
-            *net.entry(r.day).or_default() -= r.refund;
-        }
-        for key in acquired {
-            if let Some(second) = order_days.get(1) {
-                self.add(key, 3, first.day, *second, sign);
+        for key in keys(channel, store, associate) {
+            if let Some(second) = second {
+                self.add(key, 3, *first_day, second, sign);
             }
-            for (d, value) in &net {
-                self.add(key, 4, first.day, first.day.max(*d), sign * *value);
+            for (d, value) in &s.net {
+                self.add(key, 4, *first_day, (*first_day).max(*d), sign * *value);
             }
         }
     }
@@ -212,15 +270,55 @@ impl<'a> Pairs<'a> {
 }
 
 /// What one customer holds in the rollups, from its not-cancelled orders (any order) and its
-/// returns. Pure: the incremental path and the rebuild share it.
+/// returns. Pure: the rebuild and the merge's snapshot use it.
 pub fn contributions(
     orders: &[CustomerOrder],
     returns: &[CustomerReturn],
     out: &mut Contributions,
 ) {
+    let standing = Standing::from_facts(orders, returns);
     let mut pairs = Pairs::default();
-    pairs.customer(orders, returns, 1);
+    pairs.customer(&standing, 1);
     pairs.rows(out);
+}
+
+/// The `k`-th day (from 0) of the sorted days `runs` stand for.
+fn nth_day(runs: &[(NaiveDate, i64)], k: i64) -> Option<NaiveDate> {
+    let mut before = 0;
+    for (day, n) in runs {
+        before += n;
+        if before > k {
+            return Some(*day);
+        }
+    }
+    None
+}
+
+/// Calls `pair(a, b, n)` for the pairs of days `k` apart in the sorted list of days `runs`
+/// stands for (day, how many times, each at least once): `n` pairs `(a, b)`. Work grows with
+/// the runs, not the days they stand for.
+fn apart(runs: &[(NaiveDate, i64)], k: i64, mut pair: impl FnMut(NaiveDate, NaiveDate, i64)) {
+    let mut starts = Vec::with_capacity(runs.len());
+    let mut total = 0;
+    for (_, n) in runs {
+        starts.push(total);
+        total += n;
+    }
+    for ((day, n), start) in runs.iter().zip(&starts) {
+        // Inside the run: every day but the last `k` has its partner in the run.
+        if *n > k {
+            pair(*day, *day, n - k);
+        }
+        // The last `k` days of the run (or all of them) pair with a later run's.
+        for p in start + n - k.min(*n)..start + n {
+            let q = p + k;
+            if q >= total {
+                break;
+            }
+            let r = starts.partition_point(|s| *s <= q) - 1;
+            pair(*day, runs[r].0, 1);
+        }
+    }
 }
 
 async fn customer_facts(
@@ -603,4 +701,71 @@ pub async fn rebuild(conn: &mut PgConnection) -> Result<(i64, i64)> {
         .await?;
     }
     Ok((written, changed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Pairs `k` apart, from the days written out one by one.
+    fn spelled_out(runs: &[(NaiveDate, i64)], k: usize) -> BTreeMap<(NaiveDate, NaiveDate), i64> {
+        let days: Vec<NaiveDate> = runs
+            .iter()
+            .flat_map(|(d, n)| std::iter::repeat_n(*d, usize::try_from(*n).unwrap_or(0)))
+            .collect();
+        let mut pairs = BTreeMap::new();
+        for (i, a) in days.iter().enumerate() {
+            if let Some(b) = days.get(i + k) {
+                *pairs.entry((*a, *b)).or_default() += 1;
+            }
+        }
+        pairs
+    }
+
+    #[test]
+    fn pairs_of_runs_are_the_pairs_of_the_days_written_out() {
+        let day = |d: u32| NaiveDate::from_ymd_opt(2026, 3, d).expect("day");
+        // Every shape of up to four runs of one to four days.
+        let mut shapes: Vec<Vec<i64>> = vec![Vec::new()];
+        for _ in 0..4 {
+            let longer: Vec<Vec<i64>> = shapes
+                .iter()
+                .filter(|s| s.len() < 4)
+                .flat_map(|s| {
+                    (1..=4).map(move |n| {
+                        let mut s = s.clone();
+                        s.push(n);
+                        s
+                    })
+                })
+                .collect();
+            shapes.extend(longer);
+        }
+        shapes.sort();
+        shapes.dedup();
+        assert!(shapes.len() > 300);
+        for shape in shapes {
+            let runs: Vec<(NaiveDate, i64)> = shape
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (day(u32::try_from(i).expect("small") * 3 + 1), *n))
+                .collect();
+            for k in 0..=2 {
+                let mut got = BTreeMap::new();
+                apart(&runs, k, |a, b, n| *got.entry((a, b)).or_default() += n);
+                let k = usize::try_from(k).expect("small");
+                assert_eq!(got, spelled_out(&runs, k), "runs {runs:?}, {k} apart");
+            }
+            let nth = (0..3).map(|k| nth_day(&runs, k)).collect::<Vec<_>>();
+            let days = spelled_out(&runs, 0);
+            let mut spelled: Vec<NaiveDate> = Vec::new();
+            for ((d, _), n) in days {
+                spelled.extend(std::iter::repeat_n(d, usize::try_from(n).unwrap_or(0)));
+            }
+            assert_eq!(
+                nth,
+                (0..3).map(|k| spelled.get(k).copied()).collect::<Vec<_>>()
+            );
+        }
+    }
 }
