@@ -564,3 +564,39 @@ async fn a_pipeline_over_several_slots_answers_in_order() {
         "each reply in its command's place"
     );
 }
+
+/// Records, per event, the plan cache mode its batch runs under.
+#[derive(Default)]
+struct Planning {
+    modes: std::sync::Mutex<Vec<String>>,
+}
+
+impl Handler for Planning {
+    async fn handle(&self, conn: &mut PgConnection, event: &Event) -> omni_runtime::Result<()> {
+        let mode: String = sqlx::query_scalar("SELECT current_setting('plan_cache_mode')")
+            .fetch_one(&mut *conn)
+            .await?;
+        self.modes.lock().expect("modes").push(mode);
+        record(conn, event).await
+    }
+}
+
+/// A batch's set-based statements are planned for their own arrays and the tables' sizes of
+/// the moment, never with a generic plan kept from when the tables were small.
+#[tokio::test]
+async fn batches_are_planned_for_their_own_arrays() {
+    let (pool, redis) = setup().await;
+    let outbox = Outbox::new("source");
+    let ids = emit(&pool, &outbox, 3).await;
+    let relay = outbox.relay(pool.clone(), redis.clone(), Duration::from_millis(20));
+    assert_eq!(relay.publish_pending().await.expect("publish"), 3);
+    let handler = Arc::new(Planning::default());
+    let mut consumer =
+        Consumer::new(config("a"), pool.clone(), redis.clone(), handler.clone()).expect("consumer");
+    assert_eq!(consumer.poll_once().await.expect("poll"), 3);
+    assert_each_applied_once(&pool, &ids).await;
+    assert_eq!(
+        *handler.modes.lock().expect("modes"),
+        vec!["force_custom_plan"; 3]
+    );
+}
