@@ -49,7 +49,7 @@ pub const STORE: Level = 2;
 pub const ASSOCIATE: Level = 3;
 
 /// One stored row's identity.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, FromRow)]
 pub struct RowKey {
     pub level: Level,
     pub grain: i16,
@@ -464,15 +464,26 @@ pub async fn add(conn: &mut PgConnection, delta: Contributions) -> Result<()> {
     let mut rows: Vec<(RowKey, i64)> = delta.into_iter().collect();
     rows.sort();
     let columns = Columns::from_rows(rows);
-    bind_columns(
+    // The rows the delta brought to zero come back from the upsert itself: usually none, and
+    // then nothing else runs (a delete joined with the whole delta cost as much as the upsert).
+    let zero = bind_columns(
         sqlx::query(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO pair_rollups ({KEY_COLUMNS}, value) SELECT * FROM {UNNEST} \
-             ON CONFLICT ({KEY_COLUMNS}) DO UPDATE SET value = pair_rollups.value + excluded.value"
+            "WITH moved AS (INSERT INTO pair_rollups ({KEY_COLUMNS}, value) \
+               SELECT * FROM {UNNEST} ON CONFLICT ({KEY_COLUMNS}) DO UPDATE \
+               SET value = pair_rollups.value + excluded.value RETURNING {KEY_COLUMNS}, value) \
+             SELECT {KEY_COLUMNS} FROM moved WHERE value = 0"
         ))),
         &columns,
     )
-    .execute(&mut *conn)
-    .await?;
+    .fetch_all(&mut *conn)
+    .await?
+    .iter()
+    .map(RowKey::from_row)
+    .collect::<std::result::Result<Vec<_>, _>>()?;
+    if zero.is_empty() {
+        return Ok(());
+    }
+    let columns = Columns::from_rows(zero.into_iter().map(|k| (k, 0)));
     bind_columns(
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "DELETE FROM pair_rollups p USING {UNNEST} AS d ({KEY_COLUMNS}, value) \
@@ -639,16 +650,8 @@ pub async fn rebuild(conn: &mut PgConnection) -> Result<(i64, i64)> {
     {
         #[derive(FromRow)]
         struct Stored {
-            level: i16,
-            grain: i16,
-            am: NaiveDate,
-            bm: NaiveDate,
-            a: NaiveDate,
-            b: NaiveDate,
-            family: i16,
-            channel_id: String,
-            store_id: String,
-            associate_id: String,
+            #[sqlx(flatten)]
+            key: RowKey,
             value: i64,
         }
         let mut seen = 0_i64;
@@ -658,19 +661,7 @@ pub async fn rebuild(conn: &mut PgConnection) -> Result<(i64, i64)> {
         .fetch(&mut *conn);
         while let Some(row) = stream.next().await {
             let s = row?;
-            let key = RowKey {
-                level: s.level,
-                grain: s.grain,
-                am: s.am,
-                bm: s.bm,
-                a: s.a,
-                b: s.b,
-                family: s.family,
-                channel_id: s.channel_id,
-                store_id: s.store_id,
-                associate_id: s.associate_id,
-            };
-            match rebuilt.get(&key) {
+            match rebuilt.get(&s.key) {
                 Some(v) if *v == s.value => seen += 1,
                 Some(_) => {
                     seen += 1;
