@@ -589,7 +589,7 @@ pub async fn figures(
 }
 
 /// Returns read as (customer, day, refund), by customer.
-pub fn returns_by_customer(
+fn returns_by_customer(
     rows: Vec<(String, NaiveDate, i64)>,
 ) -> HashMap<String, Vec<CustomerReturn>> {
     let mut returns: HashMap<String, Vec<CustomerReturn>> = HashMap::new();
