@@ -203,6 +203,39 @@ impl Error {
         }
     }
 
+    /// Renames every field and precondition subject this error names (e.g. a batch call's
+    /// `quotes[3].lines[0].sku_id` back to the caller's own `orders[7].lines[0].sku_id`).
+    #[must_use]
+    pub fn renamed(self, rename: impl Fn(&str) -> String) -> Self {
+        let fields = |violations: Vec<FieldViolation>| {
+            violations
+                .into_iter()
+                .map(|v| FieldViolation::new(rename(&v.field), v.description))
+                .collect()
+        };
+        match self {
+            Self::InvalidArgument(violations) => Self::InvalidArgument(fields(violations)),
+            Self::AlreadyExists(violations) => Self::AlreadyExists(fields(violations)),
+            Self::NotFoundAt { field, what } => Self::NotFoundAt {
+                field: rename(&field),
+                what,
+            },
+            Self::FailedPrecondition {
+                message,
+                violations,
+            } => Self::FailedPrecondition {
+                message,
+                violations: violations
+                    .into_iter()
+                    .map(|v| {
+                        PreconditionViolation::new(v.r#type, rename(&v.subject), v.description)
+                    })
+                    .collect(),
+            },
+            other => other,
+        }
+    }
+
     /// Prefixes every field this error names with `prefix` (e.g. `customer.` when a nested
     /// request was passed on to another service).
     pub fn within(self, prefix: &str) -> Self {

@@ -206,6 +206,7 @@ fn reads(method: &str) -> bool {
         "Evaluate",
         "Suggest",
         "BatchGet",
+        "BatchQuote",
     ]
     .iter()
     .any(|p| name.starts_with(p))

@@ -860,6 +860,24 @@ pub async fn live_promotions(
     .await
 }
 
+/// Every promotion running at some instant of `[from, to]` (ended ones included), by id.
+pub async fn promotions_running_between(
+    conn: &mut PgConnection,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Result<Vec<PromotionRow>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {PROMOTION_COLUMNS} FROM promotions \
+         WHERE (starts_at IS NULL OR starts_at <= $2) \
+           AND (ends_at IS NULL OR ends_at > $1) AND (ended_at IS NULL OR ended_at > $1) \
+         ORDER BY id"
+    )))
+    .bind(from)
+    .bind(to)
+    .fetch_all(conn)
+    .await
+}
+
 /// Serialises exclusive-promotion changes, so two overlapping ones cannot both pass the check.
 pub async fn lock_exclusive_promotions(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
     sqlx::query("SELECT pg_advisory_xact_lock(hashtext('catalog.exclusive_promotions'))")

@@ -418,6 +418,7 @@ pub fn rule(method: &str, w: &World, f: &Fixtures) -> Option<Rule> {
                 promotion: Some(f.promotion.clone()),
             }))
         }
+        "omni.catalog.v1.QuoteService/BatchQuote" => Shared(CATALOG_READ),
         "omni.catalog.v1.QuoteService/Quote" => Shared(CATALOG_READ),
 
         // crm: campaigns and triggered offers

@@ -178,23 +178,23 @@ impl App {
 
     /// A channel, cached.
     pub async fn channel_cached(&self, id: Uuid) -> Result<Option<ChannelRow>> {
+        Ok(self.channels_cached(&[id]).await?.pop().flatten())
+    }
+
+    /// Channels, cached, in the order of `ids`.
+    pub async fn channels_cached(&self, ids: &[Uuid]) -> Result<Vec<Option<ChannelRow>>> {
+        let slots = ids.iter().map(|id| self.cache.channel_slot(*id)).collect();
         let pool = self.pool.clone();
-        let mut found = self
-            .cached(
-                vec![self.cache.channel_slot(id)],
-                &[id],
-                |miss| async move {
-                    let mut conn = pool.acquire().await?;
-                    let mut out = HashMap::new();
-                    for id in miss {
-                        if let Some(c) = store::channel(&mut conn, id, false).await? {
-                            out.insert(id, c);
-                        }
-                    }
-                    Ok(out)
-                },
-            )
-            .await?;
-        Ok(found.pop().flatten())
+        self.cached(slots, ids, |miss| async move {
+            let mut conn = pool.acquire().await?;
+            let mut out = HashMap::new();
+            for id in miss {
+                if let Some(c) = store::channel(&mut conn, id, false).await? {
+                    out.insert(id, c);
+                }
+            }
+            Ok(out)
+        })
+        .await
     }
 }

@@ -47,6 +47,14 @@ impl PromotionRow {
         })
     }
 
+    /// Whether the promotion was running at `at`: within its window and not ended by then
+    /// (what `store::list_promotions` selects for an `active_at`).
+    pub fn running_at(&self, at: DateTime<Utc>) -> bool {
+        self.starts_at.is_none_or(|s| s <= at)
+            && self.ends_at.is_none_or(|e| e > at)
+            && self.ended_at.is_none_or(|e| e > at)
+    }
+
     /// The engine's view of the promotion.
     pub fn pricing(&self) -> Result<pricing::Promotion> {
         Ok(pricing::Promotion {
@@ -331,16 +339,54 @@ impl App {
         .await?)
     }
 
-    /// The promotions that may apply at `at`: the cached live set for the present, Postgres
-    /// for a past instant (promotions ended since still applied then).
-    pub(super) async fn promotions_at(&self, at: DateTime<Utc>) -> Result<Vec<PromotionRow>> {
+    /// The promotions that may apply at each of `instants`, in their order (each list by id):
+    /// the cached live set for the present; for past instants, one Postgres read covering all
+    /// of them (promotions ended since still applied then), each instant keeping those that
+    /// were running at it. Every rule is parsed once.
+    pub(super) async fn promotions_at(
+        &self,
+        instants: &[DateTime<Utc>],
+    ) -> Result<Vec<Vec<(String, pricing::Promotion)>>> {
         let now = Utc::now();
-        if at < now - chrono::Duration::minutes(1) {
-            let mut conn = self.pool.acquire().await?;
-            return Ok(
-                store::list_promotions(&mut conn, None, Some(at), true, now, None, 100_000).await?,
-            );
-        }
+        let past = |at: &DateTime<Utc>| *at < now - chrono::Duration::minutes(1);
+        let live = if instants.iter().any(|at| !past(at)) {
+            self.live_promotions(now).await?
+        } else {
+            Vec::new()
+        };
+        let earliest = instants.iter().filter(|at| past(at)).min();
+        let latest = instants.iter().filter(|at| past(at)).max();
+        let history = match (earliest, latest) {
+            (Some(from), Some(to)) => {
+                let mut conn = self.pool.acquire().await?;
+                store::promotions_running_between(&mut conn, *from, *to).await?
+            }
+            _ => Vec::new(),
+        };
+        let parsed = |rows: Vec<PromotionRow>| {
+            rows.into_iter()
+                .map(|row| Ok((row.pricing()?, row)))
+                .collect::<Result<Vec<_>>>()
+        };
+        let (live, history) = (parsed(live)?, parsed(history)?);
+        Ok(instants
+            .iter()
+            .map(|at| {
+                let (rows, filter) = if past(at) {
+                    (&history, true)
+                } else {
+                    (&live, false)
+                };
+                rows.iter()
+                    .filter(|(_, row)| !filter || row.running_at(*at))
+                    .map(|(promotion, row)| (row.currency.clone(), promotion.clone()))
+                    .collect()
+            })
+            .collect())
+    }
+
+    /// The live promotions (not ended, not past their end), cached.
+    async fn live_promotions(&self, now: DateTime<Utc>) -> Result<Vec<PromotionRow>> {
         let slot = self.cache.promotions_slot();
         match self.cache.get::<Vec<PromotionRow>>(&slot).await {
             crate::cache::Lookup::Hit(rows) => Ok(rows),

@@ -1,5 +1,10 @@
 //! Quote: gathers the pricing inputs (channel, SKUs, listings, promotions; all cached) and
-//! hands them to the pure engine in [`crate::pricing`].
+//! hands them to the pure engine in [`crate::pricing`]. Many carts priced at once read what
+//! they share once: each channel, the SKUs and listings of every cart, and the promotions of
+//! every instant (a batch of historical orders is one Postgres read of promotions, not one
+//! per order).
+
+use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use omni_runtime::error::PreconditionViolation;
@@ -39,9 +44,94 @@ pub struct Quoted {
 impl App {
     #[tracing::instrument(name = "catalog.quote", skip_all, fields(channel_id = %input.channel_id, lines = input.lines.len()), err)]
     pub async fn quote(&self, input: QuoteInput) -> Result<Quoted> {
-        let channel = self
-            .channel_cached(input.channel_id)
+        self.price(vec![input])
             .await?
+            .pop()
+            .ok_or_else(|| Error::internal("a quote went missing"))?
+    }
+
+    /// Prices every cart as [`App::quote`] would, in their order; each is priced or refused on
+    /// its own. The outer error is a failure to read the shared inputs.
+    #[tracing::instrument(name = "catalog.batch_quote", skip_all, fields(quotes = inputs.len()), err)]
+    pub async fn batch_quote(&self, inputs: Vec<QuoteInput>) -> Result<Vec<Result<Quoted>>> {
+        self.price(inputs).await
+    }
+
+    async fn price(&self, inputs: Vec<QuoteInput>) -> Result<Vec<Result<Quoted>>> {
+        let channel_ids = distinct(inputs.iter().map(|i| i.channel_id));
+        let channels: HashMap<Uuid, ChannelRow> = channel_ids
+            .iter()
+            .copied()
+            .zip(self.channels_cached(&channel_ids).await?)
+            .filter_map(|(id, c)| Some((id, c?)))
+            .collect();
+        let sku_ids = distinct(inputs.iter().flat_map(|i| i.lines.iter().map(|l| l.sku_id)));
+        let views: HashMap<Uuid, SkuView> = sku_ids
+            .iter()
+            .copied()
+            .zip(self.sku_views(&sku_ids).await?)
+            .filter_map(|(id, v)| Some((id, v?)))
+            .collect();
+        let mut listings: HashMap<(Uuid, Uuid), ListingRow> = HashMap::new();
+        for &channel in channels.keys() {
+            let ids = distinct(
+                inputs
+                    .iter()
+                    .filter(|i| i.channel_id == channel)
+                    .flat_map(|i| i.lines.iter().map(|l| l.sku_id))
+                    .filter(|id| views.contains_key(id)),
+            );
+            let found = self.listings_on(&ids, channel).await?;
+            listings.extend(
+                ids.into_iter()
+                    .zip(found)
+                    .filter_map(|(id, l)| Some(((id, channel), l?))),
+            );
+        }
+        let now = Utc::now();
+        let instants: Vec<DateTime<Utc>> =
+            inputs.iter().map(|i| i.priced_at.unwrap_or(now)).collect();
+        let promotions = self.promotions_at(&instants).await?;
+        let shared = Shared {
+            channels: &channels,
+            views: &views,
+            listings: &listings,
+        };
+        Ok(inputs
+            .into_iter()
+            .zip(instants)
+            .zip(promotions)
+            .map(|((input, at), promotions)| shared.price(input, at, promotions))
+            .collect())
+    }
+}
+
+/// Each id once, in the order first met.
+fn distinct(ids: impl Iterator<Item = Uuid>) -> Vec<Uuid> {
+    let mut seen = HashSet::new();
+    ids.filter(|id| seen.insert(*id)).collect()
+}
+
+/// What the carts of one call were priced from.
+struct Shared<'a> {
+    channels: &'a HashMap<Uuid, ChannelRow>,
+    views: &'a HashMap<Uuid, SkuView>,
+    /// By (SKU, channel).
+    listings: &'a HashMap<(Uuid, Uuid), ListingRow>,
+}
+
+impl Shared<'_> {
+    /// One cart, with the promotions (and their currencies) that may apply at its instant.
+    fn price(
+        &self,
+        input: QuoteInput,
+        priced_at: DateTime<Utc>,
+        promotions: Vec<(String, pricing::Promotion)>,
+    ) -> Result<Quoted> {
+        let channel = self
+            .channels
+            .get(&input.channel_id)
+            .cloned()
             .ok_or_else(|| missing("channel_id", format!("channel {}", input.channel_id)))?;
         if !channel.active {
             return Err(Error::precondition(
@@ -63,17 +153,15 @@ impl App {
                 ));
             }
         }
-        let ids: Vec<Uuid> = input.lines.iter().map(|l| l.sku_id).collect();
-        let views = self.sku_views(&ids).await?;
-        let unknown: Vec<(String, String)> = ids
+        let unknown: Vec<(String, String)> = input
+            .lines
             .iter()
-            .zip(&views)
             .enumerate()
-            .filter(|(_, (_, v))| v.is_none())
-            .map(|(i, (id, _))| {
+            .filter(|(_, l)| !self.views.contains_key(&l.sku_id))
+            .map(|(i, l)| {
                 (
                     format!("lines[{i}].sku_id"),
-                    format!("sku {id} does not exist"),
+                    format!("sku {} does not exist", l.sku_id),
                 )
             })
             .collect();
@@ -85,8 +173,16 @@ impl App {
                 .join(", ");
             return Err(missing_many(what, unknown));
         }
-        let views: Vec<SkuView> = views.into_iter().flatten().collect();
-        let listings = self.listings_on(&ids, channel.id).await?;
+        let views: Vec<SkuView> = input
+            .lines
+            .iter()
+            .map(|l| self.views[&l.sku_id].clone())
+            .collect();
+        let listings: Vec<Option<&ListingRow>> = input
+            .lines
+            .iter()
+            .map(|l| self.listings.get(&(l.sku_id, channel.id)))
+            .collect();
         let mut violations = Vec::new();
         for (i, (view, listing)) in views.iter().zip(&listings).enumerate() {
             let subject = format!("lines[{i}]/sku/{}", view.sku.sku_code);
@@ -96,7 +192,7 @@ impl App {
                     subject,
                     "the SKU is not active",
                 ));
-            } else if !listing.as_ref().is_some_and(|l| l.listed) {
+            } else if !listing.is_some_and(|l| l.listed) {
                 violations.push(PreconditionViolation::new(
                     "NOT_LISTED",
                     subject,
@@ -110,7 +206,7 @@ impl App {
                 violations,
             });
         }
-        let listings: Vec<ListingRow> = listings.into_iter().flatten().collect();
+        let listings: Vec<ListingRow> = listings.into_iter().flatten().cloned().collect();
         let lines: Vec<Line> = input
             .lines
             .iter()
@@ -122,14 +218,11 @@ impl App {
                 unit_price: listing.price,
             })
             .collect();
-        let priced_at = input.priced_at.unwrap_or_else(Utc::now);
-        let promotions = self
-            .promotions_at(priced_at)
-            .await?
-            .iter()
-            .filter(|p| p.currency.is_empty() || p.currency == channel.currency)
-            .map(|p| p.pricing())
-            .collect::<Result<Vec<_>>>()?;
+        let promotions: Vec<pricing::Promotion> = promotions
+            .into_iter()
+            .filter(|(currency, _)| currency.is_empty() || *currency == channel.currency)
+            .map(|(_, p)| p)
+            .collect();
         let coupons: Vec<Coupon> = input.coupons.into_iter().map(|(c, _)| c).collect();
         let ctx = Context {
             channel_id: channel.id,

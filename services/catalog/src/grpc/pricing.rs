@@ -6,7 +6,7 @@ use omni_proto::omni::catalog::v1 as pb;
 use omni_proto::omni::catalog::v1::pricing_service_server::PricingService;
 use omni_proto::omni::catalog::v1::quote_service_server::QuoteService;
 use omni_runtime::error::Violations;
-use omni_runtime::{auth, paging};
+use omni_runtime::{Error, auth, paging};
 use tonic::{Request, Response};
 use uuid::Uuid;
 
@@ -16,7 +16,8 @@ use super::{
     pair_token, status, timestamp, token_pair, uuid, uuids,
 };
 use crate::app::{
-    Issue, IssueKind, ListingInput, QuoteInput, QuoteLineInput, SuggestInput, Suggested, Suggestion,
+    Issue, IssueKind, ListingInput, Missing, QuoteInput, QuoteLineInput, Quoted, SuggestInput,
+    Suggested, Suggestion, missing_many,
 };
 use crate::domain::{self, CompetitorBasis, Exception, PricePolicy};
 use crate::pricing::{Coupon, CouponDiscount, Source};
@@ -515,124 +516,214 @@ impl PricingService for Grpc {
     }
 }
 
+/// Carts per BatchQuote call, and lines over all of them (an ImportOrders batch at most).
+const MAX_QUOTES: usize = 500;
+const MAX_BATCH_LINES: usize = 50_000;
+
+/// A cart's request checked into the engine's input; its problems go to `v`, named as in a
+/// QuoteRequest.
+fn quote_input(v: &mut Violations, req: &pb::QuoteRequest) -> Option<QuoteInput> {
+    let channel_id = v.check("channel_id", uuid(&req.channel_id));
+    if req.lines.is_empty() {
+        v.add("lines", "at least one line is required");
+    }
+    if req.lines.len() > 500 {
+        v.add("lines", "at most 500 lines");
+    }
+    let mut lines = Vec::with_capacity(req.lines.len());
+    for (i, l) in req.lines.iter().enumerate() {
+        let sku_id = v.check(&format!("lines[{i}].sku_id"), uuid(&l.sku_id));
+        if !(1..=100_000).contains(&l.quantity) {
+            v.add(
+                format!("lines[{i}].quantity"),
+                "must be between 1 and 100000",
+            );
+        }
+        if let Some(sku_id) = sku_id {
+            lines.push(QuoteLineInput {
+                sku_id,
+                quantity: i64::from(l.quantity),
+            });
+        }
+    }
+    let mut coupons = Vec::new();
+    for (i, c) in req.coupons.iter().enumerate() {
+        if let Some(c) = coupon(v, i, c) {
+            coupons.push(c);
+        }
+    }
+    let priced_at = req
+        .priced_at
+        .as_ref()
+        .and_then(|t| v.check("priced_at", from_timestamp(t)));
+    Some(QuoteInput {
+        channel_id: channel_id?,
+        customer_tier: req.customer_tier.trim().to_owned(),
+        lines,
+        coupons,
+        priced_at,
+    })
+}
+
+/// A priced cart in the contract's terms; `lines` are the request's, in the same order.
+fn quote_pb(lines: &[pb::QuoteLineInput], quoted: Quoted, show_cost: bool) -> pb::QuoteResponse {
+    let currency = quoted.channel.currency.clone();
+    let label_of = |source: &Source| match source {
+        Source::Promotion(id) => (id.to_string(), String::new()),
+        Source::Coupon(code) => (String::new(), code.clone()),
+    };
+    let lines = lines
+        .iter()
+        .zip(quoted.priced.lines)
+        .zip(quoted.skus.iter().zip(&quoted.listings))
+        .map(|((input, priced), (view, listing))| pb::QuotedLine {
+            line_ref: input.line_ref.clone(),
+            sku_id: view.sku.id.to_string(),
+            sku_code: view.sku.sku_code.clone(),
+            product_id: view.sku.product_id.to_string(),
+            product_name: view.product_name.clone(),
+            category_id: view.category_id.to_string(),
+            quantity: input.quantity,
+            unit_price: money(listing.price, &currency),
+            list_price: money(view.sku.list_price, &view.sku.currency),
+            gross_amount: money(priced.gross, &currency),
+            discounts: priced
+                .discounts
+                .iter()
+                .map(|d| {
+                    let (promotion_id, coupon_code) = label_of(&d.source);
+                    pb::AppliedDiscount {
+                        promotion_id,
+                        coupon_code,
+                        label: d.label.clone(),
+                        amount: money(d.amount, &currency),
+                    }
+                })
+                .collect(),
+            discount_amount: money(priced.discount, &currency),
+            net_amount: money(priced.net, &currency),
+            unit_cost: if show_cost {
+                money(view.sku.unit_cost, &view.sku.cost_currency)
+            } else {
+                None
+            },
+        })
+        .collect();
+    pb::QuoteResponse {
+        lines,
+        adjustments: quoted
+            .priced
+            .adjustments
+            .iter()
+            .map(|a| {
+                let (promotion_id, coupon_code) = label_of(&a.source);
+                pb::AppliedAdjustment {
+                    promotion_id,
+                    coupon_code,
+                    label: a.label.clone(),
+                    amount: money(a.amount, &currency),
+                }
+            })
+            .collect(),
+        subtotal: money(quoted.priced.subtotal, &currency),
+        discount_total: money(quoted.priced.discount_total, &currency),
+        total: money(quoted.priced.total, &currency),
+        unapplied_coupon_codes: quoted.priced.unapplied_coupons,
+        priced_at: timestamp(quoted.priced_at),
+    }
+}
+
+/// A refusal of the batch's cart `i`, every field and subject it names prefixed `quotes[i].`.
+fn in_quote(err: Error, i: usize) -> Error {
+    let named = |field: &str| {
+        if field.is_empty() {
+            format!("quotes[{i}]")
+        } else {
+            format!("quotes[{i}].{field}")
+        }
+    };
+    match err {
+        Error::Internal(inner) if inner.is::<Missing>() => match inner.downcast::<Missing>() {
+            Ok(m) => missing_many(
+                m.what,
+                m.fields
+                    .into_iter()
+                    .map(|(field, description)| (named(&field), description))
+                    .collect(),
+            ),
+            Err(inner) => Error::Internal(inner),
+        },
+        other => other.renamed(named),
+    }
+}
+
 #[tonic::async_trait]
 impl QuoteService for Grpc {
     async fn quote(&self, request: Request<pb::QuoteRequest>) -> GrpcResult<pb::QuoteResponse> {
         let actor = auth::principal(&request)?.clone();
         actor.require_any(ANY_ROLE)?;
-        let show_cost = actor.has_any(COST_READERS);
         let req = request.into_inner();
         let mut v = Violations::new();
-        let channel_id = v.check("channel_id", uuid(&req.channel_id));
-        if req.lines.is_empty() {
-            v.add("lines", "at least one line is required");
-        }
-        if req.lines.len() > 500 {
-            v.add("lines", "at most 500 lines");
-        }
-        let mut lines = Vec::with_capacity(req.lines.len());
-        for (i, l) in req.lines.iter().enumerate() {
-            let sku_id = v.check(&format!("lines[{i}].sku_id"), uuid(&l.sku_id));
-            if !(1..=100_000).contains(&l.quantity) {
-                v.add(
-                    format!("lines[{i}].quantity"),
-                    "must be between 1 and 100000",
-                );
-            }
-            if let Some(sku_id) = sku_id {
-                lines.push(QuoteLineInput {
-                    sku_id,
-                    quantity: i64::from(l.quantity),
-                });
-            }
-        }
-        let mut coupons = Vec::new();
-        for (i, c) in req.coupons.iter().enumerate() {
-            if let Some(c) = coupon(&mut v, i, c) {
-                coupons.push(c);
-            }
-        }
-        let priced_at = req
-            .priced_at
-            .as_ref()
-            .and_then(|t| v.check("priced_at", from_timestamp(t)));
+        let input = quote_input(&mut v, &req);
         finish(v)?;
-        let channel_id = channel_id.ok_or_else(|| internal("channel_id"))?;
-        let quoted = self
-            .app
-            .quote(QuoteInput {
-                channel_id,
-                customer_tier: req.customer_tier.trim().to_owned(),
-                lines,
-                coupons,
-                priced_at,
-            })
-            .await
-            .map_err(status)?;
-        let currency = quoted.channel.currency.clone();
-        let label_of = |source: &Source| match source {
-            Source::Promotion(id) => (id.to_string(), String::new()),
-            Source::Coupon(code) => (String::new(), code.clone()),
-        };
-        let lines = req
-            .lines
+        let input = input.ok_or_else(|| internal("channel_id"))?;
+        let quoted = self.app.quote(input).await.map_err(status)?;
+        Ok(Response::new(quote_pb(
+            &req.lines,
+            quoted,
+            actor.has_any(COST_READERS),
+        )))
+    }
+
+    async fn batch_quote(
+        &self,
+        request: Request<pb::BatchQuoteRequest>,
+    ) -> GrpcResult<pb::BatchQuoteResponse> {
+        let actor = auth::principal(&request)?.clone();
+        actor.require_any(ANY_ROLE)?;
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        if req.quotes.is_empty() {
+            v.add("quotes", "at least one quote is required");
+        }
+        if req.quotes.len() > MAX_QUOTES {
+            v.add("quotes", format!("at most {MAX_QUOTES} quotes"));
+        }
+        if req.quotes.iter().map(|q| q.lines.len()).sum::<usize>() > MAX_BATCH_LINES {
+            v.add(
+                "quotes",
+                format!("at most {MAX_BATCH_LINES} lines over all quotes"),
+            );
+        }
+        finish(v)?;
+        let mut refused = Vec::new();
+        let mut inputs = Vec::with_capacity(req.quotes.len());
+        for (i, quote) in req.quotes.iter().enumerate() {
+            let mut v = Violations::new();
+            let input = quote_input(&mut v, quote);
+            match (v.finish().map_err(|e| in_quote(e, i)), input) {
+                (Err(Error::InvalidArgument(violations)), _) => refused.extend(violations),
+                (Err(other), _) => return Err(status(other)),
+                (Ok(()), Some(input)) => inputs.push(input),
+                (Ok(()), None) => return Err(internal("channel_id")),
+            }
+        }
+        if !refused.is_empty() {
+            return Err(Error::InvalidArgument(refused).into());
+        }
+        let quoted = self.app.batch_quote(inputs).await.map_err(status)?;
+        let show_cost = actor.has_any(COST_READERS);
+        let quotes = req
+            .quotes
             .iter()
-            .zip(quoted.priced.lines)
-            .zip(quoted.skus.iter().zip(&quoted.listings))
-            .map(|((input, priced), (view, listing))| pb::QuotedLine {
-                line_ref: input.line_ref.clone(),
-                sku_id: view.sku.id.to_string(),
-                sku_code: view.sku.sku_code.clone(),
-                product_id: view.sku.product_id.to_string(),
-                product_name: view.product_name.clone(),
-                category_id: view.category_id.to_string(),
-                quantity: input.quantity,
-                unit_price: money(listing.price, &currency),
-                list_price: money(view.sku.list_price, &view.sku.currency),
-                gross_amount: money(priced.gross, &currency),
-                discounts: priced
-                    .discounts
-                    .iter()
-                    .map(|d| {
-                        let (promotion_id, coupon_code) = label_of(&d.source);
-                        pb::AppliedDiscount {
-                            promotion_id,
-                            coupon_code,
-                            label: d.label.clone(),
-                            amount: money(d.amount, &currency),
-                        }
-                    })
-                    .collect(),
-                discount_amount: money(priced.discount, &currency),
-                net_amount: money(priced.net, &currency),
-                unit_cost: if show_cost {
-                    money(view.sku.unit_cost, &view.sku.cost_currency)
-                } else {
-                    None
-                },
+            .zip(quoted)
+            .enumerate()
+            .map(|(i, (asked, quoted))| {
+                quoted
+                    .map(|q| quote_pb(&asked.lines, q, show_cost))
+                    .map_err(|e| status(in_quote(e, i)))
             })
-            .collect();
-        Ok(Response::new(pb::QuoteResponse {
-            lines,
-            adjustments: quoted
-                .priced
-                .adjustments
-                .iter()
-                .map(|a| {
-                    let (promotion_id, coupon_code) = label_of(&a.source);
-                    pb::AppliedAdjustment {
-                        promotion_id,
-                        coupon_code,
-                        label: a.label.clone(),
-                        amount: money(a.amount, &currency),
-                    }
-                })
-                .collect(),
-            subtotal: money(quoted.priced.subtotal, &currency),
-            discount_total: money(quoted.priced.discount_total, &currency),
-            total: money(quoted.priced.total, &currency),
-            unapplied_coupon_codes: quoted.priced.unapplied_coupons,
-            priced_at: timestamp(quoted.priced_at),
-        }))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Response::new(pb::BatchQuoteResponse { quotes }))
     }
 }

@@ -880,3 +880,181 @@ async fn quote_line_amounts_always_sum_to_the_total() {
         }
     });
 }
+
+fn instant(t: chrono::DateTime<chrono::Utc>) -> Option<prost_types::Timestamp> {
+    Some(prost_types::Timestamp {
+        seconds: t.timestamp(),
+        nanos: 0,
+    })
+}
+
+#[tokio::test]
+async fn a_batch_prices_each_cart_exactly_as_quote_does() {
+    let (c, r) = setup().await;
+    let (ox, li) = (r.sku("SHIRT-OX-M"), r.sku("SHIRT-LI-M"));
+    let e = r.eshop.id.clone();
+    list_on(&c, &li, &r.livestream.id).await;
+    let now = chrono::Utc::now();
+    let shirts = promotion(
+        "10% shirts",
+        Rule::PercentOff(pb::PercentOffRule { percent_bps: 1000 }),
+        pb::PromotionScope {
+            category_ids: vec![r.shirts.id.clone()],
+            ..Default::default()
+        },
+    );
+    create(&c, shirts).await.unwrap();
+    let mut gold = promotion(
+        "Gold 20% on the e-shop",
+        Rule::PercentOff(pb::PercentOffRule { percent_bps: 2000 }),
+        pb::PromotionScope {
+            customer_tiers: vec!["gold".into()],
+            channel_ids: vec![e.clone()],
+            ..Default::default()
+        },
+    );
+    gold.priority = 20;
+    create(&c, gold).await.unwrap();
+    let mut later = promotion(
+        "Next week 50%",
+        Rule::PercentOff(pb::PercentOffRule { percent_bps: 5000 }),
+        skus(&[&li]),
+    );
+    later.window = Some(TimeRange {
+        start: instant(now + chrono::Duration::days(7)),
+        end: instant(now + chrono::Duration::days(14)),
+    });
+    create(&c, later).await.unwrap();
+    // Ended now: it still applied to any instant before.
+    let gone = create(
+        &c,
+        promotion(
+            "2 EUR off, ended",
+            Rule::AmountOff(pb::AmountOffRule {
+                amount_per_unit: eur(200),
+            }),
+            pb::PromotionScope::default(),
+        ),
+    )
+    .await
+    .unwrap();
+    end(&c, &gone).await;
+
+    let cart = |channel: &str, tier: &str, lines: Vec<pb::QuoteLineInput>, at| pb::QuoteRequest {
+        channel_id: channel.into(),
+        customer_tier: tier.into(),
+        lines,
+        priced_at: at,
+        ..Default::default()
+    };
+    let mut with_coupon = cart(&e, "", vec![line(&ox, 1), line(&li, 2)], None);
+    with_coupon.coupons = vec![CouponEffect {
+        code: "WELCOME5".into(),
+        coupon_id: "c1".into(),
+        discount: Some(coupon_effect::Discount::AmountOff(eur(500).unwrap())),
+        ..Default::default()
+    }];
+    let carts = vec![
+        cart(&e, "", vec![line(&ox, 1)], None),
+        cart(&e, "gold", vec![line(&li, 1), line(&ox, 3)], None),
+        cart(&e, "gold", vec![line(&li, 2)], instant(now - chrono::Duration::days(30))),
+        cart(&r.livestream.id, "gold", vec![line(&li, 1)], instant(now - chrono::Duration::days(3))),
+        cart(&e, "", vec![line(&li, 1)], instant(now + chrono::Duration::days(8))),
+        with_coupon,
+        cart(&e, "", vec![line(&ox, 1)], instant(now - chrono::Duration::days(300))),
+    ];
+    let batch = c
+        .quotes()
+        .batch_quote(pb::BatchQuoteRequest {
+            quotes: carts.clone(),
+        })
+        .await
+        .expect("batch")
+        .into_inner()
+        .quotes;
+    assert_eq!(batch.len(), carts.len());
+    let labels = |q: &pb::QuoteResponse| -> Vec<String> {
+        q.adjustments.iter().map(|a| a.label.clone()).collect()
+    };
+    // The ended promotion priced the past carts only; next week's only the cart of next week.
+    assert!(!labels(&batch[0]).contains(&"2 EUR off, ended".to_owned()));
+    assert!(labels(&batch[2]).contains(&"2 EUR off, ended".to_owned()));
+    assert!(labels(&batch[3]).contains(&"2 EUR off, ended".to_owned()));
+    assert!(labels(&batch[4]).contains(&"Next week 50%".to_owned()));
+    assert!(!labels(&batch[2]).contains(&"Next week 50%".to_owned()));
+    for (i, (asked, mut got)) in carts.into_iter().zip(batch).enumerate() {
+        let priced_now = asked.priced_at.is_none();
+        let mut alone = c.quotes().quote(asked).await.expect("quote").into_inner();
+        if priced_now {
+            // Each call prices as of its own arrival.
+            alone.priced_at = None;
+            got.priced_at = None;
+        }
+        check_sums(&got);
+        assert_eq!(got, alone, "cart {i}");
+    }
+}
+
+#[tokio::test]
+async fn a_batch_is_refused_whole_naming_each_cart() {
+    let (c, r) = setup().await;
+    let (ox, small) = (r.sku("SHIRT-OX-M"), r.sku("SHIRT-OX-S"));
+    let e = r.eshop.id.clone();
+    let cart = |channel: &str, lines: Vec<pb::QuoteLineInput>| pb::QuoteRequest {
+        channel_id: channel.into(),
+        lines,
+        ..Default::default()
+    };
+    let batch = async |quotes: Vec<pb::QuoteRequest>| {
+        c.quotes()
+            .batch_quote(pb::BatchQuoteRequest { quotes })
+            .await
+            .expect_err("refused")
+    };
+
+    let err = batch(vec![
+        cart(&e, vec![line(&ox, 1)]),
+        cart(&e, vec![line(&ox, 0)]),
+        cart("not-an-id", vec![line(&ox, 1)]),
+    ])
+    .await;
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert_eq!(
+        fields(&err),
+        ["quotes[1].lines[0].quantity", "quotes[2].channel_id"]
+    );
+
+    let unknown = pb::Sku {
+        id: uuid::Uuid::now_v7().to_string(),
+        ..Default::default()
+    };
+    let err = batch(vec![
+        cart(&e, vec![line(&ox, 1)]),
+        cart(&e, vec![line(&ox, 1), line(&unknown, 1)]),
+    ])
+    .await;
+    assert_eq!(err.code(), Code::NotFound);
+    assert_eq!(fields(&err), ["quotes[1].lines[1].sku_id"]);
+
+    let err = batch(vec![
+        cart(&e, vec![line(&ox, 1)]),
+        cart(&r.store_lyon.id, vec![line(&small, 1)]),
+    ])
+    .await;
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert_eq!(
+        preconditions(&err),
+        [(
+            "NOT_LISTED".to_owned(),
+            "quotes[1].lines[0]/sku/SHIRT-OX-S".to_owned()
+        )]
+    );
+
+    let err = batch(vec![cart(&uuid::Uuid::now_v7().to_string(), vec![line(&ox, 1)])]).await;
+    assert_eq!(err.code(), Code::NotFound);
+    assert_eq!(fields(&err), ["quotes[0].channel_id"]);
+
+    assert_eq!(fields(&batch(Vec::new()).await), ["quotes"]);
+    let many = vec![cart(&e, vec![line(&ox, 1)]); 501];
+    assert_eq!(fields(&batch(many).await), ["quotes"]);
+}

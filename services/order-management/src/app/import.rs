@@ -25,7 +25,6 @@ use omni_proto::omni::orders::v1::{
     OrderStatus, Payment, PaymentMethod, Pickup, RefundStatus, Return, ReturnStatus,
     SourcingDecision, StatusChange,
 };
-use omni_runtime::error::PreconditionViolation;
 use omni_runtime::{Error, Result};
 use uuid::Uuid;
 
@@ -39,7 +38,7 @@ use crate::upstream::{Locations, call};
 /// Orders per ImportOrders call.
 pub const MAX_IMPORT: usize = 500;
 
-/// Calls to catalog and identity in flight at once for one batch.
+/// Calls to catalog and identity in flight at once for one batch's lookups.
 const LOOKUPS_IN_FLIGHT: usize = 16;
 
 /// Note on the status history of an imported order.
@@ -225,41 +224,54 @@ impl App {
             .await
     }
 
-    /// Each fresh order priced by catalog as of its placement, in `fresh`'s order.
+    /// Each fresh order priced by catalog as of its placement, in `fresh`'s order: one
+    /// BatchQuote for the batch (catalog reads the SKUs, listings and promotions they share
+    /// once), its refusals named by the batch's own fields (`orders[i].lines[j].sku_id`).
     async fn import_quotes(
         &self,
         batch: &[HistoricalOrder],
         fresh: &[usize],
     ) -> Result<Vec<catalog::QuoteResponse>> {
-        futures::stream::iter(fresh.iter().copied())
-            .map(|i| async move {
+        if fresh.is_empty() {
+            return Ok(Vec::new());
+        }
+        let quotes = fresh
+            .iter()
+            .map(|&i| {
                 let o = &batch[i];
-                call!(
-                    "catalog",
-                    self.upstreams.quotes.clone(),
-                    quote,
-                    catalog::QuoteRequest {
-                        channel_id: o.channel_id.clone(),
-                        customer_id: o.customer_id.clone(),
-                        lines: o
-                            .lines
-                            .iter()
-                            .enumerate()
-                            .map(|(j, l)| catalog::QuoteLineInput {
-                                sku_id: l.sku_id.clone(),
-                                quantity: l.quantity,
-                                line_ref: j.to_string(),
-                            })
-                            .collect(),
-                        priced_at: o.placed_at,
-                        ..Default::default()
-                    }
-                )
-                .map_err(|e| at(e, &format!("orders[{i}].")))
+                catalog::QuoteRequest {
+                    channel_id: o.channel_id.clone(),
+                    customer_id: o.customer_id.clone(),
+                    lines: o
+                        .lines
+                        .iter()
+                        .enumerate()
+                        .map(|(j, l)| catalog::QuoteLineInput {
+                            sku_id: l.sku_id.clone(),
+                            quantity: l.quantity,
+                            line_ref: j.to_string(),
+                        })
+                        .collect(),
+                    priced_at: o.placed_at,
+                    ..Default::default()
+                }
             })
-            .buffered(LOOKUPS_IN_FLIGHT)
-            .try_collect()
-            .await
+            .collect();
+        let priced = call!(
+            "catalog",
+            self.upstreams.quotes.clone(),
+            batch_quote,
+            catalog::BatchQuoteRequest { quotes }
+        )
+        .map_err(|e| e.renamed(|field| order_field(field, fresh)))?;
+        if priced.quotes.len() != fresh.len() {
+            return Err(Error::internal(format!(
+                "catalog priced {} of {} orders",
+                priced.quotes.len(),
+                fresh.len()
+            )));
+        }
+        Ok(priced.quotes)
     }
 
     /// The imported order in its final state, its returns and its events.
@@ -465,24 +477,24 @@ impl App {
 fn at(e: Error, prefix: &str) -> Error {
     match e {
         Error::NotFound(what) => Error::not_found_at(format!("{prefix}lines"), what),
-        Error::FailedPrecondition {
-            message,
-            violations,
-        } => Error::FailedPrecondition {
-            message,
-            violations: violations
-                .into_iter()
-                .map(|v| {
-                    PreconditionViolation::new(
-                        v.r#type,
-                        format!("{prefix}{}", v.subject),
-                        v.description,
-                    )
-                })
-                .collect(),
-        },
-        other => other.within(prefix),
+        other => other.renamed(|field| {
+            if field.is_empty() {
+                prefix.trim_end_matches('.').to_owned()
+            } else {
+                format!("{prefix}{field}")
+            }
+        }),
     }
+}
+
+/// A field of catalog's BatchQuote (`quotes[k].lines[0].sku_id`) named as the import's own
+/// (`orders[i].lines[0].sku_id`, where `fresh[k] == i`).
+fn order_field(field: &str, fresh: &[usize]) -> String {
+    field
+        .strip_prefix("quotes[")
+        .and_then(|rest| rest.split_once(']'))
+        .and_then(|(k, rest)| Some((fresh.get(k.parse::<usize>().ok()?)?, rest)))
+        .map_or_else(|| field.to_owned(), |(i, rest)| format!("orders[{i}]{rest}"))
 }
 
 /// Every location the batch names is one inventory knows; hand-over stores are stores.

@@ -174,7 +174,7 @@ async fn history_comes_in_with_its_own_dates_and_a_resent_batch_changes_nothing(
 
     // Sent again (a retry after a lost reply): the same orders, nothing new.
     let orders_before = w.count("SELECT count(*) FROM orders").await;
-    let again = import(&w, batch).await.expect("resent");
+    let again = import(&w, batch.clone()).await.expect("resent");
     assert!(again.orders.iter().all(|o| !o.created));
     let ids = |r: &pb::ImportOrdersResponse| -> Vec<String> {
         r.orders.iter().map(|o| o.order_id.clone()).collect()
@@ -182,6 +182,21 @@ async fn history_comes_in_with_its_own_dates_and_a_resent_batch_changes_nothing(
     assert_eq!(ids(&again), ids(&imported));
     assert_eq!(w.count("SELECT count(*) FROM orders").await, orders_before);
     assert_eq!(w.count("SELECT count(*) FROM returns").await, 1);
+
+    // Resent with one more order that catalog cannot price: refused whole, and the order is
+    // named by its place in this batch, although it is the only one priced.
+    let mut grown = batch;
+    let mut unknown = grown[1].clone();
+    unknown.channel_order_ref = format!("{}-late", unknown.channel_order_ref);
+    unknown.lines[0].sku_id = Uuid::now_v7().to_string();
+    grown.push(unknown);
+    let refused = import(&w, grown).await.expect_err("refused");
+    assert_eq!(refused.code(), tonic::Code::NotFound);
+    assert!(
+        refused.message().contains("orders[3].lines[0].sku_id"),
+        "{refused:?}"
+    );
+    assert_eq!(w.count("SELECT count(*) FROM orders").await, orders_before);
 
     // Performance counts each order on its own day; crm credited the points (less the return).
     let mut kpis = KpiServiceClient::new(w.shop.performance.admin());
