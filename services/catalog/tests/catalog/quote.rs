@@ -957,11 +957,31 @@ async fn a_batch_prices_each_cart_exactly_as_quote_does() {
     let carts = vec![
         cart(&e, "", vec![line(&ox, 1)], None),
         cart(&e, "gold", vec![line(&li, 1), line(&ox, 3)], None),
-        cart(&e, "gold", vec![line(&li, 2)], instant(now - chrono::Duration::days(30))),
-        cart(&r.livestream.id, "gold", vec![line(&li, 1)], instant(now - chrono::Duration::days(3))),
-        cart(&e, "", vec![line(&li, 1)], instant(now + chrono::Duration::days(8))),
+        cart(
+            &e,
+            "gold",
+            vec![line(&li, 2)],
+            instant(now - chrono::Duration::days(30)),
+        ),
+        cart(
+            &r.livestream.id,
+            "gold",
+            vec![line(&li, 1)],
+            instant(now - chrono::Duration::days(3)),
+        ),
+        cart(
+            &e,
+            "",
+            vec![line(&li, 1)],
+            instant(now + chrono::Duration::days(8)),
+        ),
         with_coupon,
-        cart(&e, "", vec![line(&ox, 1)], instant(now - chrono::Duration::days(300))),
+        cart(
+            &e,
+            "",
+            vec![line(&ox, 1)],
+            instant(now - chrono::Duration::days(300)),
+        ),
     ];
     let batch = c
         .quotes()
@@ -1050,7 +1070,11 @@ async fn a_batch_is_refused_whole_naming_each_cart() {
         )]
     );
 
-    let err = batch(vec![cart(&uuid::Uuid::now_v7().to_string(), vec![line(&ox, 1)])]).await;
+    let err = batch(vec![cart(
+        &uuid::Uuid::now_v7().to_string(),
+        vec![line(&ox, 1)],
+    )])
+    .await;
     assert_eq!(err.code(), Code::NotFound);
     assert_eq!(fields(&err), ["quotes[0].channel_id"]);
 

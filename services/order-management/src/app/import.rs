@@ -494,7 +494,10 @@ fn order_field(field: &str, fresh: &[usize]) -> String {
         .strip_prefix("quotes[")
         .and_then(|rest| rest.split_once(']'))
         .and_then(|(k, rest)| Some((fresh.get(k.parse::<usize>().ok()?)?, rest)))
-        .map_or_else(|| field.to_owned(), |(i, rest)| format!("orders[{i}]{rest}"))
+        .map_or_else(
+            || field.to_owned(),
+            |(i, rest)| format!("orders[{i}]{rest}"),
+        )
 }
 
 /// Every location the batch names is one inventory knows; hand-over stores are stores.
