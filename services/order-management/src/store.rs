@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use omni_proto::omni::orders::v1::{DeliveryKind, Order, OrderStatus, Return, SourcingConfig};
+use omni_proto::omni::orders::v1::{DeliveryKind, Order, Return, SourcingConfig};
 use omni_runtime::{Error, Result};
 use prost::Message;
 use sqlx::{PgConnection, PgPool, Row};
@@ -322,23 +322,29 @@ pub async fn pickup_orders(pool: &PgPool, store_id: &str) -> Result<Vec<Order>> 
         .collect()
 }
 
-/// Orders whose clock ran out: unpaid past their due time, or ready pickups past their
-/// deadline, with no step in progress. Read without locks: each is cancelled as a step of its
-/// own, which checks again under the order's lock.
+/// Orders whose clock ran out: unpaid past their due time (`$1`), or ready pickups past their
+/// deadline, with no step in progress; the oldest `$2`. Each branch reads its own partial index
+/// (`orders_unpaid_idx`, `orders_lapsed_pickup_idx`, whose predicates name the statuses as
+/// these literals do: 1 is PENDING_PAYMENT, 5 READY_FOR_PICKUP), so a sweep costs what is due,
+/// not what was ever ordered.
+pub const LAPSED_ORDERS: &str = "SELECT id FROM (
+         SELECT id, placed_at FROM orders
+          WHERE status = 1 AND payment_due_at < $1 AND pending IS NULL
+         UNION ALL
+         SELECT id, placed_at FROM orders
+          WHERE status = 5 AND pickup_deadline < $1 AND pending IS NULL
+     ) lapsed
+     ORDER BY placed_at
+     LIMIT $2";
+
+/// [`LAPSED_ORDERS`]. Read without locks: each is cancelled as a step of its own, which checks
+/// again under the order's lock.
 pub async fn lapsed_orders(pool: &PgPool, now: DateTime<Utc>, limit: i64) -> Result<Vec<Uuid>> {
-    Ok(sqlx::query_scalar(
-        "SELECT id FROM orders
-         WHERE pending IS NULL
-           AND ((status = $1 AND payment_due_at < $3) OR (status = $2 AND pickup_deadline < $3))
-         ORDER BY placed_at
-         LIMIT $4",
-    )
-    .bind(OrderStatus::PendingPayment as i16)
-    .bind(OrderStatus::ReadyForPickup as i16)
-    .bind(now)
-    .bind(limit)
-    .fetch_all(pool)
-    .await?)
+    Ok(sqlx::query_scalar(LAPSED_ORDERS)
+        .bind(now)
+        .bind(limit)
+        .fetch_all(pool)
+        .await?)
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -634,6 +634,86 @@ async fn unpaid_orders_expire_and_release_their_stock() {
 }
 
 #[tokio::test]
+async fn a_pickup_not_collected_in_time_is_cancelled_and_its_stock_released() {
+    let w = World::start_with(OrderClocks {
+        pickup_hold: Duration::from_millis(300),
+        ..OrderClocks::default()
+    })
+    .await;
+    w.receive(&w.lyon, &w.tee_m, 2).await;
+    let placed = w
+        .place(w.request(
+            &w.eshop,
+            vec![line(&w.tee_m, 1)],
+            at_store(pb::DeliveryKind::Pickup, &w.lyon),
+        ))
+        .await
+        .expect("placed");
+    let paid = w.pay(&placed).await;
+    let mut store = w.fulfilment(&w.lyon);
+    store
+        .start_picking(pb::StartPickingRequest {
+            order_id: paid.id.clone(),
+            fulfilment_id: String::new(),
+        })
+        .await
+        .expect("picking");
+    store
+        .mark_ready_for_pickup(pb::MarkReadyForPickupRequest {
+            order_id: paid.id.clone(),
+        })
+        .await
+        .expect("ready");
+    eventually(async || w.get(&paid.id).await.status() == pb::OrderStatus::Cancelled).await;
+    assert_eq!(
+        w.get(&paid.id).await.cancellation_reason(),
+        pb::CancellationReason::NotCollected
+    );
+    assert_eq!(
+        w.level(&w.lyon, &w.tee_m).await,
+        (2, 0),
+        "back on the shelf"
+    );
+}
+
+/// The sweeper asks every second which orders ran out of time. Its question is answered from
+/// the lapsed orders' own partial indexes, so a sweep reads what is due, not every order ever
+/// placed: even with sequential scans priced out, the old question walked the whole table
+/// through `orders_placed_idx`.
+#[tokio::test]
+async fn a_sweep_reads_only_the_orders_that_are_due() {
+    let w = World::start().await;
+    let db = w.shop.orders.db().await.expect("db");
+    let mut conn = db.acquire().await.expect("connection");
+    sqlx::query("SET enable_seqscan = off")
+        .execute(&mut *conn)
+        .await
+        .expect("set");
+    let plan: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "EXPLAIN {}",
+        order_management::store::LAPSED_ORDERS
+    )))
+    .bind(chrono::Utc::now())
+    .bind(100_i64)
+    .fetch_all(&mut *conn)
+    .await
+    .expect("explain");
+    let plan = plan.join("\n");
+    // The query and its indexes name the statuses by number.
+    assert_eq!(pb::OrderStatus::PendingPayment as i32, 1);
+    assert_eq!(pb::OrderStatus::ReadyForPickup as i32, 5);
+    for index in ["orders_unpaid_idx", "orders_lapsed_pickup_idx"] {
+        assert!(plan.contains(index), "{index} unused:\n{plan}");
+    }
+    assert!(
+        !plan.contains("Seq Scan") && !plan.contains("orders_placed_idx"),
+        "a sweep reads every order:\n{plan}"
+    );
+    drop(conn);
+    db.close().await;
+}
+
+#[tokio::test]
 async fn an_exchange_returns_one_size_and_hands_over_another() {
     let w = World::start().await;
     w.receive(&w.lyon, &w.tee_s, 2).await;
