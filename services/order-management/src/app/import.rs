@@ -41,6 +41,14 @@ pub const MAX_IMPORT: usize = 500;
 /// Calls to catalog and identity in flight at once for one batch's lookups.
 const LOOKUPS_IN_FLIGHT: usize = 16;
 
+/// Order lines priced per BatchQuote call: an answer stays far below gRPC's 4 MiB message
+/// limit however long the product names and promotion labels (a whole batch of 500 orders of
+/// 100 lines would not fit in one answer).
+const QUOTED_LINES_PER_CALL: usize = 1_000;
+
+/// BatchQuote calls in flight at once for one batch.
+const QUOTE_CALLS_IN_FLIGHT: usize = 4;
+
 /// Note on the status history of an imported order.
 const IMPORTED: &str = "imported";
 
@@ -224,18 +232,32 @@ impl App {
             .await
     }
 
-    /// Each fresh order priced by catalog as of its placement, in `fresh`'s order: one
-    /// BatchQuote for the batch (catalog reads the SKUs, listings and promotions they share
-    /// once), its refusals named by the batch's own fields (`orders[i].lines[j].sku_id`).
+    /// Each fresh order priced by catalog as of its placement, in `fresh`'s order, by
+    /// BatchQuote (catalog reads the SKUs, listings and promotions a call's orders share once):
+    /// as many orders a call as fit in [`QUOTED_LINES_PER_CALL`], so that no answer comes near
+    /// gRPC's message limit. Refusals are named by the batch's own fields
+    /// (`orders[i].lines[j].sku_id`).
     async fn import_quotes(
         &self,
         batch: &[HistoricalOrder],
         fresh: &[usize],
     ) -> Result<Vec<catalog::QuoteResponse>> {
-        if fresh.is_empty() {
-            return Ok(Vec::new());
-        }
-        let quotes = fresh
+        let calls = quote_calls(fresh, |i| batch[i].lines.len(), QUOTED_LINES_PER_CALL);
+        let priced: Vec<Vec<catalog::QuoteResponse>> = futures::stream::iter(calls)
+            .map(|orders| async move { self.quote_orders(batch, &orders).await })
+            .buffered(QUOTE_CALLS_IN_FLIGHT)
+            .try_collect()
+            .await?;
+        Ok(priced.into_iter().flatten().collect())
+    }
+
+    /// One BatchQuote for `orders` (indexes into `batch`), in their order.
+    async fn quote_orders(
+        &self,
+        batch: &[HistoricalOrder],
+        orders: &[usize],
+    ) -> Result<Vec<catalog::QuoteResponse>> {
+        let quotes = orders
             .iter()
             .map(|&i| {
                 let o = &batch[i];
@@ -263,12 +285,12 @@ impl App {
             batch_quote,
             catalog::BatchQuoteRequest { quotes }
         )
-        .map_err(|e| e.renamed(|field| order_field(field, fresh)))?;
-        if priced.quotes.len() != fresh.len() {
+        .map_err(|e| e.renamed(|field| order_field(field, orders)))?;
+        if priced.quotes.len() != orders.len() {
             return Err(Error::internal(format!(
                 "catalog priced {} of {} orders",
                 priced.quotes.len(),
-                fresh.len()
+                orders.len()
             )));
         }
         Ok(priced.quotes)
@@ -487,13 +509,36 @@ fn at(e: Error, prefix: &str) -> Error {
     }
 }
 
+/// `orders` cut, in their order, into runs of at most `per_call` lines (an order longer than
+/// that alone).
+fn quote_calls(
+    orders: &[usize],
+    lines: impl Fn(usize) -> usize,
+    per_call: usize,
+) -> Vec<Vec<usize>> {
+    let mut calls = Vec::new();
+    let (mut start, mut count) = (0, 0);
+    for (k, &i) in orders.iter().enumerate() {
+        let n = lines(i);
+        if k > start && count + n > per_call {
+            calls.push(orders[start..k].to_vec());
+            (start, count) = (k, 0);
+        }
+        count += n;
+    }
+    if start < orders.len() {
+        calls.push(orders[start..].to_vec());
+    }
+    calls
+}
+
 /// A field of catalog's BatchQuote (`quotes[k].lines[0].sku_id`) named as the import's own
-/// (`orders[i].lines[0].sku_id`, where `fresh[k] == i`).
-fn order_field(field: &str, fresh: &[usize]) -> String {
+/// (`orders[i].lines[0].sku_id`, where `orders[k] == i`).
+fn order_field(field: &str, orders: &[usize]) -> String {
     field
         .strip_prefix("quotes[")
         .and_then(|rest| rest.split_once(']'))
-        .and_then(|(k, rest)| Some((fresh.get(k.parse::<usize>().ok()?)?, rest)))
+        .and_then(|(k, rest)| Some((orders.get(k.parse::<usize>().ok()?)?, rest)))
         .map_or_else(
             || field.to_owned(),
             |(i, rest)| format!("orders[{i}]{rest}"),
@@ -550,4 +595,42 @@ fn check_locations(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quote_calls_keep_every_order_once_in_order_within_the_line_budget() {
+        let lines = [3, 4, 2, 9, 1, 1, 5];
+        let orders: Vec<usize> = (0..lines.len()).collect();
+        let calls = quote_calls(&orders, |i| lines[i], 7);
+        assert_eq!(
+            calls,
+            [vec![0, 1], vec![2], vec![3], vec![4, 5, 6]],
+            "an order longer than the budget goes alone"
+        );
+        let fresh = [2, 5, 6];
+        assert_eq!(quote_calls(&fresh, |i| lines[i], 100), [fresh.to_vec()]);
+        assert!(quote_calls(&[], |i| lines[i], 7).is_empty());
+    }
+
+    #[test]
+    fn batch_quote_fields_are_named_as_the_import_s_orders() {
+        let orders = [4, 9];
+        assert_eq!(
+            order_field("quotes[1].lines[0].sku_id", &orders),
+            "orders[9].lines[0].sku_id"
+        );
+        assert_eq!(
+            order_field("quotes[0].lines[2]/sku/TEE-M", &orders),
+            "orders[4].lines[2]/sku/TEE-M"
+        );
+        assert_eq!(
+            order_field("quotes[7].channel_id", &orders),
+            "quotes[7].channel_id"
+        );
+        assert_eq!(order_field("quotes", &orders), "quotes");
+    }
 }
