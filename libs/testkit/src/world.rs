@@ -566,6 +566,40 @@ impl World {
             .expect("order")
     }
 
+    /// One unit of `sku` ordered on the e-shop for pickup at `store`, and paid.
+    pub async fn paid_pickup(&self, sku: &str, store: &str) -> pb::Order {
+        let placed = self
+            .place(self.request(
+                &self.eshop,
+                vec![line(sku, 1)],
+                at_store(pb::DeliveryKind::Pickup, store),
+            ))
+            .await
+            .expect("placed");
+        self.pay(&placed).await
+    }
+
+    /// A paid pickup picked and marked ready by an associate of `store`.
+    pub async fn make_ready(&self, order: &pb::Order, store: &str) -> pb::Order {
+        let mut fulfilment = self.fulfilment(store);
+        fulfilment
+            .start_picking(pb::StartPickingRequest {
+                order_id: order.id.clone(),
+                fulfilment_id: String::new(),
+            })
+            .await
+            .expect("picking");
+        fulfilment
+            .mark_ready_for_pickup(pb::MarkReadyForPickupRequest {
+                order_id: order.id.clone(),
+            })
+            .await
+            .expect("ready")
+            .into_inner()
+            .order
+            .expect("order")
+    }
+
     pub async fn get(&self, order_id: &str) -> pb::Order {
         self.orders_admin()
             .get_order(pb::GetOrderRequest {

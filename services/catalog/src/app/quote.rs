@@ -59,19 +59,9 @@ impl App {
 
     async fn price(&self, inputs: Vec<QuoteInput>) -> Result<Vec<Result<Quoted>>> {
         let channel_ids = distinct(inputs.iter().map(|i| i.channel_id));
-        let channels: HashMap<Uuid, ChannelRow> = channel_ids
-            .iter()
-            .copied()
-            .zip(self.channels_cached(&channel_ids).await?)
-            .filter_map(|(id, c)| Some((id, c?)))
-            .collect();
+        let channels = by_id(&channel_ids, self.channels_cached(&channel_ids).await?);
         let sku_ids = distinct(inputs.iter().flat_map(|i| i.lines.iter().map(|l| l.sku_id)));
-        let views: HashMap<Uuid, SkuView> = sku_ids
-            .iter()
-            .copied()
-            .zip(self.sku_views(&sku_ids).await?)
-            .filter_map(|(id, v)| Some((id, v?)))
-            .collect();
+        let views = by_id(&sku_ids, self.sku_views(&sku_ids).await?);
         let mut listings: HashMap<(Uuid, Uuid), ListingRow> = HashMap::new();
         for &channel in channels.keys() {
             let ids = distinct(
@@ -81,12 +71,8 @@ impl App {
                     .flat_map(|i| i.lines.iter().map(|l| l.sku_id))
                     .filter(|id| views.contains_key(id)),
             );
-            let found = self.listings_on(&ids, channel).await?;
-            listings.extend(
-                ids.into_iter()
-                    .zip(found)
-                    .filter_map(|(id, l)| Some(((id, channel), l?))),
-            );
+            let found = by_id(&ids, self.listings_on(&ids, channel).await?);
+            listings.extend(found.into_iter().map(|(id, l)| ((id, channel), l)));
         }
         let now = Utc::now();
         let instants: Vec<DateTime<Utc>> =
@@ -110,6 +96,15 @@ impl App {
 fn distinct(ids: impl Iterator<Item = Uuid>) -> Vec<Uuid> {
     let mut seen = HashSet::new();
     ids.filter(|id| seen.insert(*id)).collect()
+}
+
+/// What a cached read of `ids` found, by id.
+fn by_id<T>(ids: &[Uuid], found: Vec<Option<T>>) -> HashMap<Uuid, T> {
+    ids.iter()
+        .copied()
+        .zip(found)
+        .filter_map(|(id, v)| Some((id, v?)))
+        .collect()
 }
 
 /// What the carts of one call were priced from.

@@ -641,29 +641,8 @@ async fn a_pickup_not_collected_in_time_is_cancelled_and_its_stock_released() {
     })
     .await;
     w.receive(&w.lyon, &w.tee_m, 2).await;
-    let placed = w
-        .place(w.request(
-            &w.eshop,
-            vec![line(&w.tee_m, 1)],
-            at_store(pb::DeliveryKind::Pickup, &w.lyon),
-        ))
-        .await
-        .expect("placed");
-    let paid = w.pay(&placed).await;
-    let mut store = w.fulfilment(&w.lyon);
-    store
-        .start_picking(pb::StartPickingRequest {
-            order_id: paid.id.clone(),
-            fulfilment_id: String::new(),
-        })
-        .await
-        .expect("picking");
-    store
-        .mark_ready_for_pickup(pb::MarkReadyForPickupRequest {
-            order_id: paid.id.clone(),
-        })
-        .await
-        .expect("ready");
+    let paid = w.paid_pickup(&w.tee_m, &w.lyon).await;
+    w.make_ready(&paid, &w.lyon).await;
     eventually(async || w.get(&paid.id).await.status() == pb::OrderStatus::Cancelled).await;
     assert_eq!(
         w.get(&paid.id).await.cancellation_reason(),
@@ -872,15 +851,7 @@ async fn a_pickup_past_its_promise_is_overdue_and_marked_late() {
     })
     .await;
     w.receive(&w.lyon, &w.mug, 1).await;
-    let order = w
-        .place(w.request(
-            &w.eshop,
-            vec![line(&w.mug, 1)],
-            at_store(pb::DeliveryKind::Pickup, &w.lyon),
-        ))
-        .await
-        .expect("placed");
-    let paid = w.pay(&order).await;
+    let paid = w.paid_pickup(&w.mug, &w.lyon).await;
     let mut store = w.fulfilment(&w.lyon);
     eventually(async || {
         let queue = store

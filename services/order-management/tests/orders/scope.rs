@@ -167,15 +167,7 @@ async fn a_store_associate_takes_back_and_hands_over_other_channels_orders_at_it
 
     // An e-shop order collected at Lyon is handed over there.
     w.receive(&w.lyon, &w.tee_m, 3).await;
-    let placed = w
-        .place(w.request(
-            &w.eshop,
-            vec![line(&w.tee_m, 1)],
-            at_store(pb::DeliveryKind::Pickup, &w.lyon),
-        ))
-        .await
-        .expect("placed");
-    let paid = w.pay(&placed).await;
+    let paid = w.paid_pickup(&w.tee_m, &w.lyon).await;
     let mut store =
         omni_proto::omni::orders::v1::fulfilment_service_client::FulfilmentServiceClient::new(
             associate(),
