@@ -239,32 +239,17 @@ impl Error {
     /// Prefixes every field this error names with `prefix` (e.g. `customer.` when a nested
     /// request was passed on to another service).
     pub fn within(self, prefix: &str) -> Self {
-        let prefixed = |field: String| {
+        // A precondition's subject names a thing (`sku/ABC-1`), not a field of this request.
+        if matches!(self, Self::FailedPrecondition { .. }) {
+            return self;
+        }
+        self.renamed(|field| {
             if field.is_empty() {
                 prefix.trim_end_matches('.').to_owned()
             } else {
                 format!("{prefix}{field}")
             }
-        };
-        match self {
-            Self::InvalidArgument(violations) => Self::InvalidArgument(
-                violations
-                    .into_iter()
-                    .map(|v| FieldViolation::new(prefixed(v.field), v.description))
-                    .collect(),
-            ),
-            Self::NotFoundAt { field, what } => Self::NotFoundAt {
-                field: prefixed(field),
-                what,
-            },
-            Self::AlreadyExists(violations) => Self::AlreadyExists(
-                violations
-                    .into_iter()
-                    .map(|v| FieldViolation::new(prefixed(v.field), v.description))
-                    .collect(),
-            ),
-            other => other,
-        }
+        })
     }
 }
 
@@ -465,6 +450,41 @@ mod tests {
             Error::from_dependency("catalog", &answered),
             Error::Internal(_)
         ));
+    }
+
+    #[test]
+    fn fields_are_renamed_and_nested_where_they_are_named() {
+        let fields = |e: &Error| match e {
+            Error::InvalidArgument(v) | Error::AlreadyExists(v) => {
+                v.iter().map(|v| v.field.clone()).collect::<Vec<_>>()
+            }
+            Error::NotFoundAt { field, .. } => vec![field.clone()],
+            Error::FailedPrecondition { violations, .. } => {
+                violations.iter().map(|v| v.subject.clone()).collect()
+            }
+            _ => Vec::new(),
+        };
+        let batch = |field: &str| field.replacen("quotes[1]", "orders[7]", 1);
+        let invalid = Error::InvalidArgument(vec![
+            FieldViolation::new("quotes[1].lines[0].sku_id", "must be a UUID"),
+            FieldViolation::new("", "bad"),
+        ]);
+        assert_eq!(
+            fields(&invalid.renamed(batch)),
+            ["orders[7].lines[0].sku_id", ""]
+        );
+        let unlisted = Error::precondition("NOT_LISTED", "quotes[1].lines[0]/sku/TEE", "no");
+        assert_eq!(
+            fields(&unlisted.renamed(batch)),
+            ["orders[7].lines[0]/sku/TEE"]
+        );
+        let missing = Error::not_found_at("sku_id", "sku 1");
+        assert_eq!(fields(&missing.within("lines[2].")), ["lines[2].sku_id"]);
+        let whole = Error::invalid("", "is required");
+        assert_eq!(fields(&whole.within("customer.")), ["customer"]);
+        // A precondition's subject names a thing, not a field: nesting leaves it.
+        let stock = Error::precondition("STOCK", "sku/TEE", "short");
+        assert_eq!(fields(&stock.within("lines[0].")), ["sku/TEE"]);
     }
 
     #[test]

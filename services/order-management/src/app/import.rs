@@ -499,13 +499,9 @@ impl App {
 fn at(e: Error, prefix: &str) -> Error {
     match e {
         Error::NotFound(what) => Error::not_found_at(format!("{prefix}lines"), what),
-        other => other.renamed(|field| {
-            if field.is_empty() {
-                prefix.trim_end_matches('.').to_owned()
-            } else {
-                format!("{prefix}{field}")
-            }
-        }),
+        // Here a subject names a line of the batch (`lines[0]/sku/TEE-M`).
+        e @ Error::FailedPrecondition { .. } => e.renamed(|subject| format!("{prefix}{subject}")),
+        other => other.within(prefix),
     }
 }
 
