@@ -64,7 +64,7 @@ pub async fn summaries(
         sqlx::query_scalar("SELECT currency FROM customer_orders LIMIT 1")
             .fetch_optional(&mut *conn)
             .await?;
-    let facts: HashMap<String, facts::Facts> = facts::load(conn, Some(ids), Utc::now())
+    let facts: HashMap<String, facts::Facts> = facts::load(conn, Some(ids), Utc::now(), &[])
         .await?
         .into_iter()
         .map(|f| (f.customer_id.clone(), f))
@@ -80,7 +80,7 @@ pub async fn summaries(
                 member_number: number.clone(),
                 tier: f.tier.clone(),
                 lifecycle_stage: f.lifecycle,
-                last_purchase_at: f.orders.iter().map(|o| o.placed_at).max().map(ts),
+                last_purchase_at: f.last_purchase.map(ts),
                 total_spend: Some(Money {
                     minor_units: f.total_spend,
                     currency: currency.clone().unwrap_or_default(),

@@ -24,7 +24,7 @@ use sqlx::PgConnection;
 
 use crate::grpc::Grpc;
 use crate::offers::{self, Happening};
-use crate::{facts, segments, store, tiers};
+use crate::{segments, store, tiers};
 
 /// crm's handler for the "identity", "orders" and "catalog" streams. It holds the gRPC layer
 /// for the triggered offers an order may fire (coupons and deliveries go through its outbox).
@@ -74,8 +74,7 @@ impl Handler for Events {
         // members, then the customer row), so the two cannot deadlock.
         segments::refresh_customers(conn, &customers).await?;
         // Outbox rows for tier changes and fired offers.
-        let mut announced =
-            tiers::announce_changes(conn, &self.grpc.outbox, &customers, facts::CANCELLED).await?;
+        let mut announced = tiers::announce_changes(conn, &self.grpc.outbox, &customers).await?;
         // Each trigger's rules are loaded once for the batch; most triggers have none.
         let mut offer_rules = HashMap::new();
         for (customer, happening) in &batch.happenings {

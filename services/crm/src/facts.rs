@@ -1,57 +1,44 @@
 //! What crm knows about each customer's purchases, loaded for RFM, lifecycle, tiers and
 //! segment rules.
 //!
-//! Each customer's purchase aggregate lives in `customer_stats`, kept by [`refresh_stats`]
-//! whenever one of the customer's orders changes, so nothing re-aggregates the order table of
-//! the whole base. RFM scores are ranks across the base: for a few customers (a customer view)
+//! Each customer's purchase aggregate lives in `customer_stats`, and the purchases segment
+//! rules and tiers count in `customer_purchases`, both kept by deltas as order events arrive
+//! ([`crate::purchases`]), so nothing re-aggregates a customer's orders, let alone the order
+//! table of the whole base. RFM scores are ranks across the base: for a few customers (a customer view)
 //! they are read as counts of the customers below each value ([`scored`], index scans); for a
 //! batch's customers against the base's values read once and sorted; for the whole base (a
 //! segment refresh) [`base`] reads every aggregate and [`rfm::scores`] ranks them. All give
-//! the same scores. The detail of orders and lines
-//! is loaded only for the customers asked for.
+//! the same scores. A segment rule's `bought(...)`s are counted for the customers asked
+//! for, one statement per distinct filter.
 
 use std::collections::HashMap;
 
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Utc};
 use omni_runtime::Error;
 use sqlx::PgConnection;
 
+use crate::purchases;
 use crate::rfm::{self, Aggregate, Rfm};
-use crate::tiers::{self, Rules};
+use crate::segment_rule::PurchaseFilter;
+use crate::tiers;
 
 /// Order status that does not count as a purchase.
 pub const CANCELLED: i32 = 8;
 
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct OrderFact {
-    pub customer_id: String,
-    pub order_id: String,
-    pub channel_id: String,
-    pub channel_kind: i32,
-    pub store_id: String,
-    pub placed_at: DateTime<Utc>,
-    pub net_minor: i64,
-}
-
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct LineFact {
-    pub customer_id: String,
-    pub order_id: String,
-    pub sku_id: String,
-    pub product_id: String,
-    pub category_id: String,
-}
-
-/// One customer as segment rules see it.
+/// One customer as segment rules see it, at one moment.
 #[derive(Debug, Clone, Default)]
 pub struct Facts {
     pub customer_id: String,
-    pub orders: Vec<OrderFact>,
-    pub lines: Vec<LineFact>,
+    /// Counted orders (not cancelled).
+    pub order_count: i64,
+    /// Net spend (total less refunds) of the counted orders.
+    pub total_spend: i64,
+    pub last_purchase: Option<DateTime<Utc>>,
     pub rfm: Rfm,
     pub lifecycle: i32,
     pub tier: String,
-    pub total_spend: i64,
+    /// The orders each purchase filter of the rules being evaluated matches.
+    pub bought: HashMap<PurchaseFilter, i64>,
 }
 
 type AggregateRow = (String, DateTime<Utc>, DateTime<Utc>, i64, i64);
@@ -77,37 +64,6 @@ pub async fn base(conn: &mut PgConnection) -> Result<Vec<Aggregate>, Error> {
     .fetch_all(conn)
     .await?;
     Ok(rows.into_iter().map(aggregate).collect())
-}
-
-/// Recomputes the aggregates of `customer_ids` from their orders (a handful of rows each), in
-/// one statement; called whenever one of their orders changes. A customer without a counted
-/// order has no aggregate.
-pub async fn refresh_stats(conn: &mut PgConnection, customer_ids: &[&str]) -> Result<(), Error> {
-    if customer_ids.is_empty() {
-        return Ok(());
-    }
-    // In customer order, so two transactions lock the rows in the same order.
-    sqlx::query(
-        "WITH agg AS (
-             SELECT customer_id, min(placed_at) AS first_purchase, max(placed_at) AS last_purchase,
-                 count(*) AS orders, sum(total_minor - refunded_minor)::BIGINT AS monetary
-             FROM customer_orders WHERE customer_id = ANY($1) AND status <> $2
-             GROUP BY customer_id ORDER BY customer_id
-         ), gone AS (
-             DELETE FROM customer_stats s WHERE s.customer_id = ANY($1)
-                 AND NOT EXISTS (SELECT 1 FROM agg WHERE agg.customer_id = s.customer_id)
-         )
-         INSERT INTO customer_stats (customer_id, first_purchase, last_purchase, orders, monetary)
-         SELECT * FROM agg
-         ON CONFLICT (customer_id) DO UPDATE SET first_purchase = EXCLUDED.first_purchase,
-             last_purchase = EXCLUDED.last_purchase, orders = EXCLUDED.orders,
-             monetary = EXCLUDED.monetary",
-    )
-    .bind(customer_ids)
-    .bind(CANCELLED)
-    .execute(conn)
-    .await?;
-    Ok(())
 }
 
 /// Up to this many customers are ranked by index counts; more (an event batch) by one pass
@@ -222,43 +178,13 @@ pub async fn customer_ids(conn: &mut PgConnection) -> Result<Vec<String>, Error>
     .await?)
 }
 
-/// RFM, lifecycle and tier of one customer, given its aggregate and scores.
-pub fn derived(
-    scored: Option<&(Aggregate, Rfm)>,
-    orders: &[OrderFact],
-    rules: &Rules,
-    now: DateTime<Utc>,
-) -> (Rfm, i32, String) {
-    let since = now - Duration::days(rules.window_days);
-    let rolling: i64 = orders
-        .iter()
-        .filter(|o| o.placed_at >= since)
-        .map(|o| o.net_minor)
-        .sum();
-    (
-        scored.map(|(_, rfm)| *rfm).unwrap_or_default(),
-        rfm::lifecycle(scored.map(|(a, _)| a), now),
-        rules.tier_for(rolling).0.to_owned(),
-    )
-}
-
-/// The facts of `customers` (every live customer when `None`).
+/// The facts of `customers` (every live customer when `None`) at `now`, with the orders each
+/// of `filters` matches counted.
 pub async fn load(
     conn: &mut PgConnection,
     customers: Option<&[String]>,
     now: DateTime<Utc>,
-) -> Result<Vec<Facts>, Error> {
-    load_with(conn, customers, now, true).await
-}
-
-/// [`load`], with the customers' order lines only when `lines`: the lines of a customer's
-/// whole history are the largest read, and most rules never look at them
-/// ([`crate::segment_rule::Expr::reads_lines`]).
-pub async fn load_with(
-    conn: &mut PgConnection,
-    customers: Option<&[String]>,
-    now: DateTime<Utc>,
-    lines: bool,
+    filters: &[PurchaseFilter],
 ) -> Result<Vec<Facts>, Error> {
     let (ids, scores) = match customers {
         Some(ids) => (ids.to_vec(), scored(conn, ids).await?),
@@ -277,58 +203,38 @@ pub async fn load_with(
         }
     };
     let rules = tiers::load(conn).await?;
-    let orders: Vec<OrderFact> = sqlx::query_as(
-        "SELECT customer_id, order_id, channel_id, channel_kind, store_id, placed_at,
-             total_minor - refunded_minor AS net_minor
-         FROM customer_orders WHERE status <> $1 AND customer_id = ANY($2)",
-    )
-    .bind(CANCELLED)
-    .bind(&ids)
-    .fetch_all(&mut *conn)
-    .await?;
-    let lines: Vec<LineFact> = if lines {
-        sqlx::query_as(
-            "SELECT l.customer_id, l.order_id, l.sku_id, l.product_id, l.category_id
-             FROM order_lines l JOIN customer_orders o ON o.order_id = l.order_id
-             WHERE o.status <> $1 AND l.customer_id = ANY($2)",
-        )
-        .bind(CANCELLED)
-        .bind(&ids)
-        .fetch_all(&mut *conn)
-        .await?
-    } else {
-        Vec::new()
+    let since = rules.window_start(now);
+    let spends = match customers {
+        Some(_) => {
+            let asked: Vec<&str> = ids.iter().map(String::as_str).collect();
+            purchases::rolling_spends(conn, &asked, since).await?
+        }
+        None => purchases::all_rolling_spends(conn, since).await?,
     };
-    let mut by_id: HashMap<String, Facts> = ids
-        .iter()
+    let mut counts = Vec::with_capacity(filters.len());
+    for filter in filters {
+        counts.push(purchases::orders_matching(conn, filter, customers, now).await?);
+    }
+    Ok(ids
+        .into_iter()
         .map(|id| {
-            (
-                id.clone(),
-                Facts {
-                    customer_id: id.clone(),
-                    ..Default::default()
-                },
-            )
+            let scored = scores.get(&id);
+            let aggregate = scored.map(|(a, _)| a);
+            let spend = spends.get(&id).copied().unwrap_or(0);
+            Facts {
+                order_count: aggregate.map_or(0, |a| a.orders),
+                total_spend: aggregate.map_or(0, |a| a.monetary),
+                last_purchase: aggregate.map(|a| a.last_purchase),
+                rfm: scored.map(|(_, rfm)| *rfm).unwrap_or_default(),
+                lifecycle: rfm::lifecycle(aggregate, now),
+                tier: rules.tier_for(spend).0.to_owned(),
+                bought: filters
+                    .iter()
+                    .zip(&counts)
+                    .map(|(f, c)| (f.clone(), c.get(&id).copied().unwrap_or(0)))
+                    .collect(),
+                customer_id: id,
+            }
         })
-        .collect();
-    for o in orders {
-        if let Some(f) = by_id.get_mut(&o.customer_id) {
-            f.total_spend += o.net_minor;
-            f.orders.push(o);
-        }
-    }
-    for l in lines {
-        if let Some(f) = by_id.get_mut(&l.customer_id) {
-            f.lines.push(l);
-        }
-    }
-    let mut all: Vec<Facts> = by_id.into_values().collect();
-    for f in &mut all {
-        let (rfm, lifecycle, tier) = derived(scores.get(&f.customer_id), &f.orders, &rules, now);
-        f.rfm = rfm;
-        f.lifecycle = lifecycle;
-        f.tier = tier;
-    }
-    all.sort_by(|a, b| a.customer_id.cmp(&b.customer_id));
-    Ok(all)
+        .collect())
 }

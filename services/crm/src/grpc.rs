@@ -143,22 +143,15 @@ impl Grpc {
         let orders = store::orders(&mut conn, &id).await?;
         let balance = store::balance(&mut conn, &id).await?;
         let now = Utc::now();
-        let scored = facts::scored(&mut conn, std::slice::from_ref(&id)).await?;
-        let order_facts: Vec<facts::OrderFact> = orders
-            .iter()
-            .filter(|o| o.status != CANCELLED)
-            .map(|o| facts::OrderFact {
-                customer_id: id.clone(),
-                order_id: o.order_id.clone(),
-                channel_id: o.channel_id.clone(),
-                channel_kind: o.channel_kind,
-                store_id: o.store_id.clone(),
-                placed_at: o.placed_at,
-                net_minor: net(o),
-            })
-            .collect();
-        let rules = tiers::load(&mut conn).await?;
-        let (score, lifecycle, tier) = facts::derived(scored.get(&id), &order_facts, &rules, now);
+        let facts::Facts {
+            rfm: score,
+            lifecycle,
+            tier,
+            ..
+        } = facts::load(&mut conn, Some(std::slice::from_ref(&id)), now, &[])
+            .await?
+            .pop()
+            .unwrap_or_default();
         let segments = segments::of_customer(&mut conn, &id).await?;
         let open_tickets = tickets::open_of(&mut conn, &id).await?;
         let reaches = |channel_id: &str, store_id: &str| scope.reaches(channel_id, [store_id]);
@@ -442,8 +435,7 @@ impl LoyaltyService for Grpc {
         let mut conn = self.pool.acquire().await.map_err(Error::from)?;
         let rules = tiers::load(&mut conn).await?;
         let since = Utc::now() - chrono::Duration::days(rules.window_days);
-        let Some(account) = store::loyalty_figures(&mut conn, &asked, CANCELLED, since).await?
-        else {
+        let Some(account) = store::loyalty_figures(&mut conn, &asked, since).await? else {
             return Err(Error::not_found(format!("customer {asked}")).into());
         };
         let store::LoyaltyFigures {

@@ -7,8 +7,9 @@
 //! Layers: the gRPC modules ([`grpc`], [`tickets`], [`engagement`], [`segments`],
 //! [`coupons`], [`campaigns`], [`offers`], [`recommend`], [`associates`]) validate and map the
 //! contract; [`events`] applies consumed events inside the consumer's transaction; the pure
-//! rules ([`rfm`], [`segment_rule`], [`contact`], [`tiers`]) decide without I/O; [`store`] and
-//! [`facts`] talk to Postgres.
+//! rules ([`rfm`], [`segment_rule`], [`contact`], [`tiers`]) decide without I/O; [`store`],
+//! [`facts`] and [`purchases`] (each customer's purchase figures, kept by deltas) talk to
+//! Postgres.
 
 pub mod associates;
 pub mod campaigns;
@@ -21,6 +22,7 @@ pub mod facts;
 pub mod grpc;
 pub mod idem;
 pub mod offers;
+pub mod purchases;
 pub mod recommend;
 pub mod rfm;
 pub mod segment_rule;

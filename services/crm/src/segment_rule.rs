@@ -23,8 +23,6 @@
 
 use std::collections::HashSet;
 
-use chrono::{DateTime, Duration, Utc};
-
 use crate::facts::Facts;
 use crate::rfm;
 
@@ -84,9 +82,12 @@ pub enum TextField {
     Tier,
 }
 
-/// What `bought(...)` matches; unset fields match anything.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Bought {
+/// The orders a `bought(...)` counts: counted orders (not cancelled) placed within the last
+/// `within_days` days, in the channel, channel kind and store given, with a line of the
+/// category, product and SKU given; unset fields match anything. crm counts them from each
+/// customer's purchase figures ([`crate::purchases::orders_matching`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct PurchaseFilter {
     pub category: Option<String>,
     pub product: Option<String>,
     pub sku: Option<String>,
@@ -94,6 +95,12 @@ pub struct Bought {
     pub channel_kind: Option<i32>,
     pub store: Option<String>,
     pub within_days: Option<i64>,
+}
+
+/// `bought(...)`: at least `min_orders` orders match the filter.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Bought {
+    pub filter: PurchaseFilter,
     pub min_orders: i64,
 }
 
@@ -341,19 +348,19 @@ impl Parser {
                     message,
                 };
                 match (name.as_str(), value) {
-                    ("category", Some(Token::Str(s))) => b.category = Some(s),
-                    ("product", Some(Token::Str(s))) => b.product = Some(s),
-                    ("sku", Some(Token::Str(s))) => b.sku = Some(s),
-                    ("channel", Some(Token::Str(s))) => b.channel = Some(s),
-                    ("store", Some(Token::Str(s))) => b.store = Some(s),
+                    ("category", Some(Token::Str(s))) => b.filter.category = Some(s),
+                    ("product", Some(Token::Str(s))) => b.filter.product = Some(s),
+                    ("sku", Some(Token::Str(s))) => b.filter.sku = Some(s),
+                    ("channel", Some(Token::Str(s))) => b.filter.channel = Some(s),
+                    ("store", Some(Token::Str(s))) => b.filter.store = Some(s),
                     ("channel_kind", Some(Token::Str(s))) => {
-                        b.channel_kind = Some(channel_kind(&s).ok_or_else(|| {
+                        b.filter.channel_kind = Some(channel_kind(&s).ok_or_else(|| {
                             bad(format!(
                                 "unknown channel kind \"{s}\" (e_shop, store, livestream, social, associate, marketplace)"
                             ))
                         })?);
                     }
-                    ("within_days", Some(Token::Num(n))) if n > 0 => b.within_days = Some(n),
+                    ("within_days", Some(Token::Num(n))) if n > 0 => b.filter.within_days = Some(n),
                     ("min_orders", Some(Token::Num(n))) if n > 0 => b.min_orders = n,
                     ("within_days" | "min_orders", _) => {
                         return Err(bad(format!("{name} takes a positive whole number")));
@@ -467,38 +474,45 @@ pub fn parse(src: &str) -> Result<Expr, ParseError> {
     Ok(expr)
 }
 
-impl Bought {
-    /// Whether it matches order lines (by category, product or SKU) rather than orders.
-    fn by_line(&self) -> bool {
-        self.category.is_some() || self.product.is_some() || self.sku.is_some()
-    }
-}
-
 impl Expr {
-    /// Whether evaluating the rule reads order lines ([`Facts::lines`]): a `bought` by
-    /// category, product or SKU.
-    pub fn reads_lines(&self) -> bool {
+    /// The purchase filters of the rule's `bought(...)`s, each once, in order of appearance:
+    /// what [`Facts::bought`] must count for the rule to be evaluated.
+    pub fn purchase_filters(&self) -> Vec<PurchaseFilter> {
+        let mut out = Vec::new();
+        self.collect_filters(&mut out);
+        out
+    }
+
+    fn collect_filters(&self, out: &mut Vec<PurchaseFilter>) {
         match self {
-            Expr::Or(a, b) | Expr::And(a, b) => a.reads_lines() || b.reads_lines(),
-            Expr::Not(a) => a.reads_lines(),
-            Expr::Bought(b) => b.by_line(),
-            Expr::Num(..) | Expr::Text(..) => false,
+            Expr::Or(a, b) | Expr::And(a, b) => {
+                a.collect_filters(out);
+                b.collect_filters(out);
+            }
+            Expr::Not(a) => a.collect_filters(out),
+            Expr::Bought(b) => {
+                if !out.contains(&b.filter) {
+                    out.push(b.filter.clone());
+                }
+            }
+            Expr::Num(..) | Expr::Text(..) => {}
         }
     }
 
-    /// Whether the customer with these facts matches, at `now`.
-    pub fn matches(&self, f: &Facts, now: DateTime<Utc>) -> bool {
+    /// Whether the customer with these facts matches (facts taken at one moment, with the
+    /// rule's purchase filters counted).
+    pub fn matches(&self, f: &Facts) -> bool {
         match self {
-            Expr::Or(a, b) => a.matches(f, now) || b.matches(f, now),
-            Expr::And(a, b) => a.matches(f, now) && b.matches(f, now),
-            Expr::Not(a) => !a.matches(f, now),
-            Expr::Bought(b) => bought(b, f, now),
+            Expr::Or(a, b) => a.matches(f) || b.matches(f),
+            Expr::And(a, b) => a.matches(f) && b.matches(f),
+            Expr::Not(a) => !a.matches(f),
+            Expr::Bought(b) => f.bought.get(&b.filter).copied().unwrap_or(0) >= b.min_orders,
             Expr::Num(field, op, n) => {
                 let value = match field {
                     NumField::Recency => i64::from(f.rfm.recency),
                     NumField::Frequency => i64::from(f.rfm.frequency),
                     NumField::Monetary => i64::from(f.rfm.monetary),
-                    NumField::OrderCount => f.orders.len() as i64,
+                    NumField::OrderCount => f.order_count,
                     NumField::TotalSpend => f.total_spend,
                 };
                 op.holds(value, *n)
@@ -514,99 +528,89 @@ impl Expr {
     }
 }
 
-fn bought(b: &Bought, f: &Facts, now: DateTime<Utc>) -> bool {
-    let since = b.within_days.map(|d| now - Duration::days(d));
-    let orders: HashSet<&str> = f
-        .orders
-        .iter()
-        .filter(|o| {
-            since.is_none_or(|s| o.placed_at >= s)
-                && b.channel.as_ref().is_none_or(|c| &o.channel_id == c)
-                && b.channel_kind.is_none_or(|k| o.channel_kind == k)
-                && b.store.as_ref().is_none_or(|s| &o.store_id == s)
-        })
-        .map(|o| o.order_id.as_str())
-        .collect();
-    let count = if b.by_line() {
-        f.lines
-            .iter()
-            .filter(|l| {
-                orders.contains(l.order_id.as_str())
-                    && b.category.as_ref().is_none_or(|c| &l.category_id == c)
-                    && b.product.as_ref().is_none_or(|p| &l.product_id == p)
-                    && b.sku.as_ref().is_none_or(|s| &l.sku_id == s)
-            })
-            .map(|l| l.order_id.as_str())
-            .collect::<HashSet<_>>()
-            .len()
-    } else {
-        orders.len()
-    };
-    count as i64 >= b.min_orders
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::facts::{LineFact, OrderFact};
 
-    fn facts(now: DateTime<Utc>) -> Facts {
-        let order = |id: &str, kind: i32, days: i64| OrderFact {
-            customer_id: "c".into(),
-            order_id: id.into(),
-            channel_id: format!("ch-{kind}"),
-            channel_kind: kind,
-            store_id: String::new(),
-            placed_at: now - Duration::days(days),
-            net_minor: 1_000,
-        };
-        let line = |order: &str, category: &str| LineFact {
-            customer_id: "c".into(),
-            order_id: order.into(),
-            sku_id: "s".into(),
-            product_id: "p".into(),
-            category_id: category.into(),
-        };
+    fn filter(f: impl FnOnce(&mut PurchaseFilter)) -> PurchaseFilter {
+        let mut p = PurchaseFilter::default();
+        f(&mut p);
+        p
+    }
+
+    /// A customer with two orders over 60 days (shoes 10 days ago, bags 60 days ago), both
+    /// online: the counts the filters of the rules below would give.
+    fn facts() -> Facts {
+        let shoes_30 = filter(|p| {
+            p.category = Some("shoes".into());
+            p.within_days = Some(30);
+        });
+        let bags_30 = filter(|p| {
+            p.category = Some("bags".into());
+            p.within_days = Some(30);
+        });
+        let in_store = filter(|p| p.channel_kind = Some(2));
         Facts {
             customer_id: "c".into(),
-            orders: vec![order("o1", 1, 10), order("o2", 1, 60)],
-            lines: vec![line("o1", "shoes"), line("o2", "bags")],
+            order_count: 2,
             lifecycle: rfm::ACTIVE,
             tier: "silver".into(),
             total_spend: 2_000,
+            bought: [
+                (shoes_30, 1),
+                (bags_30, 0),
+                (in_store, 0),
+                (PurchaseFilter::default(), 2),
+            ]
+            .into_iter()
+            .collect(),
             ..Default::default()
         }
     }
 
     #[test]
     fn the_documented_examples_parse_and_evaluate() {
-        let now = Utc::now();
-        let f = facts(now);
+        let f = facts();
         let rule = parse(
             r#"bought(category = "shoes", within_days = 30) and not bought(channel_kind = "store")"#,
         )
         .unwrap();
-        assert!(rule.matches(&f, now));
+        assert!(rule.matches(&f));
         let rule = parse(r#"bought(category = "bags", within_days = 30)"#).unwrap();
-        assert!(!rule.matches(&f, now));
+        assert!(!rule.matches(&f));
         let rule =
             parse(r#"lifecycle = "active" and (tier != "gold" or order_count >= 5)"#).unwrap();
-        assert!(rule.matches(&f, now));
-        assert!(parse("bought(min_orders = 2)").unwrap().matches(&f, now));
-        assert!(!parse("bought(min_orders = 3)").unwrap().matches(&f, now));
-        assert!(parse("total_spend > 1999").unwrap().matches(&f, now));
+        assert!(rule.matches(&f));
+        assert!(parse("bought(min_orders = 2)").unwrap().matches(&f));
+        assert!(!parse("bought(min_orders = 3)").unwrap().matches(&f));
+        assert!(parse("total_spend > 1999").unwrap().matches(&f));
+        // A filter nobody counted matches no order.
+        assert!(!parse(r#"bought(sku = "s")"#).unwrap().matches(&f));
     }
 
     #[test]
-    fn only_a_bought_by_category_product_or_sku_reads_lines() {
-        let reads = |src: &str| parse(src).unwrap().reads_lines();
-        assert!(!reads(
-            r#"bought(min_orders = 3, within_days = 90) and lifecycle = "active""#
-        ));
-        assert!(!reads(r#"tier = "gold" or bought(channel_kind = "store")"#));
-        assert!(reads(r#"tier = "gold" or not (bought(sku = "s"))"#));
-        assert!(reads(r#"bought(category = "shoes") and total_spend > 1"#));
-        assert!(reads(r#"bought(product = "p")"#));
+    fn a_rule_names_each_purchase_filter_once_whatever_it_asks_of_it() {
+        let filters = parse(
+            r#"bought(category = "shoes", within_days = 30) or (bought(within_days = 30, category = "shoes", min_orders = 2) and not bought(channel = "web"))"#,
+        )
+        .unwrap()
+        .purchase_filters();
+        assert_eq!(
+            filters,
+            vec![
+                filter(|p| {
+                    p.category = Some("shoes".into());
+                    p.within_days = Some(30);
+                }),
+                filter(|p| p.channel = Some("web".into())),
+            ]
+        );
+        assert!(
+            parse(r#"tier = "gold""#)
+                .unwrap()
+                .purchase_filters()
+                .is_empty()
+        );
     }
 
     #[test]

@@ -94,21 +94,21 @@ fn segment_pb(s: &SegmentRow, members: i64) -> pb::Segment {
     }
 }
 
-/// The customers among `base` the rule matches.
-fn matching(rule: &Expr, base: &[Facts], now: DateTime<Utc>) -> Vec<String> {
-    base.iter()
-        .filter(|f| rule.matches(f, now))
+/// The live customers the rule matches now.
+async fn matching(conn: &mut PgConnection, rule: &Expr) -> Result<Vec<String>, Error> {
+    let base = facts::load(conn, None, Utc::now(), &rule.purchase_filters()).await?;
+    Ok(base
+        .iter()
+        .filter(|f| rule.matches(f))
         .map(|f| f.customer_id.clone())
-        .collect()
+        .collect())
 }
 
 /// Recomputes the whole membership of one segment; returns the member count.
 #[tracing::instrument(name = "crm.segment_refresh", skip_all, fields(segment_id = %id), err)]
 pub async fn refresh(conn: &mut PgConnection, id: Uuid, rule: &str) -> Result<i64, Error> {
     let rule = parse_rule(rule, "segment.rule")?;
-    let now = Utc::now();
-    let base = facts::load(conn, None, now).await?;
-    let members = matching(&rule, &base, now);
+    let members = matching(conn, &rule).await?;
     sqlx::query("DELETE FROM segment_members WHERE segment_id = $1")
         .bind(id)
         .execute(&mut *conn)
@@ -124,8 +124,8 @@ pub async fn refresh(conn: &mut PgConnection, id: Uuid, rule: &str) -> Result<i6
 }
 
 /// Recomputes the membership of every segment for `customers`, after their events: their
-/// facts are loaded once (order lines only when a rule reads them), then two statements per
-/// segment.
+/// facts are loaded once (with the purchase filters of every rule counted), then two
+/// statements per segment.
 #[tracing::instrument(name = "crm.segment_refresh_customers", skip_all, fields(customers = customers.len()), err)]
 pub async fn refresh_customers(conn: &mut PgConnection, customers: &[String]) -> Result<(), Error> {
     let segments: Vec<(Uuid, String)> = sqlx::query_as("SELECT id, rule FROM segments")
@@ -147,12 +147,18 @@ pub async fn refresh_customers(conn: &mut PgConnection, customers: &[String]) ->
     if rules.is_empty() {
         return Ok(());
     }
-    let now = Utc::now();
-    let lines = rules.iter().any(|(_, rule)| rule.reads_lines());
-    let facts = facts::load_with(conn, Some(customers), now, lines).await?;
+    let mut filters = Vec::new();
+    for (_, rule) in &rules {
+        for filter in rule.purchase_filters() {
+            if !filters.contains(&filter) {
+                filters.push(filter);
+            }
+        }
+    }
+    let facts = facts::load(conn, Some(customers), Utc::now(), &filters).await?;
     for (id, rule) in rules {
         let (members, others): (Vec<&Facts>, Vec<&Facts>) =
-            facts.iter().partition(|f| rule.matches(f, now));
+            facts.iter().partition(|f| rule.matches(f));
         let ids = |fs: Vec<&Facts>| {
             fs.into_iter()
                 .map(|f| f.customer_id.clone())
@@ -216,9 +222,7 @@ impl Grpc {
         let rule = validate(&s)?;
         let mut tx = self.pool.begin().await?;
         if req.validate_only {
-            let now = Utc::now();
-            let base = facts::load(&mut tx, None, now).await?;
-            let count = matching(&rule, &base, now).len() as i64;
+            let count = matching(&mut tx, &rule).await?.len() as i64;
             return Ok(pb::CreateSegmentResponse {
                 segment: Some(pb::Segment {
                     member_count: count,
@@ -281,9 +285,7 @@ impl Grpc {
             )));
         }
         if req.validate_only {
-            let now = Utc::now();
-            let base = facts::load(&mut tx, None, now).await?;
-            let count = matching(&rule, &base, now).len() as i64;
+            let count = matching(&mut tx, &rule).await?.len() as i64;
             // What the segment would be, unsaved.
             return Ok(pb::Segment {
                 member_count: count,

@@ -249,7 +249,7 @@ pub async fn merge(conn: &mut PgConnection, survivor: &str, merged: &str) -> Res
         .bind(merged)
         .execute(&mut *conn)
         .await?;
-    crate::facts::refresh_stats(conn, &[merged, survivor]).await
+    crate::purchases::merge(conn, survivor, merged).await
 }
 
 /// Removes the personal data of a customer and of the duplicates merged into it (`merged`,
@@ -483,28 +483,34 @@ pub async fn file_lines(conn: &mut PgConnection, lines: &[&FiledLine]) -> Result
     Ok(())
 }
 
-/// The net spend (total less refunds) of each of `customers`' orders placed since `since`,
-/// cancelled ones and `except` aside, in one statement; no entry for a customer without such
-/// orders. What [`crate::tiers::Rules::rolling_spend`] gives over the same orders.
-pub async fn rolling_spends(
-    conn: &mut PgConnection,
-    customers: &[&str],
-    since: DateTime<Utc>,
-    except: &[&str],
-) -> Result<HashMap<String, i64>, Error> {
-    let rows: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT customer_id, sum(total_minor - refunded_minor)::bigint FROM customer_orders
-         WHERE customer_id = ANY($1) AND status <> $2 AND placed_at >= $3
-             AND order_id <> ALL($4)
-         GROUP BY customer_id",
+/// Holds each of `order_ids` until the transaction ends, whether or not crm has filed it yet:
+/// two transactions filing the same order (replicas, or a stream's reader beside another's)
+/// take turns, so each reads the order as the other left it and moves its figures once. In
+/// the order of the keys, so two transactions take them in the same order.
+pub async fn lock_orders(conn: &mut PgConnection, order_ids: &[&str]) -> Result<(), Error> {
+    sqlx::query(
+        "SELECT pg_advisory_xact_lock(k) FROM
+             (SELECT DISTINCT hashtextextended(id, 7307) AS k FROM unnest($1::text[]) AS id
+              ORDER BY k) AS keys",
     )
-    .bind(customers)
-    .bind(crate::facts::CANCELLED)
-    .bind(since)
-    .bind(except)
-    .fetch_all(conn)
+    .bind(order_ids)
+    .execute(conn)
     .await?;
-    Ok(rows.into_iter().collect())
+    Ok(())
+}
+
+/// The (category, product, SKU) of each stored line of `order_ids`, by order and line id.
+pub async fn line_keys(
+    conn: &mut PgConnection,
+    order_ids: &[&str],
+) -> Result<Vec<(String, String, String, String, String)>, Error> {
+    Ok(sqlx::query_as(
+        "SELECT order_id, line_id, category_id, product_id, sku_id FROM order_lines
+         WHERE order_id = ANY($1)",
+    )
+    .bind(order_ids)
+    .fetch_all(conn)
+    .await?)
 }
 
 /// Sets the refunded amount of stored orders (`(order id, refunded minor units)`), in one
@@ -776,7 +782,6 @@ pub struct LoyaltyFigures {
 pub async fn loyalty_figures(
     conn: &mut PgConnection,
     customer_id: &str,
-    cancelled: i32,
     since: DateTime<Utc>,
 ) -> Result<Option<LoyaltyFigures>, Error> {
     Ok(sqlx::query_as(
@@ -787,16 +792,13 @@ pub async fn loyalty_figures(
          SELECT r.id AS customer_id,
              coalesce((SELECT balance FROM loyalty_accounts WHERE customer_id = r.id), 0)
                  AS balance,
-             coalesce((SELECT sum(total_minor - refunded_minor) FROM customer_orders
-                 WHERE customer_id = r.id AND status <> $2 AND placed_at >= $3), 0)::bigint
-                 AS spend,
+             rolling_spend(r.id, $2) AS spend,
              coalesce((SELECT currency FROM customer_orders WHERE customer_id = r.id
                  ORDER BY placed_at DESC, order_id LIMIT 1), '') AS currency
          FROM r
          WHERE EXISTS (SELECT 1 FROM customers c WHERE c.customer_id = r.id)",
     )
     .bind(customer_id)
-    .bind(cancelled)
     .bind(since)
     .fetch_optional(conn)
     .await?)

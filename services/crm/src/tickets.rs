@@ -242,7 +242,7 @@ impl Grpc {
         }
         let now = Utc::now();
         let customer = [id.clone()];
-        let tier = facts::load(&mut tx, Some(&customer), now)
+        let tier = facts::load(&mut tx, Some(&customer), now, &[])
             .await?
             .pop()
             .map(|f| f.tier)

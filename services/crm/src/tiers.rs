@@ -1,6 +1,7 @@
 //! Loyalty rules: the earn rate, what a point is worth and the tier ladder by rolling net
-//! spend. The tier follows the orders as they arrive, because it is computed from them on
-//! every read; after each batch of events the consumer recomputes the tiers of the customers it
+//! spend. The tier follows the orders as they arrive, because it is computed on every read
+//! from the rolling spend, which sums the days of each customer's purchase figures
+//! ([`crate::purchases`]); after each batch of events the consumer recomputes the tiers of the customers it
 //! touched and announces each change (`CustomerTierChanged`), which order-management keeps to
 //! price orders without asking crm each time. Rules are the built-in ones until an admin
 //! replaces them (`SetLoyaltyRules`); they are stored as one row and read where needed.
@@ -15,8 +16,6 @@ use omni_runtime::error::Violations;
 use omni_runtime::outbox::Outbox;
 use prost::Message;
 use sqlx::PgConnection;
-
-use crate::store::OrderRow;
 
 /// Days of spend a tier looks back on unless the rules say otherwise.
 pub const WINDOW_DAYS: i64 = 365;
@@ -73,16 +72,6 @@ impl Default for Rules {
 }
 
 impl Rules {
-    /// Net spend of non-cancelled orders placed within the window before `now`.
-    pub fn rolling_spend(&self, orders: &[OrderRow], now: DateTime<Utc>, cancelled: i32) -> i64 {
-        let since = self.window_start(now);
-        orders
-            .iter()
-            .filter(|o| o.status != cancelled && o.placed_at >= since)
-            .map(|o| o.total_minor - o.refunded_minor)
-            .sum()
-    }
-
     /// The earliest placement time the rolling spend at `now` counts.
     pub fn window_start(&self, now: DateTime<Utc>) -> DateTime<Utc> {
         now - Duration::days(self.window_days)
@@ -220,35 +209,29 @@ impl Rules {
     }
 }
 
-/// The rules in force: the stored ones, else the built-in ones.
 /// Recomputes the tier of each of `customers` (survivors, sorted) and announces every change
 /// (`crm.customer_tier_changed`) in the caller's transaction. Two statements whatever the
-/// number of customers, plus one outbox row per change.
+/// number of customers, plus one outbox row per change; each rolling spend sums the days of
+/// the customer's purchase figures ([`crate::purchases`]), not its orders.
 pub async fn announce_changes(
     conn: &mut PgConnection,
     outbox: &Outbox,
     customers: &[String],
-    cancelled: i32,
 ) -> Result<usize, Error> {
     if customers.is_empty() {
         return Ok(0);
     }
     let rules = load(conn).await?;
-    let since = Utc::now() - Duration::days(rules.window_days);
+    let since = rules.window_start(Utc::now());
     let rows: Vec<(String, i64, Option<String>, String)> = sqlx::query_as(
-        "SELECT c.id, coalesce(s.spend, 0)::bigint, t.tier,
+        "SELECT c.id, rolling_spend(c.id, $2), t.tier,
              coalesce((SELECT currency FROM customer_orders o WHERE o.customer_id = c.id
                  ORDER BY o.placed_at DESC, o.order_id LIMIT 1), '')
          FROM unnest($1::text[]) AS c(id)
-         LEFT JOIN (SELECT customer_id, sum(total_minor - refunded_minor) AS spend
-                    FROM customer_orders
-                    WHERE customer_id = ANY($1) AND status <> $2 AND placed_at >= $3
-                    GROUP BY customer_id) s ON s.customer_id = c.id
          LEFT JOIN customer_tiers t ON t.customer_id = c.id
          ORDER BY c.id",
     )
     .bind(customers)
-    .bind(cancelled)
     .bind(since)
     .fetch_all(&mut *conn)
     .await?;
@@ -296,6 +279,7 @@ pub async fn announce_changes(
     Ok(changed.len())
 }
 
+/// The rules in force: the stored ones, else the built-in ones.
 pub async fn load(conn: &mut PgConnection) -> Result<Rules, Error> {
     let row: Option<(Vec<u8>, DateTime<Utc>)> =
         sqlx::query_as("SELECT rules, updated_at FROM loyalty_rules")

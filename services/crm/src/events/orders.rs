@@ -9,10 +9,11 @@
 //!
 //! 1. its customers are created if new, then read `FOR SHARE` in id order to resolve merged
 //!    ones to their survivor ([`store::resolve_locked`]);
-//! 2. its orders (those its events file or refund) are read `FOR UPDATE` in id order (two
-//!    replicas lock them in the same order, so they cannot deadlock); when it earns or takes
-//!    back points, the loyalty rules, the rolling spend of the customers' other orders and the
-//!    balances of the customers with a return (`FOR UPDATE`) are read once;
+//! 2. its orders (those its events file or refund) are held, filed or not yet
+//!    ([`store::lock_orders`]), then read `FOR UPDATE` in id order (two replicas lock them in
+//!    the same order, so they cannot deadlock); when it earns or takes back points, the
+//!    loyalty rules, the rolling spend of the customers' other orders and the balances of the
+//!    customers with a return (`FOR UPDATE`) are read once;
 //! 3. its events are replayed in memory, in stream order, with the rules of applying one:
 //!    - an order event about a cancelled order, or older than the one that set the stored
 //!      status, leaves the order as it is (its lines and channel are filed all the same);
@@ -22,8 +23,10 @@
 //!    - a return adds its refund to the order (up to its total), then takes back the points of
 //!      the refund at the customer's tier of that moment, never more than the balance;
 //! 4. the outcome is written with one statement per table: orders (the `ON CONFLICT` keeps the
-//!    guard, for an order another replica filed meanwhile), refunds, lines, channels, the
-//!    customers' aggregates, then the earned flags, balances and ledger entries.
+//!    guard), refunds, lines, channels, the customers' purchase figures, then the earned
+//!    flags, balances and ledger entries. The figures move by what each order counts for
+//!    after the run less what it counted for before ([`purchases::Deltas`]): the stored
+//!    lines of the run's stored orders are read for that, never a customer's history.
 //!
 //! What a run leaves is what applying its events one at a time leaves.
 
@@ -35,7 +38,8 @@ use omni_proto::events::{OrderFacts, ReturnCompleted};
 use omni_runtime::Result;
 use sqlx::PgConnection;
 
-use crate::facts::{self, CANCELLED};
+use crate::facts::CANCELLED;
+use crate::purchases::{self, Deltas, Purchase};
 use crate::store::{self, FiledLine, FiledOrder, KIND_EARN, KIND_RETURN_REVERSAL, Posting};
 use crate::tiers::Rules;
 
@@ -102,19 +106,19 @@ pub(super) async fn apply(
 
     let order_ids: BTreeSet<&str> = events.iter().map(RunEvent::order_id).collect();
     let order_ids: Vec<&str> = order_ids.into_iter().collect();
+    store::lock_orders(conn, &order_ids).await?;
     let mut orders: HashMap<String, Filed> = store::orders_for_update(conn, &order_ids)
         .await?
         .into_iter()
         .map(|row| (row.order_id.clone(), Filed::stored(row)))
         .collect();
     let mut points = match rules {
-        Some(rules) => Some(Points::read(conn, rules, events, &customers, &order_ids).await?),
+        Some(rules) => Some(Points::read(conn, rules, events, &customers, &orders).await?),
         None => None,
     };
 
     let mut lines: BTreeMap<(&str, &str), FiledLine> = BTreeMap::new();
     let mut channels: BTreeMap<&str, i32> = BTreeMap::new();
-    let mut refreshed: BTreeSet<String> = BTreeSet::new();
     let mut earned: Vec<&str> = Vec::new();
     let mut postings: Vec<Posting> = Vec::new();
     for (event, customer) in events.iter().zip(&customers) {
@@ -131,7 +135,6 @@ pub(super) async fn apply(
                         new.insert(Filed::inserted(filed));
                     }
                 }
-                refreshed.insert(customer.clone());
                 for line in &facts.lines {
                     file_line(&mut lines, facts, line, customer);
                 }
@@ -168,7 +171,6 @@ pub(super) async fn apply(
                     let row = &mut order.row;
                     row.refunded_minor = row.total_minor.min(row.refunded_minor + refund);
                     order.refunded = true;
-                    refreshed.insert(row.customer_id.clone());
                 }
                 if let Some(points) = &mut points {
                     let owed = points.at_current_tier(&orders, customer, refund);
@@ -203,15 +205,12 @@ pub(super) async fn apply(
         .collect();
     refunds.sort_unstable();
     store::record_refunds(conn, &refunds).await?;
-    // An order's owner is the customer it was first filed under; should an event name another,
-    // both aggregates follow.
-    refreshed.extend(filed.iter().map(|o| o.customer_id.clone()));
+    let deltas = figures(conn, &orders, &lines).await?;
     let lines: Vec<&FiledLine> = lines.values().collect();
     store::file_lines(conn, &lines).await?;
     let channels: Vec<(&str, i32)> = channels.into_iter().collect();
     store::upsert_channels(conn, &channels).await?;
-    let refreshed: Vec<&str> = refreshed.iter().map(String::as_str).collect();
-    facts::refresh_stats(conn, &refreshed).await?;
+    deltas.write(conn).await?;
     store::post(conn, &earned, &postings).await?;
     Ok(customers)
 }
@@ -219,6 +218,8 @@ pub(super) async fn apply(
 /// An order of the run, as stored or filed so far.
 struct Filed {
     row: FiledOrder,
+    /// As stored before the run; `None` for an order the run files first.
+    before: Option<FiledOrder>,
     /// Whether the run inserted it or changed its status (and must file it).
     changed: bool,
     /// Whether a return of the run refunded it.
@@ -228,6 +229,7 @@ struct Filed {
 impl Filed {
     fn stored(row: FiledOrder) -> Self {
         Filed {
+            before: Some(row.clone()),
             row,
             changed: false,
             refunded: false,
@@ -236,6 +238,7 @@ impl Filed {
 
     fn inserted(row: FiledOrder) -> Self {
         Filed {
+            before: None,
             row,
             changed: true,
             refunded: false,
@@ -252,6 +255,89 @@ impl Filed {
             self.row.status_at = filed.status_at;
             self.changed = true;
         }
+    }
+}
+
+/// What the run changes in its customers' purchase figures: for each order whose standing
+/// changed, what it counts for after the run less what it counted for before. The lines of a
+/// stored order are its stored ones (a line keeps its SKU, product and category as first
+/// filed) and the run's new ones; they are read for the stored orders counted before or after
+/// the run, in one statement.
+async fn figures(
+    conn: &mut PgConnection,
+    orders: &HashMap<String, Filed>,
+    run_lines: &BTreeMap<(&str, &str), FiledLine>,
+) -> Result<Deltas> {
+    let counted = |o: &FiledOrder| o.status != CANCELLED;
+    // Counted before or after: its standing, its net or its lines may have changed.
+    let mut changed: Vec<&Filed> = orders
+        .values()
+        .filter(|o| counted(&o.row) || o.before.as_ref().is_some_and(counted))
+        .collect();
+    changed.sort_by(|a, b| a.row.order_id.cmp(&b.row.order_id));
+    let stored: Vec<&str> = changed
+        .iter()
+        .filter(|o| o.before.is_some())
+        .map(|o| o.row.order_id.as_str())
+        .collect();
+    let stored_lines = if stored.is_empty() {
+        Vec::new()
+    } else {
+        store::line_keys(conn, &stored).await?
+    };
+    // (order, line) -> (category, product, SKU), stored lines first.
+    let mut keys: BTreeMap<(&str, &str), (&str, &str, &str)> = BTreeMap::new();
+    for (order, line, category, product, sku) in &stored_lines {
+        keys.insert((order, line), (category, product, sku));
+    }
+    let mut deltas = Deltas::default();
+    for o in changed {
+        let id = o.row.order_id.as_str();
+        let stored_keys: BTreeSet<(&str, &str, &str)> = keys
+            .range((id, "")..)
+            .take_while(|((order, _), _)| *order == id)
+            .map(|(_, k)| *k)
+            .collect();
+        let mut after_keys = stored_keys.clone();
+        after_keys.extend(
+            run_lines
+                .range((id, "")..)
+                .take_while(|((order, _), _)| *order == id)
+                .filter(|((order, line), _)| !keys.contains_key(&(*order, *line)))
+                .map(|(_, l)| {
+                    (
+                        l.category_id.as_str(),
+                        l.product_id.as_str(),
+                        l.sku_id.as_str(),
+                    )
+                }),
+        );
+        let before = o
+            .before
+            .as_ref()
+            .filter(|b| counted(b))
+            .map(|b| purchase(&o.row, b, stored_keys));
+        let after = counted(&o.row).then(|| purchase(&o.row, &o.row, after_keys));
+        deltas.order(before.as_ref(), after.as_ref());
+    }
+    Ok(deltas)
+}
+
+/// A counted order as its figures see it: filed as `order`, with the net of `state` (as
+/// stored, or as the run leaves it) and these lines.
+fn purchase<'a>(
+    order: &'a FiledOrder,
+    state: &FiledOrder,
+    lines: BTreeSet<(&'a str, &'a str, &'a str)>,
+) -> Purchase<'a> {
+    Purchase {
+        customer_id: &order.customer_id,
+        placed_at: order.placed_at,
+        channel_id: &order.channel_id,
+        channel_kind: order.channel_kind,
+        store_id: &order.store_id,
+        net_minor: state.total_minor - state.refunded_minor,
+        lines,
     }
 }
 
@@ -331,7 +417,7 @@ impl<'r> Points<'r> {
         rules: &'r Rules,
         events: &[RunEvent<'_>],
         customers: &[String],
-        order_ids: &[&str],
+        orders: &HashMap<String, Filed>,
     ) -> Result<Points<'r>> {
         let set = |keep: fn(&RunEvent<'_>) -> bool| {
             let ids: BTreeSet<&str> = events
@@ -343,8 +429,16 @@ impl<'r> Points<'r> {
             ids.into_iter().collect::<Vec<&str>>()
         };
         let since = rules.window_start(Utc::now());
-        let others =
-            store::rolling_spends(conn, &set(|e| e.moves_points()), since, order_ids).await?;
+        // The customers' rolling spend less what the run's stored orders counted for in it.
+        let mut others = purchases::rolling_spends(conn, &set(|e| e.moves_points()), since).await?;
+        for o in orders.values().filter_map(|o| o.before.as_ref()) {
+            if o.status != CANCELLED
+                && o.placed_at >= since
+                && let Some(spend) = others.get_mut(&o.customer_id)
+            {
+                *spend -= o.total_minor - o.refunded_minor;
+            }
+        }
         let returning = set(|e| matches!(e, RunEvent::Return(_)));
         let mut balances: HashMap<String, i64> = if returning.is_empty() {
             HashMap::new()

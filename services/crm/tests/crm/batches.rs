@@ -1,11 +1,15 @@
 //! A batch applies its runs of order events set-based: applying a history as one batch leaves
 //! every table exactly as applying it event by event does, points earned at the tier of each
-//! moment included.
+//! moment included. Either way, the purchase figures kept by deltas are what aggregating the
+//! orders gives, and so are the counts and spends read from them.
 
+use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
 use crm::events::Events;
 use crm::grpc::Grpc;
+use crm::purchases;
+use crm::segment_rule::PurchaseFilter;
 use crm::tiers::{Rules, Tier};
 use omni_proto::common::ChannelKind;
 use omni_proto::events::event::Payload;
@@ -431,6 +435,7 @@ async fn apply_both_ways(rules: Option<&Rules>) -> (Vec<(String, Vec<String>)>, 
         "order_lines",
         "points_entries",
         "customer_stats",
+        "customer_purchases",
         "deliveries",
         "segment_members",
     ] {
@@ -442,7 +447,64 @@ async fn apply_both_ways(rules: Option<&Rules>) -> (Vec<(String, Vec<String>)>, 
         );
     }
     assert_eq!(got, expected);
+    for pool in [&one_by_one, &batched] {
+        assert_figures_match_the_orders(pool).await;
+        assert_members_match_the_orders(pool).await;
+    }
     (got, batched)
+}
+
+/// The purchase figures kept by deltas equal the same figures aggregated from the orders.
+async fn assert_figures_match_the_orders(pool: &PgPool) {
+    for (kept, aggregated) in [
+        ("customer_stats", "customer_stats_aggregated"),
+        ("customer_purchases", "customer_purchases_aggregated"),
+    ] {
+        let rows = |relation: &str| {
+            // The relation names are the constants above.
+            sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(format!(
+                "SELECT x::text FROM {relation} x ORDER BY 1"
+            )))
+            .fetch_all(pool)
+        };
+        let (kept_rows, aggregated_rows) = (rows(kept).await, rows(aggregated).await);
+        assert_eq!(
+            kept_rows.expect("kept"),
+            aggregated_rows.expect("aggregated"),
+            "{kept} against its aggregate"
+        );
+    }
+}
+
+/// The members of the three segments of [`database`] are the customers whose orders, read
+/// directly, satisfy the rules.
+async fn assert_members_match_the_orders(pool: &PgPool) {
+    let members = |segment: u128| {
+        sqlx::query_scalar::<_, String>(
+            "SELECT customer_id FROM segment_members WHERE segment_id = $1 ORDER BY 1",
+        )
+        .bind(Uuid::from_u128(segment))
+        .fetch_all(pool)
+    };
+    let expected = |sql: &'static str| sqlx::query_scalar::<_, String>(sql).fetch_all(pool);
+    let regulars = expected(
+        "SELECT customer_id FROM customer_orders
+         WHERE status <> 8 AND placed_at >= now() - interval '90 days'
+         GROUP BY customer_id HAVING count(*) >= 2 ORDER BY 1",
+    )
+    .await
+    .expect("regulars");
+    assert!(!regulars.is_empty());
+    assert_eq!(members(3).await.expect("members"), regulars);
+    let l3 = expected(
+        "SELECT DISTINCT o.customer_id FROM customer_orders o
+         JOIN order_lines l ON l.order_id = o.order_id
+         WHERE o.status <> 8 AND l.category_id = 'category-l3' ORDER BY 1",
+    )
+    .await
+    .expect("category buyers");
+    assert!(!l3.is_empty());
+    assert_eq!(members(4).await.expect("members"), l3);
 }
 
 /// The points each order earned, in ledger order.
@@ -496,4 +558,361 @@ async fn a_batch_earns_and_takes_back_points_at_the_tier_of_each_moment() {
             entry("c-2", "o-8", 8, 8),
         ]
     );
+}
+
+/// A small deterministic generator: the same history on every run.
+struct Lcg(u64);
+
+impl Lcg {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (self.0 >> 33) % n
+    }
+}
+
+/// Orders of five customers placed over the last 40 days (a few just either side of the
+/// start of a 30-day window), over two channels and a store, with lines of three categories,
+/// four products and six SKUs; some paid, cancelled or refunded, some of it twice, applied
+/// in batches of varied length.
+fn long_history(now: SystemTime) -> Vec<Vec<Event>> {
+    let mut rng = Lcg(7);
+    let window_start = now - Duration::from_secs(30 * 86_400);
+    let mut events: Vec<Payload> = Vec::new();
+    for n in 0..160u64 {
+        let placed_at = match n {
+            // Either side of the window's start, on its first day.
+            0 => window_start + Duration::from_secs(600),
+            1 => window_start - Duration::from_secs(600),
+            _ => now - Duration::from_secs(rng.below(40 * 86_400)),
+        };
+        let (channel, kind) = match rng.below(3) {
+            0 => ("eshop", ChannelKind::EShop),
+            1 => ("social", ChannelKind::Social),
+            _ => ("store-1", ChannelKind::Store),
+        };
+        let lines: Vec<OrderLineFacts> = (0..1 + rng.below(3))
+            .map(|l| {
+                let sku = rng.below(6);
+                OrderLineFacts {
+                    line_id: format!("l{l}"),
+                    sku_id: format!("sku-{sku}"),
+                    product_id: format!("product-{}", sku % 4),
+                    category_id: format!("category-{}", sku % 4 % 3),
+                    quantity: 1,
+                    net_amount: eur(1_000 + 100 * sku as i64),
+                    ..Default::default()
+                }
+            })
+            .collect();
+        let total: i64 = lines
+            .iter()
+            .map(|l| l.net_amount.as_ref().map_or(0, |m| m.minor_units))
+            .sum();
+        let o = OrderFacts {
+            order_id: format!("o-{n}"),
+            order_number: format!("N-{n}"),
+            channel_id: channel.into(),
+            channel_kind: kind as i32,
+            customer_id: format!("c-{}", rng.below(5)),
+            store_id: if kind == ChannelKind::Store {
+                "store-1".into()
+            } else {
+                String::new()
+            },
+            status: 1,
+            lines,
+            total: eur(total),
+            subtotal: eur(total),
+            placed_at: Some(placed_at.into()),
+            ..Default::default()
+        };
+        events.push(placed(&o));
+        match rng.below(6) {
+            0 => events.push(cancelled(&o)),
+            1 => {
+                events.push(paid(&o));
+                events.push(returned(
+                    &format!("r-{n}"),
+                    &o.order_id,
+                    &o.customer_id,
+                    700,
+                ));
+            }
+            2 => {
+                events.push(paid(&o));
+                events.push(fulfilled(&o));
+                events.push(cancelled(&o));
+            }
+            _ => events.push(paid(&o)),
+        }
+    }
+    // Each event happened a second after the one before; some are said again at the end, as
+    // a re-published stream would, with the time they happened.
+    let mut events: Vec<(u64, Payload)> =
+        events.into_iter().zip(0..).map(|(p, t)| (t, p)).collect();
+    let again: Vec<(u64, Payload)> = events.iter().step_by(7).cloned().collect();
+    events.extend(again);
+    let mut batches = Vec::new();
+    let mut n = 0u128;
+    let mut rest = events.as_slice();
+    while !rest.is_empty() {
+        let take = (1 + rng.below(40) as usize).min(rest.len());
+        let (batch, tail) = rest.split_at(take);
+        batches.push(
+            batch
+                .iter()
+                .map(|(second, payload)| {
+                    n += 1;
+                    Event {
+                        id: Uuid::from_u128(n).to_string(),
+                        r#type: "test".into(),
+                        occurred_at: Some(
+                            (now - Duration::from_secs(86_400) + Duration::from_secs(*second))
+                                .into(),
+                        ),
+                        payload: Some(payload.clone()),
+                        ..Default::default()
+                    }
+                })
+                .collect(),
+        );
+        rest = tail;
+    }
+    batches
+}
+
+#[tokio::test]
+async fn purchase_figures_kept_by_deltas_count_what_the_orders_say() {
+    let pool = database(None).await;
+    let events = Events {
+        grpc: Grpc::new(pool.clone(), Outbox::new("crm")),
+    };
+    let now = SystemTime::now();
+    for batch in long_history(now) {
+        let mut tx = pool.begin().await.expect("tx");
+        events.handle_batch(&mut tx, &batch).await.expect("batch");
+        tx.commit().await.expect("commit");
+    }
+    assert_figures_match_the_orders(&pool).await;
+
+    // Every bought(...) a rule can ask, counted from the figures, against the orders read
+    // directly: the same distinct orders, at the same instant.
+    let now: chrono::DateTime<chrono::Utc> = now.into();
+    let filter = |within: Option<i64>,
+                  channel: Option<&str>,
+                  kind: Option<ChannelKind>,
+                  category: Option<&str>,
+                  product: Option<&str>,
+                  sku: Option<&str>| PurchaseFilter {
+        within_days: within,
+        channel: channel.map(Into::into),
+        channel_kind: kind.map(|k| k as i32),
+        store: None,
+        category: category.map(Into::into),
+        product: product.map(Into::into),
+        sku: sku.map(Into::into),
+    };
+    let filters = [
+        filter(None, None, None, None, None, None),
+        filter(Some(30), None, None, None, None, None),
+        filter(Some(7), Some("eshop"), None, None, None, None),
+        filter(
+            Some(30),
+            None,
+            Some(ChannelKind::Store),
+            Some("category-1"),
+            None,
+            None,
+        ),
+        filter(None, None, None, Some("category-0"), None, None),
+        filter(Some(30), None, None, None, Some("product-2"), None),
+        filter(
+            Some(20),
+            Some("social"),
+            None,
+            Some("category-1"),
+            Some("product-1"),
+            Some("sku-1"),
+        ),
+        filter(Some(30), None, None, None, None, Some("sku-5")),
+        PurchaseFilter {
+            store: Some("store-1".into()),
+            within_days: Some(35),
+            ..Default::default()
+        },
+    ];
+    let some: Vec<String> = vec!["c-1".into(), "c-3".into(), "c-9".into()];
+    let mut conn = pool.acquire().await.expect("conn");
+    for f in &filters {
+        let since = f.within_days.map(|d| now - chrono::Duration::days(d));
+        let expected: HashMap<String, i64> = sqlx::query_as(
+            "SELECT o.customer_id, count(DISTINCT o.order_id)
+             FROM customer_orders o LEFT JOIN order_lines l ON l.order_id = o.order_id
+             WHERE o.status <> 8
+               AND ($1::timestamptz IS NULL OR o.placed_at >= $1)
+               AND ($2::text IS NULL OR o.channel_id = $2)
+               AND ($3::int IS NULL OR o.channel_kind = $3)
+               AND ($4::text IS NULL OR o.store_id = $4)
+               AND ($5::text IS NULL OR l.category_id = $5)
+               AND ($6::text IS NULL OR l.product_id = $6)
+               AND ($7::text IS NULL OR l.sku_id = $7)
+             GROUP BY o.customer_id",
+        )
+        .bind(since)
+        .bind(&f.channel)
+        .bind(f.channel_kind)
+        .bind(&f.store)
+        .bind(&f.category)
+        .bind(&f.product)
+        .bind(&f.sku)
+        .fetch_all(&mut *conn)
+        .await
+        .expect("expected")
+        .into_iter()
+        .collect();
+        assert!(!expected.is_empty(), "{f:?} matches some orders");
+        let all = purchases::orders_matching(&mut conn, f, None, now)
+            .await
+            .expect("all");
+        assert_eq!(all, expected, "{f:?} over every customer");
+        let asked = purchases::orders_matching(&mut conn, f, Some(&some), now)
+            .await
+            .expect("some");
+        let expected_asked: HashMap<String, i64> = expected
+            .into_iter()
+            .filter(|(c, _)| some.contains(c))
+            .collect();
+        assert_eq!(asked, expected_asked, "{f:?} for some customers");
+    }
+
+    // The rolling spend from the days of the figures and the first day's orders, for windows
+    // starting on every hour of a day.
+    let customers: Vec<&str> = vec!["c-0", "c-1", "c-2", "c-3", "c-4", "c-9"];
+    for hours in 0..24 {
+        let since = now - chrono::Duration::days(30) + chrono::Duration::hours(hours);
+        let spends = purchases::rolling_spends(&mut conn, &customers, since)
+            .await
+            .expect("spends");
+        let expected: HashMap<String, i64> = sqlx::query_as(
+            "SELECT c, coalesce((SELECT sum(total_minor - refunded_minor) FROM customer_orders
+                 WHERE customer_id = c AND status <> 8 AND placed_at >= $2), 0)::bigint
+             FROM unnest($1::text[]) AS c",
+        )
+        .bind(&customers)
+        .bind(since)
+        .fetch_all(&mut *conn)
+        .await
+        .expect("expected spends")
+        .into_iter()
+        .collect();
+        assert_eq!(spends, expected, "since {since}");
+        let all = purchases::all_rolling_spends(&mut conn, since)
+            .await
+            .expect("all spends");
+        let nonzero: HashMap<String, i64> = expected.into_iter().filter(|(_, s)| *s != 0).collect();
+        assert_eq!(
+            all.into_iter()
+                .filter(|(_, s)| *s != 0)
+                .collect::<HashMap<_, _>>(),
+            nonzero
+        );
+    }
+}
+
+/// Two transactions filing the same new orders side by side (a placement and a payment read
+/// by two replicas): the second waits for the first, reads the orders it filed, and the
+/// figures count each order once.
+#[tokio::test]
+async fn two_transactions_filing_the_same_new_orders_count_each_once() {
+    let pool = database(None).await;
+    let events = Events {
+        grpc: Grpc::new(pool.clone(), Outbox::new("crm")),
+    };
+    let orders: Vec<OrderFacts> = (0..20)
+        .map(|n| {
+            order(
+                &format!("o-{n}"),
+                &format!("c-{}", n % 3),
+                ("eshop", ChannelKind::EShop),
+                &[("l1", 1, 1_000), ("l2", 1, 500)],
+                n,
+            )
+        })
+        .collect();
+    let batch = |payload: fn(&OrderFacts) -> Payload, first_id: u128| -> Vec<Event> {
+        orders
+            .iter()
+            .enumerate()
+            .map(|(n, o)| Event {
+                id: Uuid::from_u128(first_id + n as u128).to_string(),
+                r#type: "test".into(),
+                occurred_at: Some(at(100 + first_id as u64 + n as u64).into()),
+                payload: Some(payload(o)),
+                ..Default::default()
+            })
+            .collect()
+    };
+    let (placements, payments) = (batch(placed, 1), batch(paid, 1_000));
+    // The customers are known already, so neither transaction waits to create them.
+    let registrations: Vec<Event> = (0..3)
+        .map(|n| Event {
+            id: Uuid::from_u128(5_000 + n).to_string(),
+            r#type: "test".into(),
+            occurred_at: Some(at(0).into()),
+            payload: Some(registered(&format!("c-{n}"))),
+            ..Default::default()
+        })
+        .collect();
+    let mut tx = pool.begin().await.expect("tx");
+    events
+        .handle_batch(&mut tx, &registrations)
+        .await
+        .expect("registrations");
+    tx.commit().await.expect("commit");
+
+    let mut first = pool.begin().await.expect("tx");
+    events
+        .handle_batch(&mut first, &placements)
+        .await
+        .expect("placements");
+    let second = {
+        let (pool, events) = (pool.clone(), events.clone());
+        tokio::spawn(async move {
+            let mut tx = pool.begin().await.expect("tx");
+            events
+                .handle_batch(&mut tx, &payments)
+                .await
+                .expect("payments");
+            tx.commit().await.expect("commit");
+        })
+    };
+    // The second waits on a lock the first holds.
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+             WHERE NOT l.granted AND a.datname = current_database()",
+        )
+        .fetch_one(&pool)
+        .await
+        .expect("locks");
+        if waiting > 0 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    first.commit().await.expect("commit");
+    second.await.expect("second");
+
+    assert_figures_match_the_orders(&pool).await;
+    let (paid_orders, counted): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM customer_orders WHERE status = 2),
+             (SELECT sum(orders)::bigint FROM customer_stats)",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("counts");
+    assert_eq!((paid_orders, counted), (20, 20));
 }
