@@ -7,10 +7,12 @@
 -- spend (total less refunds). Grains 1 to 3 are its lines: the orders of the day, channel and
 -- store with a line of a category (1), a product of a category (2) or a SKU of a product of
 -- a category (3); an order counts once in each row whatever the number of such lines, so a
--- sum over rows counts distinct orders. Days are UTC.
+-- sum over rows counts distinct orders. Grain 4 is the month (`day` its first day, channel
+-- and store empty), so a tier's rolling spend reads at most a year of months and a month of
+-- days however often the customer buys. Days are UTC.
 CREATE TABLE customer_purchases (
     customer_id  text     NOT NULL,
-    grain        smallint NOT NULL CHECK (grain BETWEEN 0 AND 3),
+    grain        smallint NOT NULL CHECK (grain BETWEEN 0 AND 4),
     day          date     NOT NULL,
     channel_id   text     NOT NULL,
     channel_kind int      NOT NULL,
@@ -51,7 +53,12 @@ SELECT o.customer_id, k.grain, o.day, o.channel_id, o.channel_kind, o.store_id, 
     k.product_id, k.sku_id, count(*)::bigint, 0::bigint
 FROM counted o JOIN line_keys k ON k.order_id = o.order_id
 GROUP BY o.customer_id, k.grain, o.day, o.channel_id, o.channel_kind, o.store_id,
-    k.category_id, k.product_id, k.sku_id;
+    k.category_id, k.product_id, k.sku_id
+UNION ALL
+SELECT customer_id, 4::smallint, date_trunc('month', day)::date, '', 0, '', '', '', '',
+    count(*)::bigint, sum(net)::bigint
+FROM counted
+GROUP BY customer_id, date_trunc('month', day)::date;
 
 -- What `customer_stats` holds, aggregated from the orders.
 CREATE VIEW customer_stats_aggregated AS
@@ -62,16 +69,21 @@ GROUP BY customer_id;
 
 INSERT INTO customer_purchases SELECT * FROM customer_purchases_aggregated;
 
--- The net spend of a customer's orders placed at or after `since`: the days after since's
--- day from `customer_purchases`, since's own day to the instant from the orders (one day of
--- one customer's orders, through customer_orders_customer).
+-- The net spend of a customer's orders placed at or after `since`: the months after since's
+-- month and the days after since's day in its month from `customer_purchases`, since's own
+-- day to the instant from the orders (one day of one customer's orders, through
+-- customer_orders_customer). At most a year of months and a month of days whatever the
+-- window, if the window is a year.
 CREATE FUNCTION rolling_spend(customer text, since timestamptz) RETURNS bigint
 LANGUAGE sql STABLE PARALLEL SAFE AS $$
     SELECT (SELECT coalesce(sum(net_minor), 0) FROM customer_purchases
-            WHERE customer_id = customer AND grain = 0
-              AND day > (since AT TIME ZONE 'UTC')::date)
+            WHERE customer_id = customer AND grain = 4
+              AND day > date_trunc('month', w.day)::date)
+         + (SELECT coalesce(sum(net_minor), 0) FROM customer_purchases
+            WHERE customer_id = customer AND grain = 0 AND day > w.day
+              AND day < (date_trunc('month', w.day) + interval '1 month')::date)
          + (SELECT coalesce(sum(total_minor - refunded_minor), 0) FROM customer_orders
             WHERE customer_id = customer AND status <> 8 AND placed_at >= since
-              AND placed_at < ((since AT TIME ZONE 'UTC')::date + 1)::timestamp
-                              AT TIME ZONE 'UTC')::bigint
+              AND placed_at < (w.day + 1)::timestamp AT TIME ZONE 'UTC')::bigint
+    FROM (SELECT (since AT TIME ZONE 'UTC')::date AS day) AS w
 $$;

@@ -1,24 +1,25 @@
 //! Each customer's purchase figures, kept by deltas: `customer_stats` (first and last
 //! purchase, orders, net spend) and `customer_purchases` (orders and spend per day, channel
-//! and store, and per category, product and SKU of their lines; see the migration that creates
-//! it). A run of order events knows each order it changes as it was and as it leaves it, so
+//! and store, per month, and per category, product and SKU of their lines; see the migration
+//! that creates it). A run of order events knows each order it changes as it was and as it leaves it, so
 //! it adds what the order counts for now and takes away what it counted for before
 //! ([`Deltas::order`]), and never re-reads a customer's history. Only when an order stops
 //! counting (a cancellation) and was the customer's first or last purchase is that bound read
 //! again, from the customer's orders by index. A merge moves the merged customer's figures
 //! onto the survivor the same way ([`merge`]).
 //!
-//! Reads sum days: a tier's rolling spend ([`rolling_spends`], through the `rolling_spend`
-//! SQL function) and the orders a `bought(...)` counts ([`orders_matching`]) take the whole
-//! days of their window from `customer_purchases` and the window's first day, to the instant,
-//! from the orders of that one day.
+//! Reads sum months and days: a tier's rolling spend ([`rolling_spends`], through the
+//! `rolling_spend` SQL function) takes the whole months of its window, then the whole days of
+//! its first month, from `customer_purchases`, and the window's first day, to the instant,
+//! from the orders of that one day; the orders a `bought(...)` counts ([`orders_matching`])
+//! take the whole days of their window, and the first day from its orders, the same way.
 //!
 //! The views `customer_stats_aggregated` and `customer_purchases_aggregated` define what the
 //! tables hold; crm's tests compare them after every history they apply.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use chrono::{DateTime, NaiveDate, NaiveTime, Utc};
+use chrono::{DateTime, Datelike, NaiveDate, NaiveTime, Utc};
 use omni_runtime::Error;
 use sqlx::{FromRow, PgConnection, Postgres, QueryBuilder};
 
@@ -33,6 +34,8 @@ const CATEGORY: i16 = 1;
 const PRODUCT: i16 = 2;
 /// A SKU (of a product of a category) of its lines.
 const SKU: i16 = 3;
+/// The month: every order of the month, whatever its channel and store.
+const MONTH: i16 = 4;
 
 /// A counted order (not cancelled), as its figures see it.
 #[derive(Debug, Clone)]
@@ -135,6 +138,21 @@ impl Deltas {
             d.1 += sign * net;
         };
         add(row(ORDER, ("", "", "")), p.net_minor);
+        let day = p.placed_at.date_naive();
+        add(
+            Row {
+                customer_id: p.customer_id.to_owned(),
+                grain: MONTH,
+                day: day.with_day(1).unwrap_or(day),
+                channel_id: String::new(),
+                channel_kind: 0,
+                store_id: String::new(),
+                category_id: String::new(),
+                product_id: String::new(),
+                sku_id: String::new(),
+            },
+            p.net_minor,
+        );
         let categories: BTreeSet<&str> = p.lines.iter().map(|l| l.0).collect();
         let products: BTreeSet<(&str, &str)> = p.lines.iter().map(|l| (l.0, l.1)).collect();
         for c in categories {

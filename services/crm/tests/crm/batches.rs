@@ -788,11 +788,14 @@ async fn purchase_figures_kept_by_deltas_count_what_the_orders_say() {
         assert_eq!(asked, expected_asked, "{f:?} for some customers");
     }
 
-    // The rolling spend from the days of the figures and the first day's orders, for windows
-    // starting on every hour of a day.
+    // The rolling spend from the months and days of the figures and the first day's orders,
+    // for windows of a few days, a month and a year starting on every hour of a day.
     let customers: Vec<&str> = vec!["c-0", "c-1", "c-2", "c-3", "c-4", "c-9"];
-    for hours in 0..24 {
-        let since = now - chrono::Duration::days(30) + chrono::Duration::hours(hours);
+    let windows = [3, 30, 365]
+        .into_iter()
+        .flat_map(|days| (0..24).map(move |hours| (days, hours)));
+    for (days, hours) in windows {
+        let since = now - chrono::Duration::days(days) + chrono::Duration::hours(hours);
         let spends = purchases::rolling_spends(&mut conn, &customers, since)
             .await
             .expect("spends");
