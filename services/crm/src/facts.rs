@@ -204,13 +204,8 @@ pub async fn load(
     };
     let rules = tiers::load(conn).await?;
     let since = rules.window_start(now);
-    let spends = match customers {
-        Some(_) => {
-            let asked: Vec<&str> = ids.iter().map(String::as_str).collect();
-            purchases::rolling_spends(conn, &asked, since).await?
-        }
-        None => purchases::all_rolling_spends(conn, since).await?,
-    };
+    let asked: Option<Vec<&str>> = customers.map(|_| ids.iter().map(String::as_str).collect());
+    let spends = purchases::rolling_spends(conn, asked.as_deref(), since).await?;
     let mut counts = Vec::with_capacity(filters.len());
     for filter in filters {
         counts.push(purchases::orders_matching(conn, filter, customers, now).await?);

@@ -413,31 +413,19 @@ fn first_day(since: DateTime<Utc>) -> (NaiveDate, DateTime<Utc>) {
     (day, end)
 }
 
-/// The net spend of each of `customers`' counted orders placed at or after `since` (0 for a
-/// customer without), in one statement.
+/// The net spend of the counted orders placed at or after `since` of each of `customers` (0
+/// for one without), or of every customer with such an order when `None`; one statement.
 pub async fn rolling_spends(
     conn: &mut PgConnection,
-    customers: &[&str],
-    since: DateTime<Utc>,
-) -> Result<HashMap<String, i64>, Error> {
-    let rows: Vec<(String, i64)> =
-        sqlx::query_as("SELECT c, rolling_spend(c, $2) FROM unnest($1::text[]) AS c")
-            .bind(customers)
-            .bind(since)
-            .fetch_all(conn)
-            .await?;
-    Ok(rows.into_iter().collect())
-}
-
-/// The rolling spend of every customer with a counted order placed at or after `since`.
-pub async fn all_rolling_spends(
-    conn: &mut PgConnection,
+    customers: Option<&[&str]>,
     since: DateTime<Utc>,
 ) -> Result<HashMap<String, i64>, Error> {
     let rows: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT customer_id, rolling_spend(customer_id, $1) FROM customer_stats
-         WHERE last_purchase >= $1",
+        "SELECT c, rolling_spend(c, $2)
+         FROM unnest(coalesce($1::text[], ARRAY(SELECT customer_id FROM customer_stats
+                                               WHERE last_purchase >= $2))) AS c",
     )
+    .bind(customers)
     .bind(since)
     .fetch_all(conn)
     .await?;

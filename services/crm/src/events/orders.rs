@@ -430,7 +430,8 @@ impl<'r> Points<'r> {
         };
         let since = rules.window_start(Utc::now());
         // The customers' rolling spend less what the run's stored orders counted for in it.
-        let mut others = purchases::rolling_spends(conn, &set(|e| e.moves_points()), since).await?;
+        let mut others =
+            purchases::rolling_spends(conn, Some(&set(|e| e.moves_points())), since).await?;
         for o in orders.values().filter_map(|o| o.before.as_ref()) {
             if o.status != CANCELLED
                 && o.placed_at >= since

@@ -400,14 +400,26 @@ fn history() -> Vec<Event> {
     entries
         .into_iter()
         .enumerate()
-        .map(|(n, (minute, payload))| Event {
-            id: Uuid::from_u128(n as u128 + 1).to_string(),
-            r#type: "test".into(),
-            occurred_at: Some(at(minute).into()),
-            payload: Some(payload),
-            ..Default::default()
-        })
+        .map(|(n, (minute, payload))| event(n as u128 + 1, at(minute), payload))
         .collect()
+}
+
+/// Event number `n`, which happened at `at`.
+fn event(n: u128, at: SystemTime, payload: Payload) -> Event {
+    Event {
+        id: Uuid::from_u128(n).to_string(),
+        r#type: "test".into(),
+        occurred_at: Some(at.into()),
+        payload: Some(payload),
+        ..Default::default()
+    }
+}
+
+/// crm's event handler on `pool`.
+fn handler(pool: &PgPool) -> Events {
+    Events {
+        grpc: Grpc::new(pool.clone(), Outbox::new("crm")),
+    }
 }
 
 /// Applies the history event by event on one database and as one batch on another; returns
@@ -415,9 +427,6 @@ fn history() -> Vec<Event> {
 async fn apply_both_ways(rules: Option<&Rules>) -> (Vec<(String, Vec<String>)>, PgPool) {
     let history = history();
     let (one_by_one, batched) = (database(rules).await, database(rules).await);
-    let handler = |pool: &PgPool| Events {
-        grpc: Grpc::new(pool.clone(), Outbox::new("crm")),
-    };
     let events = handler(&one_by_one);
     for e in &history {
         let mut tx = one_by_one.begin().await.expect("tx");
@@ -666,16 +675,8 @@ fn long_history(now: SystemTime) -> Vec<Vec<Event>> {
                 .iter()
                 .map(|(second, payload)| {
                     n += 1;
-                    Event {
-                        id: Uuid::from_u128(n).to_string(),
-                        r#type: "test".into(),
-                        occurred_at: Some(
-                            (now - Duration::from_secs(86_400) + Duration::from_secs(*second))
-                                .into(),
-                        ),
-                        payload: Some(payload.clone()),
-                        ..Default::default()
-                    }
+                    let at = now - Duration::from_secs(86_400) + Duration::from_secs(*second);
+                    event(n, at, payload.clone())
                 })
                 .collect(),
         );
@@ -687,9 +688,7 @@ fn long_history(now: SystemTime) -> Vec<Vec<Event>> {
 #[tokio::test]
 async fn purchase_figures_kept_by_deltas_count_what_the_orders_say() {
     let pool = database(None).await;
-    let events = Events {
-        grpc: Grpc::new(pool.clone(), Outbox::new("crm")),
-    };
+    let events = handler(&pool);
     let now = SystemTime::now();
     for batch in long_history(now) {
         let mut tx = pool.begin().await.expect("tx");
@@ -796,7 +795,7 @@ async fn purchase_figures_kept_by_deltas_count_what_the_orders_say() {
         .flat_map(|days| (0..24).map(move |hours| (days, hours)));
     for (days, hours) in windows {
         let since = now - chrono::Duration::days(days) + chrono::Duration::hours(hours);
-        let spends = purchases::rolling_spends(&mut conn, &customers, since)
+        let spends = purchases::rolling_spends(&mut conn, Some(&customers), since)
             .await
             .expect("spends");
         let expected: HashMap<String, i64> = sqlx::query_as(
@@ -812,7 +811,7 @@ async fn purchase_figures_kept_by_deltas_count_what_the_orders_say() {
         .into_iter()
         .collect();
         assert_eq!(spends, expected, "since {since}");
-        let all = purchases::all_rolling_spends(&mut conn, since)
+        let all = purchases::rolling_spends(&mut conn, None, since)
             .await
             .expect("all spends");
         let nonzero: HashMap<String, i64> = expected.into_iter().filter(|(_, s)| *s != 0).collect();
@@ -831,9 +830,7 @@ async fn purchase_figures_kept_by_deltas_count_what_the_orders_say() {
 #[tokio::test]
 async fn two_transactions_filing_the_same_new_orders_count_each_once() {
     let pool = database(None).await;
-    let events = Events {
-        grpc: Grpc::new(pool.clone(), Outbox::new("crm")),
-    };
+    let events = handler(&pool);
     let orders: Vec<OrderFacts> = (0..20)
         .map(|n| {
             order(
@@ -849,25 +846,16 @@ async fn two_transactions_filing_the_same_new_orders_count_each_once() {
         orders
             .iter()
             .enumerate()
-            .map(|(n, o)| Event {
-                id: Uuid::from_u128(first_id + n as u128).to_string(),
-                r#type: "test".into(),
-                occurred_at: Some(at(100 + first_id as u64 + n as u64).into()),
-                payload: Some(payload(o)),
-                ..Default::default()
+            .map(|(n, o)| {
+                let n = first_id + n as u128;
+                event(n, at(100 + n as u64), payload(o))
             })
             .collect()
     };
     let (placements, payments) = (batch(placed, 1), batch(paid, 1_000));
     // The customers are known already, so neither transaction waits to create them.
     let registrations: Vec<Event> = (0..3)
-        .map(|n| Event {
-            id: Uuid::from_u128(5_000 + n).to_string(),
-            r#type: "test".into(),
-            occurred_at: Some(at(0).into()),
-            payload: Some(registered(&format!("c-{n}"))),
-            ..Default::default()
-        })
+        .map(|n| event(5_000 + n, at(0), registered(&format!("c-{n}"))))
         .collect();
     let mut tx = pool.begin().await.expect("tx");
     events
