@@ -258,11 +258,11 @@ impl Filed {
     }
 }
 
-/// What the run changes in its customers' purchase figures: for each order whose standing
-/// changed, what it counts for after the run less what it counted for before. The lines of a
-/// stored order are its stored ones (a line keeps its SKU, product and category as first
-/// filed) and the run's new ones; they are read for the stored orders counted before or after
-/// the run, in one statement.
+/// What the run changes in its customers' purchase figures: for each order counted before or
+/// after the run, what it counts for after less what it counted for before (nothing, when
+/// neither its standing, its net nor its lines changed). The lines of a stored order are its
+/// stored ones (a line keeps its SKU, product and category as first filed) and the run's new
+/// ones; the stored ones are read in one statement.
 async fn figures(
     conn: &mut PgConnection,
     orders: &HashMap<String, Filed>,
