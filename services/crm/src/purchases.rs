@@ -121,10 +121,20 @@ impl Deltas {
 
     /// Adds (`sign` 1) or takes away (-1) the rows a purchase counts in.
     fn rows_of(&mut self, p: &Purchase<'_>, sign: i64) {
+        let day = p.placed_at.date_naive();
+        // The month row has neither channel nor store.
+        let month = |row: Row| Row {
+            grain: MONTH,
+            day: day.with_day(1).unwrap_or(day),
+            channel_id: String::new(),
+            channel_kind: 0,
+            store_id: String::new(),
+            ..row
+        };
         let row = |grain, (category, product, sku): (&str, &str, &str)| Row {
             customer_id: p.customer_id.to_owned(),
             grain,
-            day: p.placed_at.date_naive(),
+            day,
             channel_id: p.channel_id.to_owned(),
             channel_kind: p.channel_kind,
             store_id: p.store_id.to_owned(),
@@ -138,21 +148,7 @@ impl Deltas {
             d.1 += sign * net;
         };
         add(row(ORDER, ("", "", "")), p.net_minor);
-        let day = p.placed_at.date_naive();
-        add(
-            Row {
-                customer_id: p.customer_id.to_owned(),
-                grain: MONTH,
-                day: day.with_day(1).unwrap_or(day),
-                channel_id: String::new(),
-                channel_kind: 0,
-                store_id: String::new(),
-                category_id: String::new(),
-                product_id: String::new(),
-                sku_id: String::new(),
-            },
-            p.net_minor,
-        );
+        add(month(row(ORDER, ("", "", ""))), p.net_minor);
         let categories: BTreeSet<&str> = p.lines.iter().map(|l| l.0).collect();
         let products: BTreeSet<(&str, &str)> = p.lines.iter().map(|l| (l.0, l.1)).collect();
         for c in categories {

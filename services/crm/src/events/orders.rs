@@ -215,11 +215,29 @@ pub(super) async fn apply(
     Ok(customers)
 }
 
+/// What of an order its figures depend on and a run may change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Standing {
+    counted: bool,
+    /// Total less refunds.
+    net_minor: i64,
+}
+
+impl Standing {
+    fn of(row: &FiledOrder) -> Self {
+        Standing {
+            counted: row.status != CANCELLED,
+            net_minor: row.total_minor - row.refunded_minor,
+        }
+    }
+}
+
 /// An order of the run, as stored or filed so far.
 struct Filed {
     row: FiledOrder,
-    /// As stored before the run; `None` for an order the run files first.
-    before: Option<FiledOrder>,
+    /// Its standing as stored before the run; `None` for an order the run files first. (Its
+    /// owner, placement, channel and store never change once filed.)
+    before: Option<Standing>,
     /// Whether the run inserted it or changed its status (and must file it).
     changed: bool,
     /// Whether a return of the run refunded it.
@@ -229,7 +247,7 @@ struct Filed {
 impl Filed {
     fn stored(row: FiledOrder) -> Self {
         Filed {
-            before: Some(row.clone()),
+            before: Some(Standing::of(&row)),
             row,
             changed: false,
             refunded: false,
@@ -268,11 +286,10 @@ async fn figures(
     orders: &HashMap<String, Filed>,
     run_lines: &BTreeMap<(&str, &str), FiledLine>,
 ) -> Result<Deltas> {
-    let counted = |o: &FiledOrder| o.status != CANCELLED;
     // Counted before or after: its standing, its net or its lines may have changed.
     let mut changed: Vec<&Filed> = orders
         .values()
-        .filter(|o| counted(&o.row) || o.before.as_ref().is_some_and(counted))
+        .filter(|o| Standing::of(&o.row).counted || o.before.is_some_and(|b| b.counted))
         .collect();
     changed.sort_by(|a, b| a.row.order_id.cmp(&b.row.order_id));
     let stored: Vec<&str> = changed
@@ -298,36 +315,41 @@ async fn figures(
             .take_while(|((order, _), _)| *order == id)
             .map(|(_, k)| *k)
             .collect();
+        let new_keys: BTreeSet<(&str, &str, &str)> = run_lines
+            .range((id, "")..)
+            .take_while(|((order, _), _)| *order == id)
+            .filter(|((order, line), _)| !keys.contains_key(&(*order, *line)))
+            .map(|(_, l)| {
+                (
+                    l.category_id.as_str(),
+                    l.product_id.as_str(),
+                    l.sku_id.as_str(),
+                )
+            })
+            .filter(|k| !stored_keys.contains(k))
+            .collect();
+        let now = Standing::of(&o.row);
+        // Most events of a filed order (a payment, a fulfilment) leave its figures alone.
+        if o.before == Some(now) && new_keys.is_empty() {
+            continue;
+        }
         let mut after_keys = stored_keys.clone();
-        after_keys.extend(
-            run_lines
-                .range((id, "")..)
-                .take_while(|((order, _), _)| *order == id)
-                .filter(|((order, line), _)| !keys.contains_key(&(*order, *line)))
-                .map(|(_, l)| {
-                    (
-                        l.category_id.as_str(),
-                        l.product_id.as_str(),
-                        l.sku_id.as_str(),
-                    )
-                }),
-        );
+        after_keys.extend(new_keys);
         let before = o
             .before
-            .as_ref()
-            .filter(|b| counted(b))
+            .filter(|b| b.counted)
             .map(|b| purchase(&o.row, b, stored_keys));
-        let after = counted(&o.row).then(|| purchase(&o.row, &o.row, after_keys));
+        let after = now.counted.then(|| purchase(&o.row, now, after_keys));
         deltas.order(before.as_ref(), after.as_ref());
     }
     Ok(deltas)
 }
 
-/// A counted order as its figures see it: filed as `order`, with the net of `state` (as
+/// A counted order as its figures see it: filed as `order`, with the net of `standing` (as
 /// stored, or as the run leaves it) and these lines.
 fn purchase<'a>(
     order: &'a FiledOrder,
-    state: &FiledOrder,
+    standing: Standing,
     lines: BTreeSet<(&'a str, &'a str, &'a str)>,
 ) -> Purchase<'a> {
     Purchase {
@@ -336,7 +358,7 @@ fn purchase<'a>(
         channel_id: &order.channel_id,
         channel_kind: order.channel_kind,
         store_id: &order.store_id,
-        net_minor: state.total_minor - state.refunded_minor,
+        net_minor: standing.net_minor,
         lines,
     }
 }
@@ -432,12 +454,13 @@ impl<'r> Points<'r> {
         // The customers' rolling spend less what the run's stored orders counted for in it.
         let mut others =
             purchases::rolling_spends(conn, Some(&set(|e| e.moves_points())), since).await?;
-        for o in orders.values().filter_map(|o| o.before.as_ref()) {
-            if o.status != CANCELLED
-                && o.placed_at >= since
-                && let Some(spend) = others.get_mut(&o.customer_id)
+        for o in orders.values() {
+            if let Some(before) = o.before
+                && before.counted
+                && o.row.placed_at >= since
+                && let Some(spend) = others.get_mut(&o.row.customer_id)
             {
-                *spend -= o.total_minor - o.refunded_minor;
+                *spend -= before.net_minor;
             }
         }
         let returning = set(|e| matches!(e, RunEvent::Return(_)));

@@ -584,12 +584,13 @@ impl Lcg {
 
 /// Orders of five customers placed over the last 40 days (a few just either side of the
 /// start of a 30-day window), over two channels and a store, with lines of three categories,
-/// four products and six SKUs; some paid, cancelled or refunded, some of it twice, applied
-/// in batches of varied length.
+/// four products and six SKUs; some paid, cancelled or refunded, some paid with a line more,
+/// some of it twice, applied in batches of varied length.
 fn long_history(now: SystemTime) -> Vec<Vec<Event>> {
     let mut rng = Lcg(7);
     let window_start = now - Duration::from_secs(30 * 86_400);
     let mut events: Vec<Payload> = Vec::new();
+    let mut grown_later: Vec<Payload> = Vec::new();
     for n in 0..160u64 {
         let placed_at = match n {
             // Either side of the window's start, on its first day.
@@ -655,9 +656,27 @@ fn long_history(now: SystemTime) -> Vec<Vec<Event>> {
                 events.push(fulfilled(&o));
                 events.push(cancelled(&o));
             }
+            // Paid, then said again much later with a line it did not have (a SKU it may
+            // already hold), when the order is filed long since.
+            3 => {
+                let mut grown = o.clone();
+                let sku = rng.below(6);
+                grown.lines.push(OrderLineFacts {
+                    line_id: "l9".into(),
+                    sku_id: format!("sku-{sku}"),
+                    product_id: format!("product-{}", sku % 4),
+                    category_id: format!("category-{}", sku % 4 % 3),
+                    quantity: 1,
+                    net_amount: eur(0),
+                    ..Default::default()
+                });
+                events.push(paid(&o));
+                grown_later.push(paid(&grown));
+            }
             _ => events.push(paid(&o)),
         }
     }
+    events.extend(grown_later);
     // Each event happened a second after the one before; some are said again at the end, as
     // a re-published stream would, with the time they happened.
     let mut events: Vec<(u64, Payload)> =
